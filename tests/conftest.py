@@ -1,0 +1,73 @@
+"""Shared fixtures and independent references (hand-written from DESIGN.md, not from the code)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# DESIGN.md's table: k -> (first source column, end source column), half-open.
+DESIGN_SOURCE = {7: (1, 8193), 6: (8193, 10273), 5: (10273, 10785), 4: (10785, 10921),
+                 3: (10921, 10953), 2: (10953, 10963), 1: (10963, 10965)}
+USED_KS = (6, 5, 4, 3, 2, 1)
+
+
+def reference_clr(rows: np.ndarray, scope: str, pseudocount: float | None = None) -> np.ndarray:
+    """CLR in float64, written out from the definition: rows are full 10,965-column source rows."""
+    used = np.asarray(rows, dtype=np.float64)[:, 8193:10965]
+    out = np.empty_like(used)
+    if scope == "global":
+        p = 1e-6 if pseudocount is None else pseudocount
+        logs = np.log(used + p)
+        return logs - logs.mean(axis=1, keepdims=True)
+    for k in USED_KS:
+        a, b = (c - 8193 for c in DESIGN_SOURCE[k])
+        p = 0.5 / (b - a) if pseudocount is None else pseudocount
+        logs = np.log(used[:, a:b] + p)
+        out[:, a:b] = logs - logs.mean(axis=1, keepdims=True)
+    return out
+
+
+def write_npy(path: Path, array: np.ndarray, fortran: bool = False) -> Path:
+    np.save(path, np.asfortranarray(array) if fortran else np.ascontiguousarray(array))
+    return path
+
+
+def random_kmers(rows: int, seed: int = 0, dtype=np.float32) -> np.ndarray:
+    """Rows shaped like all_kmers.npy: column 0 a length, each k group a composition with zeros."""
+    rng = np.random.default_rng(seed)
+    x = rng.gamma(0.3, size=(rows, 10965))
+    x[rng.random(x.shape) < 0.2] = 0.0
+    for a, b in DESIGN_SOURCE.values():
+        x[:, a:b] /= np.maximum(x[:, a:b].sum(axis=1, keepdims=True), 1e-12)
+    x[:, 0] = rng.integers(1000, 20000, rows)
+    return x.astype(dtype)
+
+
+def run(module: str, *args: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m module args` as a user would, from the repository root."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def store_attrs(path: Path) -> dict:
+    return json.loads((path / "zarr.json").read_text())["attributes"]["kmervae"]
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory) -> tuple[Path, Path]:
+    """A small synthetic sample made by `python -m ingest.synth` (300 rows, 4 genomes)."""
+    d = tmp_path_factory.mktemp("sample")
+    npy = d / "all_kmers.npy"
+    run("ingest.synth", npy, "--rows", 300, "--seed", 1, "--genomes", 4, check=True)
+    return npy, d / "all_kmers_labels.npy"

@@ -1,0 +1,238 @@
+"""`python -m ingest`: the store it writes, the inputs it refuses, and how it resumes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from tests.conftest import ROOT, random_kmers, reference_clr, run, store_attrs, write_npy
+
+
+def read_store(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    g = zarr.open_group(str(path), mode="r")
+    return g["clr"][:], g["column0"][:]
+
+
+def test_round_trip_matches_reference(sample, tmp_path):
+    npy, _ = sample
+    out = tmp_path / "s.zarr"
+    proc = run("ingest", npy, out, "--chunk-rows", 64, "--workers", 2, check=True)
+    assert "300 rows" in proc.stdout and "compression" in proc.stdout
+    source = np.load(npy)
+    clr, col0 = read_store(out)
+    assert clr.shape == (300, 2772) and clr.dtype == np.float32
+    np.testing.assert_allclose(clr, reference_clr(source, "global"), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(col0, source[:, 0])
+    attrs = store_attrs(out)
+    assert attrs["complete"] is True and attrs["rows"] == 300 and attrs["chunk_rows"] == 64
+    assert attrs["transform"]["scope"] == "global" and attrs["codec"] == "zstd:1"
+    assert attrs["kmer_groups"]["6"] == [0, 2080] and attrs["source"]["shape"] == [300, 10965]
+    g = zarr.open_group(str(out), mode="r")
+    assert g["clr"].chunks == (64, 2772) and "_ingest_done" not in g
+
+
+@pytest.mark.parametrize("dtype,fortran", [(">f8", False), ("<f8", True), ("<f4", True)])
+def test_float64_big_endian_and_fortran_inputs(tmp_path, dtype, fortran):
+    x = random_kmers(150, seed=5).astype(np.float64).astype(dtype)
+    npy = write_npy(tmp_path / "x.npy", x, fortran=fortran)
+    out = tmp_path / "x.zarr"
+    run("ingest", npy, out, "--chunk-rows", 40, "--clr", "per-k", check=True)
+    clr, col0 = read_store(out)
+    np.testing.assert_allclose(clr, reference_clr(x, "per_k"), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(col0, x[:, 0])
+    assert col0.dtype == np.dtype(dtype).newbyteorder("=")
+
+
+@pytest.mark.parametrize("codec", ["lz4", "none", "gzip:3", "blosc-zstd"])
+def test_other_codecs_hold_the_same_values(sample, tmp_path, codec):
+    npy, _ = sample
+    run("ingest", npy, tmp_path / "z.zarr", "--chunk-rows", 100, check=True)
+    run("ingest", npy, tmp_path / "o.zarr", "--chunk-rows", 100, "--codec", codec, check=True)
+    np.testing.assert_array_equal(read_store(tmp_path / "z.zarr")[0], read_store(tmp_path / "o.zarr")[0])
+    assert store_attrs(tmp_path / "o.zarr")["codec"].split(":")[0] == codec.split(":")[0]
+
+
+def test_float16_store_is_close_to_the_reference(sample, tmp_path):
+    npy, _ = sample
+    out = tmp_path / "h.zarr"
+    run("ingest", npy, out, "--dtype", "float16", check=True)
+    clr, _ = read_store(out)
+    assert clr.dtype == np.float16 and store_attrs(out)["dtype"] == "float16"
+    ref = reference_clr(np.load(npy), "global")
+    assert np.abs(clr.astype(np.float64) - ref).max() < 2e-2
+
+
+def test_ingest_imports_no_torch():
+    code = ("import sys, ingest.__main__, ingest.synth, kmervae_core, kmervae_core.convert;"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+# ---- bad input: one line on stderr, exit 2, no traceback, no store marked complete ----
+
+def _npy_with_header(path: Path, descr: str, shape: tuple, payload: bytes) -> Path:
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.write(payload)
+    return path
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
+    good = random_kmers(20, seed=6)
+    full = write_npy(tmp / "good.npy", good)
+    raw = full.read_bytes()
+    cases = {
+        "missing": (tmp / "absent.npy", "no such file"),
+        "directory": (tmp, "is a directory"),
+        "not npy": (tmp / "notes.txt", "not a .npy file"),
+        "truncated": (tmp / "trunc.npy", "truncated"),
+        "padded": (tmp / "pad.npy", "padded"),
+        "1-D": (write_npy(tmp / "flat.npy", good.ravel()), "2-D"),
+        "3-D": (write_npy(tmp / "cube.npy", good.reshape(20, 1, 10965)), "2-D"),
+        "columns": (write_npy(tmp / "cols.npy", good[:, :-1]), "10965 columns"),
+        "zero rows": (write_npy(tmp / "empty.npy", good[:0]), "zero rows"),
+        "object": (_npy_with_header(tmp / "obj.npy", "|O", (20, 10965), b"\x80\x04evil"), "dtype object"),
+        "complex": (write_npy(tmp / "cplx.npy", good.astype(np.complex64)), "dtype complex64"),
+        "string": (write_npy(tmp / "str.npy", np.full((2, 10965), "a")), "dtype <U1"),
+        "int": (write_npy(tmp / "int.npy", good.astype(np.int32)), "dtype int32"),
+    }
+    (tmp / "notes.txt").write_text("contig,length\n")
+    (tmp / "trunc.npy").write_bytes(raw[:-100])
+    (tmp / "pad.npy").write_bytes(raw + b"\0" * 8)
+    for name, row, value in [("nan", 7, np.nan), ("inf", 3, np.inf), ("negative", 11, -0.25)]:
+        bad = good.copy()
+        bad[row, 9000] = value
+        bad[row + 5, 10964] = value  # a later bad row must not be the one named
+        cases[name] = (write_npy(tmp / f"{name}.npy", bad), f"row {row} holds a NaN, infinite or negative")
+    return cases
+
+
+BAD = ["missing", "directory", "not npy", "truncated", "padded", "1-D", "3-D", "columns", "zero rows",
+       "object", "complex", "string", "int", "nan", "inf", "negative"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, case):
+    path, message = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out.zarr"
+    proc = run("ingest", path, out, "--chunk-rows", 4)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in lines[0]
+    assert not (out / "zarr.json").exists() or store_attrs(out)["complete"] is False
+
+
+def test_bad_rows_can_be_dropped_and_are_recorded(tmp_path):
+    x = random_kmers(30, seed=8)
+    x[[4, 17], 9999] = np.nan
+    x[22, 8200] = -1.0
+    npy = write_npy(tmp_path / "x.npy", x)
+    out = tmp_path / "x.zarr"
+    proc = run("ingest", npy, out, "--chunk-rows", 8, "--on-bad-rows", "drop", check=True)
+    assert "dropping 3 rows" in proc.stdout
+    attrs = store_attrs(out)
+    assert attrs["dropped_rows"] == [4, 17, 22] and attrs["rows"] == 27 and attrs["complete"] is True
+    keep = np.setdiff1d(np.arange(30), [4, 17, 22])
+    clr, col0 = read_store(out)
+    np.testing.assert_allclose(clr, reference_clr(x[keep], "global"), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(col0, x[keep, 0])
+
+
+def test_unwritable_output_is_refused(sample, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run("ingest", sample[0], blocker / "out.zarr")
+    assert proc.returncode == 2 and "cannot write" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_existing_output_needs_overwrite(sample, tmp_path):
+    out = tmp_path / "s.zarr"
+    run("ingest", sample[0], out, check=True)
+    proc = run("ingest", sample[0], out)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    run("ingest", sample[0], out, "--overwrite", "--clr", "per-k", check=True)
+    assert store_attrs(out)["transform"]["scope"] == "per_k"
+
+
+def test_resume_with_other_options_is_refused(sample, tmp_path):
+    out = tmp_path / "s.zarr"
+    run("ingest", sample[0], out, "--chunk-rows", 50, check=True)
+    zarr.open_group(str(out), mode="r+").attrs["kmervae"] = {**store_attrs(out), "complete": False}
+    proc = run("ingest", sample[0], out, "--chunk-rows", 60, "--resume")
+    assert proc.returncode == 2 and "differs in" in proc.stderr and "chunk_rows" in proc.stderr
+
+
+# ---- interrupted runs ----
+
+def _files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_killed_ingest_resumes_to_an_identical_store(tmp_path):
+    npy = write_npy(tmp_path / "x.npy", np.tile(random_kmers(500, seed=9), (6, 1)))
+    args = ["--chunk-rows", "8", "--workers", "1", "--quiet"]
+    run("ingest", npy, tmp_path / "full.zarr", *args, check=True)
+
+    out = tmp_path / "cut.zarr"
+    child = subprocess.Popen([sys.executable, "-m", "ingest", str(npy), str(out), *args], cwd=ROOT)
+    markers = out / "_ingest_done" / "c"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(markers.glob("*"))) < 50:
+        time.sleep(0.01)
+    child.kill()
+    child.wait()
+    assert store_attrs(out)["complete"] is False, "ingest finished before it could be killed"
+    written = len(list(markers.glob("*")))
+    assert 50 <= written < 750
+
+    refused = run("ingest", npy, out, *args)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    proc = run("ingest", npy, out, "--chunk-rows", "8", "--workers", "2", "--resume", check=True)
+    assert f"({written} chunks kept" in proc.stdout
+    assert _files(out) == _files(tmp_path / "full.zarr")
+
+
+# ---- bounded memory ----
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_input_size(tmp_path):
+    """A 1.3 GB input through 2 workers stays under 400 MiB of resident memory."""
+    rows = 30000
+    npy = tmp_path / "big.npy"
+    with open(npy, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, 10965)})
+        block = random_kmers(3000, seed=10).tobytes()
+        for _ in range(rows // 3000):
+            f.write(block)
+    probe = ("import resource, subprocess, sys;"
+             "subprocess.run(sys.argv[1:], check=True);"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "ingest", str(npy),
+                           str(tmp_path / "big.zarr"), "--workers", "2", "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    peak_mib = int(proc.stdout.split()[-1]) / 1024
+    assert npy.stat().st_size > 3 * 400 * 2**20
+    assert peak_mib < 400, f"peak RSS {peak_mib:.0f} MiB"
+    assert store_attrs(tmp_path / "big.zarr")["complete"] is True
+
+
+# ---- dask.distributed ----
+
+@pytest.mark.slow
+def test_distributed_scheduler_writes_the_same_store(sample, tmp_path):
+    from distributed import LocalCluster
+    npy, _ = sample
+    run("ingest", npy, tmp_path / "local.zarr", "--chunk-rows", 64, check=True)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        run("ingest", npy, tmp_path / "dist.zarr", "--chunk-rows", 64, "--scheduler", cluster.scheduler_address,
+            check=True)
+    local, dist = _files(tmp_path / "local.zarr"), _files(tmp_path / "dist.zarr")
+    assert local.keys() == dist.keys()
+    assert {k: v for k, v in local.items() if k != "zarr.json"} == {k: v for k, v in dist.items() if k != "zarr.json"}
