@@ -1,0 +1,168 @@
+"""KmerStream: a torch IterableDataset that streams whole chunks of a kmervae store.
+
+Batches are assembled in the DataLoader workers following the epoch plan (epoch_plan.py):
+each worker reads only the windows of its lanes, whole chunks at a time, and keeps at most
+one window per lane it serves. The plan does not depend on the worker count, so the batch
+sequence is the same with 0, 1 or 8 workers; `set_epoch(e, start_batch=k)` resumes exactly.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .epoch_plan import EpochPlan, make_split, validation_chunks, worker_batches
+from .store import CLR, open_store
+
+SPLITS = ("train", "val")
+
+
+def _distributed_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class KmerStream(IterableDataset):
+    """Yields (x float [b, 2772], rows int64 [b]) with b = batch_size / world_size.
+
+    Args:
+        path: a complete kmervae store (checked here, with one clear line if it is not).
+        split: "train" (shuffled, equal batch counts on every rank) or "val" (store order,
+            disjoint across ranks, every row once, the last batch of a chunk may be short).
+        batch_size: the global batch, over all ranks.
+        seed: seeds the epoch plan and the random validation split.
+        rank, world_size: default to torch.distributed's when it is initialised.
+        val_fraction, val_split: the held-out share, "random" (seeded whole chunks) or "tail".
+        window_chunks: chunks whose rows are shuffled together (the shuffle buffer per lane).
+        lanes: interleaved streams per rank; worker counts dividing it read each chunk once.
+        dtype: torch.float32, or torch.bfloat16 to halve host-to-device traffic.
+    """
+
+    def __init__(self, path: str, split: str = "train", batch_size: int = 1024, seed: int = 42,
+                 rank: int | None = None, world_size: int | None = None, val_fraction: float = 0.1,
+                 val_split: str = "random", window_chunks: int = 2, lanes: int = 8,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        self.info = open_store(path)
+        default_rank, default_world = _distributed_rank_world()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+        if batch_size < 1 or batch_size % self.world_size:
+            raise ValueError(f"global batch {batch_size} does not divide evenly over {self.world_size} ranks")
+        self.split_name, self.batch_size, self.seed = split, batch_size, seed
+        self.window_chunks, self.lanes, self.dtype = window_chunks, lanes, dtype
+        self.split = make_split(self.info.rows, self.info.chunk_rows, val_fraction, val_split, seed)
+        train_rows = int(self.split.train_counts.sum())
+        if split == "train" and train_rows < batch_size:
+            raise ValueError(f"{path}: {train_rows} training rows, fewer than one global batch of {batch_size}")
+        self._state = torch.zeros(2, dtype=torch.int64).share_memory_()  # epoch, start batch: seen by workers
+        self._array = None
+
+    @property
+    def local_batch(self) -> int:
+        return self.batch_size // self.world_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch to iterate next, from batch start_batch on (exact resume)."""
+        if start_batch < 0 or (self.split_name == "train" and start_batch > self.plan(epoch).batches):
+            raise ValueError(f"start_batch {start_batch} is outside epoch {epoch}")
+        self._state[0], self._state[1] = epoch, start_batch
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        return EpochPlan(self.split, self.seed, int(self._state[0]) if epoch is None else epoch,
+                         self.world_size, self.batch_size, self.window_chunks, self.lanes)
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the selected epoch (from its start batch)."""
+        if self.split_name == "train":
+            return self.plan().batches - int(self._state[1])
+        counts = self.split.val_counts[validation_chunks(self.split, self.rank, self.world_size)]
+        return int(sum(-(-int(n) // self.local_batch) for n in counts))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}  # zarr handles are opened in each worker
+
+    def _clr(self) -> zarr.Array:
+        if self._array is None:
+            self._array = zarr.open_array(store=self.info.url, path=CLR, mode="r")
+        return self._array
+
+    def _tensor(self, x: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) if x.dtype != np.float32 else x)
+        return t.to(self.dtype), torch.from_numpy(rows.astype(np.int64))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.batches_for(worker, workers)
+
+    def batches_for(self, worker: int, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """What DataLoader worker `worker` of `num_workers` yields (all of it for 0 of 1)."""
+        epoch, start = (int(v) for v in self._state)
+        if self.split_name == "val":
+            yield from self._validation(worker, num_workers)
+            return
+        plan = self.plan(epoch)
+        mine = worker_batches(plan.batches, start, worker, num_workers)
+        lanes_served = len({k % plan.lanes for k in mine[: plan.lanes]})
+        windows: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        for k in mine:
+            p0, p1 = plan.batch_positions(self.rank, k)
+            xs, rows = [], []
+            for w in plan.windows_of(p0, p1):
+                if w not in windows:
+                    windows[w] = self._read_window(plan, w)
+                    while len(windows) > lanes_served + 1:
+                        windows.popitem(last=False)
+                windows.move_to_end(w)
+                data, wrows, shuffle = windows[w]
+                start_w = int(plan.window_starts[w])
+                pick = shuffle[max(p0, start_w) - start_w: min(p1, int(plan.window_starts[w + 1])) - start_w]
+                xs.append(data[pick])
+                rows.append(wrows[pick])
+            yield self._tensor(np.concatenate(xs) if len(xs) > 1 else xs[0],
+                               np.concatenate(rows) if len(rows) > 1 else rows[0])
+
+    def _read_window(self, plan: EpochPlan, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Training rows of window w's chunks (whole-chunk reads), their store rows and shuffle."""
+        rows, shuffle = plan.window_rows(w)
+        array, c = self._clr(), self.info.chunk_rows
+        parts = [array[int(ch) * c: int(ch) * c + int(self.split.train_stop[ch])] for ch in plan.windows[w]]
+        return (np.concatenate(parts) if len(parts) > 1 else parts[0]), rows, shuffle
+
+    def _validation(self, worker: int, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        array, b = self._clr(), self.local_batch
+        for chunk in validation_chunks(self.split, self.rank, self.world_size)[worker::num_workers]:
+            rows = self.split.val_rows_of(int(chunk))
+            data = array[int(rows[0]): int(rows[-1]) + 1]
+            for s in range(0, len(rows), b):
+                yield self._tensor(data[s:s + b], rows[s:s + b])
+
+
+def make_loader(stream: KmerStream, num_workers: int = 4, pin_memory: bool | None = None,
+                prefetch_factor: int = 4) -> DataLoader:
+    """A DataLoader configured for KmerStream: batches come ready-made (batch_size=None),
+    persistent workers started with forkserver (spawn off Linux), since forking a process that
+    runs zarr's asyncio thread is fragile (zarr #2812, #2729); pinned memory on CUDA."""
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    kwargs = {}
+    if num_workers > 0:
+        method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+        kwargs = dict(prefetch_factor=prefetch_factor, persistent_workers=True,
+                      multiprocessing_context=multiprocessing.get_context(method))
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)

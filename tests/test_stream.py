@@ -1,0 +1,171 @@
+"""KmerStream: exactly-once, equal batch counts, worker-independent order, exact resume."""
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from kmervae_core import KmerStream
+from kmervae_core.errors import StoreError
+from tests.conftest import ROOT, random_kmers, run, write_npy
+
+ROWS, CHUNK, BATCH = 1009, 37, 30  # 1009 is prime: nothing divides it
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stream")
+    npy = write_npy(d / "x.npy", random_kmers(ROWS, seed=11))
+    run("ingest", npy, d / "x.zarr", "--chunk-rows", CHUNK, check=True)
+    return str(d / "x.zarr")
+
+
+def loader_order(stream: KmerStream, workers: int) -> list[np.ndarray]:
+    """What DataLoader(stream, batch_size=None, num_workers=workers) yields: it collects from
+    its workers round-robin, skipping finished ones."""
+    if workers == 0:
+        return [r.numpy() for _, r in stream]
+    per_worker = [[r.numpy() for _, r in stream.batches_for(w, workers)] for w in range(workers)]
+    merged = itertools.chain.from_iterable(itertools.zip_longest(*per_worker))
+    return [b for b in merged if b is not None]
+
+
+def train_rows(stream: KmerStream) -> np.ndarray:
+    return np.concatenate([stream.split.train_rows_of(c) for c in range(len(stream.split.length))])
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_every_training_row_once_and_equal_batches_per_rank(store, world, workers):
+    seen, counts = [], []
+    for rank in range(world):
+        s = KmerStream(store, batch_size=BATCH, seed=5, rank=rank, world_size=world)
+        s.set_epoch(2)
+        batches = loader_order(s, workers)
+        assert all(len(b) == BATCH // world for b in batches)
+        counts.append(len(batches))
+        seen.extend(batches)
+    rows = np.concatenate(seen)
+    assert len(set(counts)) == 1
+    assert len(np.unique(rows)) == len(rows)  # nothing twice
+    everything = train_rows(s)
+    assert np.isin(rows, everything).all()  # no validation row
+    assert 0 <= len(everything) - len(rows) < BATCH  # only a tail shorter than a global batch is left
+
+
+def test_order_is_the_same_for_any_worker_count(store):
+    s = KmerStream(store, batch_size=BATCH, seed=5, rank=1, world_size=2)
+    s.set_epoch(3)
+    reference = np.concatenate(loader_order(s, 0))
+    for workers in (1, 2, 3, 4, 8):
+        np.testing.assert_array_equal(np.concatenate(loader_order(s, workers)), reference)
+
+
+def test_epochs_and_seeds_shuffle_differently(store):
+    s = KmerStream(store, batch_size=BATCH, seed=5)
+    first = np.concatenate(loader_order(s, 0))
+    s.set_epoch(1)
+    assert not np.array_equal(first, np.concatenate(loader_order(s, 0)))
+    s.set_epoch(0)
+    np.testing.assert_array_equal(first, np.concatenate(loader_order(s, 0)))
+    other = KmerStream(store, batch_size=BATCH, seed=6)
+    assert not np.array_equal(first, np.concatenate(loader_order(other, 0)))
+
+
+def test_values_are_the_store_rows_named(store):
+    s = KmerStream(store, batch_size=BATCH, seed=5)
+    clr = zarr.open_group(store, mode="r")["clr"][:]
+    for x, rows in itertools.islice(s, 5):
+        assert x.dtype == torch.float32 and x.shape == (BATCH, 2772)
+        np.testing.assert_array_equal(x.numpy(), clr[rows.numpy()])
+    x16, _ = next(iter(KmerStream(store, batch_size=BATCH, dtype=torch.bfloat16)))
+    assert x16.dtype == torch.bfloat16
+
+
+def test_start_batch_resumes_exactly_without_reading_what_it_skips(store):
+    s = KmerStream(store, batch_size=BATCH, seed=5, rank=0, world_size=3)
+    s.set_epoch(4)
+    full = loader_order(s, 0)
+    k = len(full) - 4
+    plan = s.plan(4)
+    needed = {w for j in range(k, len(full)) for w in plan.windows_of(*plan.batch_positions(0, j))}
+    read = []
+    original = s._read_window
+    s._read_window = lambda p, w: (read.append(w), original(p, w))[1]
+    s.set_epoch(4, start_batch=k)
+    for workers in (0, 3):
+        read.clear()
+        tail = loader_order(s, workers)
+        assert [b.tolist() for b in tail] == [b.tolist() for b in full[k:]]
+        assert set(read) <= needed
+    assert len(s) == 4
+
+
+@pytest.mark.parametrize("mode", ["random", "tail"])
+def test_validation_rows_are_fixed_disjoint_and_complete(store, mode):
+    reference = None
+    for world, workers in [(1, 0), (2, 1), (3, 3)]:
+        per_rank = []
+        for rank in range(world):
+            s = KmerStream(store, split="val", batch_size=BATCH, seed=5, rank=rank, world_size=world,
+                           val_split=mode)
+            batches = loader_order(s, workers)
+            assert len(batches) == len(s)
+            per_rank.append(np.concatenate(batches))
+        rows = np.concatenate(per_rank)
+        assert len(np.unique(rows)) == len(rows)  # disjoint across ranks, nothing twice
+        reference = np.sort(rows) if reference is None else reference
+        np.testing.assert_array_equal(np.sort(rows), reference)
+    assert abs(len(reference) - 0.1 * ROWS) <= CHUNK
+    if mode == "tail":
+        np.testing.assert_array_equal(reference, np.arange(ROWS - round(0.1 * ROWS), ROWS))
+    train = KmerStream(store, batch_size=BATCH, seed=5, val_split=mode)
+    assert not np.isin(reference, train_rows(train)).any()
+
+
+def test_bad_stores_and_settings_fail_at_construction(store, tmp_path):
+    with pytest.raises(StoreError, match="no such store"):
+        KmerStream(str(tmp_path / "absent.zarr"))
+    zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w").attrs["other"] = 1
+    with pytest.raises(StoreError, match="not a kmervae store"):
+        KmerStream(str(tmp_path / "foreign.zarr"))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match="not a kmervae store"):
+        KmerStream(str(tmp_path / "plain"))
+    import shutil
+    shutil.copytree(store, tmp_path / "cut.zarr")
+    g = zarr.open_group(str(tmp_path / "cut.zarr"), mode="r+")
+    g.attrs["kmervae"] = {**g.attrs["kmervae"], "complete": False}
+    with pytest.raises(StoreError, match="incomplete"):
+        KmerStream(str(tmp_path / "cut.zarr"))
+    with pytest.raises(ValueError, match="does not divide evenly"):
+        KmerStream(store, batch_size=31, world_size=2, rank=0)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        KmerStream(store, batch_size=4000)
+
+
+@pytest.mark.slow
+def test_real_worker_processes_give_the_same_batches(store):
+    """Forkserver workers on a real store, two epochs, set_epoch seen by persistent workers."""
+    code = f"""
+import numpy as np, torch
+from kmervae_core import KmerStream
+from kmervae_core.stream import make_loader
+if __name__ == "__main__":
+    s = KmerStream({store!r}, batch_size={BATCH}, seed=5, rank=1, world_size=2)
+    for workers in (3, 2):
+        loader = make_loader(s, num_workers=workers, prefetch_factor=2)
+        for epoch in (0, 1):
+            s.set_epoch(epoch, start_batch=epoch)
+            got = torch.cat([r for _, r in loader]).numpy()
+            want = torch.cat([r for _, r in s]).numpy()
+            assert np.array_equal(got, want), (workers, epoch)
+    print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
