@@ -101,9 +101,25 @@ class KmerStream(IterableDataset):
             self._array = zarr.open_array(store=self.info.url, path=CLR, mode="r")
         return self._array
 
-    def _tensor(self, x: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) if x.dtype != np.float32 else x)
-        return t.to(self.dtype), torch.from_numpy(rows.astype(np.int64))
+    def _gather(self, pieces: list[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
+        """One batch from (chunk data, row indices) pieces. In a DataLoader worker it is
+        gathered straight into shared memory (as torch's default_collate does), so the batch
+        reaches the main process without another copy."""
+        n = sum(len(idx) for _, idx in pieces)
+        shape = (n, pieces[0][0].shape[1])
+        if get_worker_info() is not None and self.dtype == torch.float32:
+            storage = torch.UntypedStorage._new_shared(n * shape[1] * 4)
+            x = torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
+        else:
+            x = torch.empty(shape, dtype=torch.float32)
+        out, pos = x.numpy(), 0
+        for data, idx in pieces:
+            if data.dtype == np.float32:
+                np.take(data, idx, axis=0, out=out[pos:pos + len(idx)])
+            else:
+                out[pos:pos + len(idx)] = data[idx]
+            pos += len(idx)
+        return x.to(self.dtype)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -119,30 +135,34 @@ class KmerStream(IterableDataset):
         plan = self.plan(epoch)
         mine = worker_batches(plan.batches, start, worker, num_workers)
         lanes_served = len({k % plan.lanes for k in mine[: plan.lanes]})
-        windows: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        windows: OrderedDict[int, tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         for k in mine:
             p0, p1 = plan.batch_positions(self.rank, k)
-            xs, rows = [], []
+            pieces, rows = [], []
             for w in plan.windows_of(p0, p1):
                 if w not in windows:
                     windows[w] = self._read_window(plan, w)
                     while len(windows) > lanes_served + 1:
                         windows.popitem(last=False)
                 windows.move_to_end(w)
-                data, wrows, shuffle = windows[w]
-                start_w = int(plan.window_starts[w])
-                pick = shuffle[max(p0, start_w) - start_w: min(p1, int(plan.window_starts[w + 1])) - start_w]
-                xs.append(data[pick])
+                parts, offsets, wrows, shuffle = windows[w]
+                s0 = int(plan.window_starts[w])
+                # sorted, each chunk gives one contiguous run; the batch's rows are unchanged
+                pick = np.sort(shuffle[max(p0, s0) - s0: min(p1, int(plan.window_starts[w + 1])) - s0])
+                bounds = np.searchsorted(pick, offsets)
+                pieces += [(part, pick[a:b] - off) for part, off, a, b
+                           in zip(parts, offsets, bounds[:-1], bounds[1:]) if b > a]
                 rows.append(wrows[pick])
-            yield self._tensor(np.concatenate(xs) if len(xs) > 1 else xs[0],
-                               np.concatenate(rows) if len(rows) > 1 else rows[0])
+            yield self._gather(pieces), torch.from_numpy(np.concatenate(rows))
 
-    def _read_window(self, plan: EpochPlan, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Training rows of window w's chunks (whole-chunk reads), their store rows and shuffle."""
+    def _read_window(self, plan: EpochPlan, w: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """Window w: its chunks' training rows (whole-chunk reads), where each chunk starts in
+        the window (and the total), the store rows, and the shuffle of the window's positions."""
         rows, shuffle = plan.window_rows(w)
         array, c = self._clr(), self.info.chunk_rows
         parts = [array[int(ch) * c: int(ch) * c + int(self.split.train_stop[ch])] for ch in plan.windows[w]]
-        return (np.concatenate(parts) if len(parts) > 1 else parts[0]), rows, shuffle
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+        return parts, offsets, rows, shuffle
 
     def _validation(self, worker: int, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         array, b = self._clr(), self.local_batch
@@ -150,7 +170,8 @@ class KmerStream(IterableDataset):
             rows = self.split.val_rows_of(int(chunk))
             data = array[int(rows[0]): int(rows[-1]) + 1]
             for s in range(0, len(rows), b):
-                yield self._tensor(data[s:s + b], rows[s:s + b])
+                pick = np.arange(s, min(s + b, len(rows)))
+                yield self._gather([(data, pick)]), torch.from_numpy(rows[pick])
 
 
 def make_loader(stream: KmerStream, num_workers: int = 4, pin_memory: bool | None = None,
