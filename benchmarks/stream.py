@@ -84,7 +84,7 @@ class PeakChildRSS:
 
 def stream_rate(url: str, batch: int, workers: int, lanes: int) -> tuple[float, float]:
     """(samples/s over the second epoch, peak worker RSS MiB)."""
-    s = KmerStream(url, batch_size=batch, val_fraction=0.0, lanes=lanes)
+    s = KmerStream(url, batch_size=batch, val_fraction=0.0, lanes=lanes, partitions=1)
     loader = make_loader(s, num_workers=workers, prefetch_factor=4)
     with PeakChildRSS() as rss:
         for _ in loader:  # epoch 0 starts the workers
@@ -114,8 +114,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--lanes", type=int, default=2,
-                   help="KmerStream lanes; each lane boundary re-reads about one window, so a small "
-                        "store wants few lanes (the default 8 is sized for stores of thousands of chunks)")
+                   help="KmerStream lanes (partitions = 1, one rank); each region boundary re-reads about "
+                        "one window, so a small store wants few regions (the defaults, 4 lanes x 8 partitions, "
+                        "are sized for stores of thousands of chunks)")
     p.add_argument("--dir", default=tempfile.gettempdir())
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(dir=args.dir, prefix="kmervae-stream-"))
@@ -129,7 +130,7 @@ def main() -> None:
         print(f"ceiling (sequential whole-chunk reads, 1 process): {ceil:,.0f} samples/s")
         for w in args.workers:
             rate, rss = stream_rate(url, args.batch, w, args.lanes)
-            buffer = (-(-args.lanes // w) + 1) * 2 * chunk_mib  # windows kept per worker x chunks per window
+            buffer = (-(-args.lanes // w) + 1) * chunk_mib  # windows (of one chunk) kept per worker
             print(f"KmerStream, {w} worker(s): {rate:,.0f} samples/s = {rate / w / ceil:.2f}x ceiling per worker; "
                   f"peak worker RSS {rss:,.0f} MiB (shuffle buffer <= {buffer:,.0f} MiB)")
         today = in_ram_rate(url, args.batch)

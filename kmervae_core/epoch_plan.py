@@ -1,17 +1,19 @@
-"""The epoch plan: which store rows form each batch of each rank, as pure functions.
+"""The epoch plan: which store rows form each batch, as pure functions.
 
-Everything here is a function of (seed, epoch, store rows and chunking, the split, world
-size, global batch, window and lane counts): never of the DataLoader's worker count. So
-every rank computes the same plan without talking to the others, every rank gets the same
-number of batches (no DDP hang), every training row is used once per epoch but for a tail
-shorter than one global batch, and a resumed run can jump straight to batch k.
+Everything here is a function of (seed, epoch, store rows and chunking, the split, global
+batch, and the plan's shape: window, lane and partition counts): never of the world size or
+the DataLoader's worker count. So a global batch holds the same rows on 1 GPU or 8, every rank
+computes the plan without talking to the others, every rank gets the same number of batches (no
+DDP hang), every training row is used once per epoch but for a tail shorter than one global
+batch, and a resumed run can jump straight to batch k.
 
-The global order of an epoch: training chunks in a seeded random order, grouped into
-windows of `window_chunks` chunks; the rows of each window are shuffled. Rank r takes the
-r-th of `world_size` equal contiguous segments of that order. Within a rank, batch k is
-read from lane k mod `lanes`, each lane a contiguous part of the rank's segment: a
-DataLoader gives batch k to worker k mod W, so with W dividing `lanes` every lane (and so
-every chunk) is read by one worker only.
+The global order of an epoch: training chunks in a seeded random order, grouped into windows
+of `window_chunks` chunks; the rows of each window are shuffled. That order is cut into
+`partitions` x `lanes` contiguous regions of equal batch counts (+-1 across lanes). Global
+batch k is `partitions` sub-batches of global_batch / partitions rows, sub-batch s taken from
+region (partition s, lane k mod lanes). A rank serves a block of partitions (world size must
+divide `partitions`), so ranks read disjoint data; a DataLoader gives batch k to worker
+k mod W, so with W dividing `lanes` every region is read by one worker only.
 """
 from __future__ import annotations
 
@@ -70,32 +72,40 @@ def make_split(rows: int, chunk_rows: int, fraction: float = 0.1, mode: str = "r
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """The training batches of one epoch; `batch_positions` maps (rank, k) to positions in the
+    """The training batches of one epoch; `positions` maps (partition, k) to positions in the
     epoch's global order, `window_rows` maps a window's positions back to store rows."""
 
     split: Split
     seed: int
     epoch: int
-    world_size: int
     global_batch: int
-    window_chunks: int = 2
-    lanes: int = 8
+    window_chunks: int = 1
+    lanes: int = 4
+    partitions: int = 8
 
     def __post_init__(self) -> None:
-        if self.global_batch < 1 or self.global_batch % self.world_size:
-            raise ValueError(f"global batch {self.global_batch} does not divide evenly over "
-                             f"{self.world_size} ranks")
-        if self.window_chunks < 1 or self.lanes < 1:
-            raise ValueError("window_chunks and lanes must be at least 1")
+        if min(self.window_chunks, self.lanes, self.partitions) < 1:
+            raise ValueError("window_chunks, lanes and partitions must be at least 1")
+        if self.global_batch < 1 or self.global_batch % self.partitions:
+            raise ValueError(f"global batch {self.global_batch} is not a multiple of the plan's "
+                             f"{self.partitions} partitions")
 
     @property
-    def local_batch(self) -> int:
-        return self.global_batch // self.world_size
+    def sub_batch(self) -> int:
+        """Rows each partition gives to a global batch."""
+        return self.global_batch // self.partitions
 
     @property
     def batches(self) -> int:
-        """Batches per rank: the same on every rank."""
+        """Global batches in the epoch: every rank takes part in each."""
         return int(self.split.train_counts.sum()) // self.global_batch
+
+    def partitions_of(self, rank: int, world_size: int) -> range:
+        if self.partitions % world_size:
+            raise ValueError(f"world size {world_size} does not divide the plan's {self.partitions} "
+                             "partitions (choose partitions as a multiple of the world size)")
+        per = self.partitions // world_size
+        return range(rank * per, (rank + 1) * per)
 
     @cached_property
     def windows(self) -> list[np.ndarray]:
@@ -116,15 +126,18 @@ class EpochPlan:
         rows = np.concatenate([self.split.train_rows_of(int(c)) for c in self.windows[w]])
         return rows, np.random.default_rng([self.seed, self.epoch, 1, w]).permutation(len(rows))
 
-    def batch_positions(self, rank: int, k: int) -> tuple[int, int]:
-        """Positions [p, p + local batch) in the global order of rank's batch k."""
-        if not (0 <= rank < self.world_size and 0 <= k < self.batches):
-            raise IndexError(f"batch {k} of rank {rank} is outside the plan ({self.batches} batches)")
-        b, nb, lanes = self.local_batch, self.batches, self.lanes
+    def positions(self, partition: int, k: int) -> tuple[int, int]:
+        """Positions [p, p + sub_batch) in the global order of partition's part of batch k."""
+        if not (0 <= partition < self.partitions and 0 <= k < self.batches):
+            raise IndexError(f"batch {k} of partition {partition} is outside the plan")
+        m, nb, lanes = self.sub_batch, self.batches, self.lanes
         lane, i = k % lanes, k // lanes
         lane_start = lane * (nb // lanes) + min(lane, nb % lanes)  # the first nb % lanes lanes hold one more
-        p = (rank * nb + lane_start + i) * b
-        return p, p + b
+        p = (partition * nb + lane_start + i) * m
+        return p, p + m
+
+    def region(self, partition: int, k: int) -> tuple[int, int]:
+        return partition, k % self.lanes
 
     def windows_of(self, p0: int, p1: int) -> range:
         """Windows holding positions [p0, p1)."""

@@ -41,15 +41,17 @@ class KmerStream(IterableDataset):
         seed: seeds the epoch plan and the random validation split.
         rank, world_size: default to torch.distributed's when it is initialised.
         val_fraction, val_split: the held-out share, "random" (seeded whole chunks) or "tail".
-        window_chunks: chunks whose rows are shuffled together (the shuffle buffer per lane).
-        lanes: interleaved streams per rank; worker counts dividing it read each chunk once.
+        window_chunks: chunks whose rows are shuffled together (the shuffle buffer per region).
+        lanes: interleaved streams in time; worker counts dividing it read each chunk once.
+        partitions: the fixed split of every global batch; world sizes dividing it see the
+            same global batches (so 1 GPU and 8 GPUs train on the same sequence).
         dtype: torch.float32, or torch.bfloat16 to halve host-to-device traffic.
     """
 
     def __init__(self, path: str, split: str = "train", batch_size: int = 1024, seed: int = 42,
                  rank: int | None = None, world_size: int | None = None, val_fraction: float = 0.1,
-                 val_split: str = "random", window_chunks: int = 2, lanes: int = 8,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 val_split: str = "random", window_chunks: int = 1, lanes: int = 4,
+                 partitions: int = 8, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -64,8 +66,9 @@ class KmerStream(IterableDataset):
         if batch_size < 1 or batch_size % self.world_size:
             raise ValueError(f"global batch {batch_size} does not divide evenly over {self.world_size} ranks")
         self.split_name, self.batch_size, self.seed = split, batch_size, seed
-        self.window_chunks, self.lanes, self.dtype = window_chunks, lanes, dtype
+        self.window_chunks, self.lanes, self.partitions, self.dtype = window_chunks, lanes, partitions, dtype
         self.split = make_split(self.info.rows, self.info.chunk_rows, val_fraction, val_split, seed)
+        self.mine = self.plan(0).partitions_of(self.rank, self.world_size)  # checks the shapes
         train_rows = int(self.split.train_counts.sum())
         if split == "train" and train_rows < batch_size:
             raise ValueError(f"{path}: {train_rows} training rows, fewer than one global batch of {batch_size}")
@@ -84,7 +87,7 @@ class KmerStream(IterableDataset):
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         return EpochPlan(self.split, self.seed, int(self._state[0]) if epoch is None else epoch,
-                         self.world_size, self.batch_size, self.window_chunks, self.lanes)
+                         self.batch_size, self.window_chunks, self.lanes, self.partitions)
 
     def __len__(self) -> int:
         """Batches this rank yields in the selected epoch (from its start batch)."""
@@ -134,25 +137,26 @@ class KmerStream(IterableDataset):
             return
         plan = self.plan(epoch)
         mine = worker_batches(plan.batches, start, worker, num_workers)
-        lanes_served = len({k % plan.lanes for k in mine[: plan.lanes]})
+        regions = len({plan.region(s, k) for k in mine[: plan.lanes] for s in self.mine})
         windows: OrderedDict[int, tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         for k in mine:
-            p0, p1 = plan.batch_positions(self.rank, k)
             pieces, rows = [], []
-            for w in plan.windows_of(p0, p1):
-                if w not in windows:
-                    windows[w] = self._read_window(plan, w)
-                    while len(windows) > lanes_served + 1:
-                        windows.popitem(last=False)
-                windows.move_to_end(w)
-                parts, offsets, wrows, shuffle = windows[w]
-                s0 = int(plan.window_starts[w])
-                # sorted, each chunk gives one contiguous run; the batch's rows are unchanged
-                pick = np.sort(shuffle[max(p0, s0) - s0: min(p1, int(plan.window_starts[w + 1])) - s0])
-                bounds = np.searchsorted(pick, offsets)
-                pieces += [(part, pick[a:b] - off) for part, off, a, b
-                           in zip(parts, offsets, bounds[:-1], bounds[1:]) if b > a]
-                rows.append(wrows[pick])
+            for s in self.mine:
+                p0, p1 = plan.positions(s, k)
+                for w in plan.windows_of(p0, p1):
+                    if w not in windows:
+                        windows[w] = self._read_window(plan, w)
+                        while len(windows) > regions + 1:
+                            windows.popitem(last=False)
+                    windows.move_to_end(w)
+                    parts, offsets, wrows, shuffle = windows[w]
+                    s0 = int(plan.window_starts[w])
+                    # sorted, each chunk gives one contiguous run; the batch's rows are unchanged
+                    pick = np.sort(shuffle[max(p0, s0) - s0: min(p1, int(plan.window_starts[w + 1])) - s0])
+                    bounds = np.searchsorted(pick, offsets)
+                    pieces += [(part, pick[a:b] - off) for part, off, a, b
+                               in zip(parts, offsets, bounds[:-1], bounds[1:]) if b > a]
+                    rows.append(wrows[pick])
             yield self._gather(pieces), torch.from_numpy(np.concatenate(rows))
 
     def _read_window(self, plan: EpochPlan, w: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:

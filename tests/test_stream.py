@@ -14,7 +14,11 @@ from kmervae_core import KmerStream
 from kmervae_core.errors import StoreError
 from tests.conftest import ROOT, random_kmers, run, write_npy
 
-ROWS, CHUNK, BATCH = 1009, 37, 30  # 1009 is prime: nothing divides it
+ROWS, CHUNK, BATCH, PARTS = 1009, 37, 30, 6  # 1009 is prime: nothing divides it
+
+
+def stream(path, **kw) -> KmerStream:
+    return KmerStream(path, **{"batch_size": BATCH, "seed": 5, "partitions": PARTS, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,7 @@ def train_rows(stream: KmerStream) -> np.ndarray:
 def test_every_training_row_once_and_equal_batches_per_rank(store, world, workers):
     seen, counts = [], []
     for rank in range(world):
-        s = KmerStream(store, batch_size=BATCH, seed=5, rank=rank, world_size=world)
+        s = stream(store, rank=rank, world_size=world)
         s.set_epoch(2)
         batches = loader_order(s, workers)
         assert all(len(b) == BATCH // world for b in batches)
@@ -58,8 +62,17 @@ def test_every_training_row_once_and_equal_batches_per_rank(store, world, worker
     assert 0 <= len(everything) - len(rows) < BATCH  # only a tail shorter than a global batch is left
 
 
+def test_global_batches_are_the_same_for_any_world_size(store):
+    """Rank r's part of global batch k is rows r*b:(r+1)*b of the 1-process batch k."""
+    single = loader_order(stream(store), 0)
+    for world in (2, 3, 6):
+        ranks = [loader_order(stream(store, rank=r, world_size=world), 2) for r in range(world)]
+        for k, whole in enumerate(single):
+            np.testing.assert_array_equal(np.concatenate([batches[k] for batches in ranks]), whole)
+
+
 def test_order_is_the_same_for_any_worker_count(store):
-    s = KmerStream(store, batch_size=BATCH, seed=5, rank=1, world_size=2)
+    s = stream(store, rank=1, world_size=2)
     s.set_epoch(3)
     reference = np.concatenate(loader_order(s, 0))
     for workers in (1, 2, 3, 4, 8):
@@ -67,33 +80,33 @@ def test_order_is_the_same_for_any_worker_count(store):
 
 
 def test_epochs_and_seeds_shuffle_differently(store):
-    s = KmerStream(store, batch_size=BATCH, seed=5)
+    s = stream(store)
     first = np.concatenate(loader_order(s, 0))
     s.set_epoch(1)
     assert not np.array_equal(first, np.concatenate(loader_order(s, 0)))
     s.set_epoch(0)
     np.testing.assert_array_equal(first, np.concatenate(loader_order(s, 0)))
-    other = KmerStream(store, batch_size=BATCH, seed=6)
+    other = stream(store, seed=6)
     assert not np.array_equal(first, np.concatenate(loader_order(other, 0)))
 
 
 def test_values_are_the_store_rows_named(store):
-    s = KmerStream(store, batch_size=BATCH, seed=5)
+    s = stream(store)
     clr = zarr.open_group(store, mode="r")["clr"][:]
     for x, rows in itertools.islice(s, 5):
         assert x.dtype == torch.float32 and x.shape == (BATCH, 2772)
         np.testing.assert_array_equal(x.numpy(), clr[rows.numpy()])
-    x16, _ = next(iter(KmerStream(store, batch_size=BATCH, dtype=torch.bfloat16)))
+    x16, _ = next(iter(stream(store, dtype=torch.bfloat16)))
     assert x16.dtype == torch.bfloat16
 
 
 def test_start_batch_resumes_exactly_without_reading_what_it_skips(store):
-    s = KmerStream(store, batch_size=BATCH, seed=5, rank=0, world_size=3)
+    s = stream(store, rank=0, world_size=3)
     s.set_epoch(4)
     full = loader_order(s, 0)
     k = len(full) - 4
     plan = s.plan(4)
-    needed = {w for j in range(k, len(full)) for w in plan.windows_of(*plan.batch_positions(0, j))}
+    needed = {w for j in range(k, len(full)) for part in s.mine for w in plan.windows_of(*plan.positions(part, j))}
     read = []
     original = s._read_window
     s._read_window = lambda p, w: (read.append(w), original(p, w))[1]
@@ -112,7 +125,7 @@ def test_validation_rows_are_fixed_disjoint_and_complete(store, mode):
     for world, workers in [(1, 0), (2, 1), (3, 3)]:
         per_rank = []
         for rank in range(world):
-            s = KmerStream(store, split="val", batch_size=BATCH, seed=5, rank=rank, world_size=world,
+            s = stream(store, split="val", rank=rank, world_size=world,
                            val_split=mode)
             batches = loader_order(s, workers)
             assert len(batches) == len(s)
@@ -124,7 +137,7 @@ def test_validation_rows_are_fixed_disjoint_and_complete(store, mode):
     assert abs(len(reference) - 0.1 * ROWS) <= CHUNK
     if mode == "tail":
         np.testing.assert_array_equal(reference, np.arange(ROWS - round(0.1 * ROWS), ROWS))
-    train = KmerStream(store, batch_size=BATCH, seed=5, val_split=mode)
+    train = stream(store, val_split=mode)
     assert not np.isin(reference, train_rows(train)).any()
 
 
@@ -145,8 +158,12 @@ def test_bad_stores_and_settings_fail_at_construction(store, tmp_path):
         KmerStream(str(tmp_path / "cut.zarr"))
     with pytest.raises(ValueError, match="does not divide evenly"):
         KmerStream(store, batch_size=31, world_size=2, rank=0)
+    with pytest.raises(ValueError, match="not a multiple of the plan's 6 partitions"):
+        stream(store, batch_size=32)
+    with pytest.raises(ValueError, match="world size 4 does not divide"):
+        stream(store, batch_size=36, world_size=4, rank=0)
     with pytest.raises(ValueError, match="fewer than one global batch"):
-        KmerStream(store, batch_size=4000)
+        stream(store, batch_size=3000)
 
 
 @pytest.mark.slow
@@ -157,7 +174,7 @@ import numpy as np, torch
 from kmervae_core import KmerStream
 from kmervae_core.stream import make_loader
 if __name__ == "__main__":
-    s = KmerStream({store!r}, batch_size={BATCH}, seed=5, rank=1, world_size=2)
+    s = KmerStream({store!r}, batch_size={BATCH}, seed=5, partitions={PARTS}, rank=1, world_size=2)
     for workers in (3, 2):
         loader = make_loader(s, num_workers=workers, prefetch_factor=2)
         for epoch in (0, 1):
