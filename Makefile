@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # install your own CUDA build first, or run `make TORCH=torch setup`.
 TORCH ?= torch==2.13.0
 SAMPLE_ROWS ?= 5000
+DEMO_EPOCHS ?= 15
+RUN ?= runs/demo
 
 .PHONY: setup demo test test-fast bench clean
 
@@ -18,9 +20,16 @@ $(VENV)/.ready: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# synth sample -> ingest -> 2-process DDP training (gloo on CPU) -> latents -> kNN on the genomes
 demo: setup
 	$(PY) -m ingest.synth Data/all_kmers.npy --rows $(SAMPLE_ROWS) --seed 0
-	$(PY) -m ingest Data/all_kmers.npy Data/kmers.zarr --overwrite
+	$(PY) -m ingest Data/all_kmers.npy Data/kmers.zarr --chunk-rows 512 --overwrite
+	rm -rf $(RUN)
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node=2 -m train \
+		--data Data/kmers.zarr --out $(RUN) --epochs $(DEMO_EPOCHS) --batch-size 128 --workers 1
+	$(PY) -m train.encode --checkpoint $(RUN)/vae_multi_encoder_best.pt --data Data/kmers.zarr \
+		--out $(RUN)/latents.zarr --overwrite
+	$(PY) -m train.evaluate $(RUN)/latents.zarr --labels Data/all_kmers_labels.npy --store Data/kmers.zarr
 
 test: setup
 	$(PY) -m pytest -q
@@ -32,4 +41,4 @@ bench: setup
 	$(PY) benchmarks/ingest.py
 
 clean:
-	rm -rf Data/all_kmers.npy Data/all_kmers_labels.npy Data/kmers.zarr
+	rm -rf Data/all_kmers.npy Data/all_kmers_labels.npy Data/kmers.zarr runs/demo

@@ -1,0 +1,127 @@
+"""The VAEMulti reference model, in torch: encoder 2772 -> 1024 -> 512 -> (z_mean, z_log_var),
+decoder 256 -> 512 -> 1024 -> 2772, Dense + BatchNorm + LeakyReLU(0.2) between.
+
+BatchNorm uses Keras's defaults (momentum 0.99, i.e. torch momentum 0.01; epsilon 1e-3) and
+statistics over the *global* batch: under DDP the per-feature sums are all-reduced, so a run on
+N ranks computes what one process computes on the whole batch (torch's SyncBatchNorm does this
+on GPUs only; this one also runs on gloo).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .kmers import N_FEATURES
+
+LOG_VAR_RANGE = (-20.0, 2.0)
+KERAS_BN = dict(momentum=0.01, eps=1e-3)
+
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the all-reduced gradient: every rank's loss depends on
+    the summed statistics, so each rank's input gets the sum of all ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics cover the batch of every rank."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        xf = x.float()
+        c = xf.shape[1]
+        stats = torch.cat([xf.sum(0), (xf * xf).sum(0), xf.new_full((1,), xf.shape[0])])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            stats = _SumAcrossRanks.apply(stats)
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0.0)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1).clamp_min(1.0), self.momentum)
+            self.num_batches_tracked += 1
+        y = (xf - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        return y.to(x.dtype)
+
+
+def _block(n_in: int, n_out: int) -> list[nn.Module]:
+    return [nn.Linear(n_in, n_out), GlobalBatchNorm1d(n_out, **KERAS_BN), nn.LeakyReLU(0.2)]
+
+
+def _glorot(module: nn.Module) -> None:
+    """Keras's Dense initialisation: Glorot-uniform weights, zero bias."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class Encoder(nn.Module):
+    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256) -> None:
+        super().__init__()
+        sizes = (n_features, *hidden)
+        self.body = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in _block(a, b)])
+        self.z_mean = nn.Linear(sizes[-1], latent)
+        self.z_log_var = nn.Linear(sizes[-1], latent)
+        self.apply(_glorot)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.z_mean(h), self.z_log_var(h).clamp(*LOG_VAR_RANGE)
+
+
+class Decoder(nn.Module):
+    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256) -> None:
+        super().__init__()
+        sizes = (latent, *reversed(hidden))
+        self.body = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in _block(a, b)])
+        self.out = nn.Linear(sizes[-1], n_features)
+        self.apply(_glorot)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(z))
+
+
+class VAE(nn.Module):
+    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256) -> None:
+        super().__init__()
+        self.encoder = Encoder(n_features, hidden, latent)
+        self.decoder = Decoder(n_features, hidden, latent)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, z_mean, z_log_var); eps is the reparameterisation noise, passed in so
+        that it can be drawn per global batch (the same on any world size)."""
+        mu, log_var = self.encoder(x)
+        z = mu + torch.exp(0.5 * log_var) * eps
+        return self.decoder(z), mu, log_var
+
+
+def keras_param_count(module: nn.Module) -> int:
+    """Parameters as Keras counts them: trainable weights plus BatchNorm moving mean and variance."""
+    bn = sum(m.running_mean.numel() + m.running_var.numel() for m in module.modules()
+             if isinstance(m, nn.BatchNorm1d))
+    return sum(p.numel() for p in module.parameters()) + bn
+
+
+def architecture(encoder_state: dict) -> tuple[int, tuple[int, ...], int]:
+    """(features, hidden sizes, latent size) of an encoder state dict, read from weight shapes."""
+    linears = sorted(k for k in encoder_state if k.startswith("body.") and k.endswith(".weight")
+                     and encoder_state[k].dim() == 2)
+    linears.sort(key=lambda k: int(k.split(".")[1]))
+    hidden = tuple(int(encoder_state[k].shape[0]) for k in linears)
+    features = int(encoder_state[linears[0]].shape[1])
+    return features, hidden, int(encoder_state["z_mean.weight"].shape[0])

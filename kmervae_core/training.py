@@ -1,0 +1,260 @@
+"""The training loop: the reference VAE on a KmerStream, one process or DDP, with exact
+mid-epoch resume. Read it top to bottom: `Trainer.run` is the whole story."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import checkpoint as ckpt
+from .config import TrainConfig, beta_at, warmup_end_epoch
+from .distributed import DistContext, all_reduce
+from .errors import KmervaeError
+from .kmers import KMER_GROUPS
+from .losses import N_SUMS, summarise, vae_loss
+from .model import VAE
+from .progress import Progress
+from .stream import KmerStream, make_loader
+
+NO_STEP = 2**62
+
+
+class NonFiniteLoss(KmervaeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def export_paths(run_dir: Path, tag: str) -> dict[str, Path]:
+    return {part: run_dir / f"vae_multi{'' if part == 'model' else '_' + part}_{tag}.pt"
+            for part in ("model", "encoder", "decoder")}
+
+
+def epoch_line(epoch: int, epochs: int, beta: float, train: dict, val: dict | None, rate: float) -> str:
+    """The reference's log line, then throughput."""
+    shown = val if val is not None else train
+    per_k = ", ".join(f"{g.k}mer={shown[f'mse_{g.k}mer']:.2f}" for g in KMER_GROUPS)
+    val_text = f"{val['loss']:.2f}" if val is not None else "n/a"
+    return (f"Epoch {epoch + 1}/{epochs}: Recon: {train['recon']:.2f}, KL: {train['kl']:.2f} (w={beta:.4f}), "
+            f"Val: {val_text}, MSE: {shown['mse']:.2f} [{per_k}] {rate:,.0f} samples/s")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, log=print) -> None:
+        self.cfg, self.ctx, self.log = cfg, ctx, log
+        self.run_dir = Path(cfg.out)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        if ctx.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        stream_args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
+                           val_fraction=cfg.val_fraction, val_split=cfg.val_split,
+                           window_chunks=cfg.window_chunks, lanes=cfg.lanes, partitions=cfg.partitions)
+        try:
+            self.train_stream = KmerStream(cfg.data, "train", **stream_args)
+            self.val_stream = KmerStream(cfg.data, "val", **stream_args)
+        except ValueError as e:
+            raise KmervaeError(str(e)) from None
+        self.train_loader = make_loader(self.train_stream, cfg.workers)
+        self.val_loader = make_loader(self.val_stream, cfg.workers)
+        self.batches = self.train_stream.plan(0).batches
+
+        torch.manual_seed(cfg.seed)
+        self.model = VAE(hidden=tuple(cfg.hidden), latent=cfg.latent).to(ctx.device)
+        self.net = DDP(self.model) if ctx.active else self.model
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.plateau = self._new_plateau()
+        self.noise = torch.Generator(device=ctx.device)
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.best = {"val_loss": math.inf, "epoch": -1}
+        self.epoch_sums = torch.zeros(N_SUMS, device=ctx.device, dtype=torch.float64)
+        self.history: list[dict] = []
+
+    def _new_plateau(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+        c = self.cfg
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=c.plateau_factor,
+                                                          patience=c.plateau_patience, min_lr=c.min_lr)
+
+    # ---- state ----
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "plateau": self.plateau.state_dict(), "epoch": self.epoch, "batch": self.batch,
+                "step": self.step, "best": dict(self.best), "epoch_sums": self.epoch_sums.cpu(),
+                "rng_cpu": torch.get_rng_state(), "config": self.cfg.to_dict()}
+
+    def restore(self, path: Path) -> None:
+        s = ckpt.load(path, self.ctx.device)
+        if s["config"]["hidden"] != list(self.cfg.hidden) or s["config"]["latent"] != self.cfg.latent:
+            raise KmervaeError(f"{path}: checkpoint model shape differs from the configuration")
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["optimizer"])
+        self.plateau.load_state_dict(s["plateau"])
+        self.epoch, self.batch, self.step = s["epoch"], s["batch"], s["step"]
+        self.best = dict(s["best"])
+        torch.set_rng_state(s["rng_cpu"])
+        # rank 0 carries the reduced partial sums of the interrupted epoch; the others start at 0
+        sums = s["epoch_sums"].to(self.ctx.device)
+        self.epoch_sums = sums if self.ctx.is_main else torch.zeros_like(sums)
+        history = self.run_dir / "history.json"
+        if history.exists():
+            self.history = [h for h in json.loads(history.read_text()) if h["epoch"] <= self.epoch]
+
+    def resume_from(self) -> Path | None:
+        if self.cfg.resume == "never":
+            if ckpt.list_checkpoints(self.run_dir):
+                raise KmervaeError(f"{self.run_dir}: already holds checkpoints of another run; "
+                                   "choose another --out, or --resume auto to continue it")
+            return None
+        if self.cfg.resume != "auto":
+            path = Path(self.cfg.resume)
+            if not path.is_file():
+                raise KmervaeError(f"{path}: no such checkpoint")
+            return path
+        found = ckpt.list_checkpoints(self.run_dir)
+        return found[-1] if found else None
+
+    def save_checkpoint(self) -> None:
+        """Reduce the epoch's partial sums into rank 0, then write (rank 0) atomically."""
+        self.check_finite()
+        all_reduce(self.epoch_sums)
+        if not self.ctx.is_main:
+            self.epoch_sums.zero_()
+            return
+        ckpt.atomic_save(self.state(), ckpt.checkpoint_path(self.run_dir, self.epoch, self.step))
+        ckpt.prune(self.run_dir, self.cfg.keep_checkpoints)
+
+    def export(self, tag: str) -> None:
+        if self.ctx.is_main:
+            paths = export_paths(self.run_dir, tag)
+            ckpt.atomic_save(self.model.state_dict(), paths["model"])
+            ckpt.atomic_save(self.model.encoder.state_dict(), paths["encoder"])
+            ckpt.atomic_save(self.model.decoder.state_dict(), paths["decoder"])
+
+    # ---- steps ----
+
+    def check_finite(self) -> None:
+        """Stop on the first non-finite loss since the last check, or on weights or BatchNorm
+        statistics gone non-finite (training losses use batch statistics, so a running
+        variance can overflow while the loss stays finite). One sync, at checks only."""
+        weights_ok = torch.stack([torch.isfinite(t).all() for t in self.model.state_dict().values()
+                                  if t.is_floating_point()]).all()
+        flags = torch.stack([self.first_bad, torch.where(weights_ok, NO_STEP, self.step - 1)])
+        step_loss, step_weights = (int(v) for v in all_reduce(flags, torch.distributed.ReduceOp.MIN).tolist())
+        if min(step_loss, step_weights) == NO_STEP:
+            return
+        step = min(step_loss, step_weights)
+        what = "loss" if step_loss <= step_weights else "weights"
+        epoch, batch = divmod(step, self.batches)
+        last = ckpt.list_checkpoints(self.run_dir)
+        keep = f"last good checkpoint {last[-1]}" if last else "no checkpoint was written"
+        raise NonFiniteLoss(f"non-finite {what} at epoch {epoch + 1}, step {step + 1} (batch {batch + 1}); {keep}")
+
+    def noise_for_step(self) -> torch.Tensor:
+        """Reparameterisation noise for the whole global batch, drawn from (seed, step), then
+        this rank's rows: so any world size draws the same noise for the same rows."""
+        self.noise.manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        full = torch.randn(self.cfg.batch_size, self.cfg.latent, generator=self.noise, device=self.ctx.device)
+        b = self.cfg.batch_size // self.ctx.world_size
+        return full[self.ctx.rank * b:(self.ctx.rank + 1) * b]
+
+    def autocast(self):
+        enabled = self.cfg.precision == "bf16" and self.ctx.device.type == "cuda"
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_step(self, x: torch.Tensor, beta: float) -> None:
+        with self.autocast():
+            recon, mu, log_var = self.net(x, self.noise_for_step())
+        loss, sums = vae_loss(x, recon, mu, log_var, beta)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.epoch_sums += sums
+        self.first_bad = torch.where(torch.isfinite(loss), self.first_bad,
+                                     torch.minimum(self.first_bad, torch.full_like(self.first_bad, self.step)))
+
+    @torch.no_grad()
+    def validate(self, beta: float) -> dict | None:
+        """Validation reconstructs from z_mean (deterministic, the same on any world size)."""
+        self.model.eval()
+        sums = torch.zeros(N_SUMS, device=self.ctx.device, dtype=torch.float64)
+        for x, _ in self.val_loader:
+            x = x.to(self.ctx.device, non_blocking=True)
+            with self.autocast():
+                recon, mu, log_var = self.model(x, torch.zeros(len(x), self.cfg.latent, device=self.ctx.device))
+            sums += vae_loss(x, recon, mu, log_var, beta)[1]
+        self.model.train()
+        all_reduce(sums)
+        return summarise(sums, beta) if sums[0] > 0 else None
+
+    # ---- the run ----
+
+    def run(self) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        start = self.resume_from()
+        if start is not None:
+            self.restore(start)
+            self.log(f"resuming from {start}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
+        self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=ctx.device)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        while self.epoch < cfg.epochs:
+            beta = beta_at(cfg, self.epoch)
+            if self.epoch == warmup_end_epoch(cfg) and self.batch == 0 and self.epoch > 0:
+                self.best = {"val_loss": math.inf, "epoch": -1}
+                lr = self.opt.param_groups[0]["lr"]
+                self.plateau = self._new_plateau()
+                self.log(f"β warm-up over: best-checkpoint and plateau tracking restart at epoch {self.epoch + 1} (lr {lr:g})")
+            self.train_stream.set_epoch(self.epoch, start_batch=self.batch)
+            bar = Progress(self.batches, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batches",
+                           quiet=not ctx.is_main)
+            bar.update(self.batch)
+            rows, t0 = 0, time.perf_counter()
+            for x, _ in self.train_loader:
+                x = x.to(ctx.device, non_blocking=True)
+                self.train_step(x, beta)
+                self.step += 1
+                self.batch += 1
+                rows += len(x) * ctx.world_size
+                bar.update(1)
+                if self.step % cfg.log_every == 0:
+                    self.check_finite()
+                if self.step % cfg.checkpoint_every == 0 and self.batch < self.batches:
+                    self.save_checkpoint()
+            bar.close()
+            seconds = time.perf_counter() - t0
+            self.check_finite()
+            train = summarise(all_reduce(self.epoch_sums.clone()), beta)
+            val = self.validate(beta)
+            if val is not None and not math.isfinite(val["loss"]):
+                raise NonFiniteLoss(f"non-finite validation loss at epoch {self.epoch + 1}")
+            monitored = (val or train)["loss"]
+            self.plateau.step(monitored)
+            improved = monitored < self.best["val_loss"]
+            if improved:
+                self.best = {"val_loss": monitored, "epoch": self.epoch}
+                self.export("best")
+            rate = rows / max(seconds, 1e-9)
+            if ctx.is_main:
+                self.log(epoch_line(self.epoch, cfg.epochs, beta, train, val, rate))
+                self.history.append({"epoch": self.epoch + 1, "beta": beta, "lr": self.opt.param_groups[0]["lr"],
+                                     "seconds": seconds, "samples_per_s": rate, "best": improved,
+                                     **{f"train_{k}": v for k, v in train.items()},
+                                     **({f"val_{k}": v for k, v in val.items()} if val else {})})
+                ckpt_tmp = self.run_dir / "history.json.tmp"
+                ckpt_tmp.write_text(json.dumps(self.history, indent=1))
+                os.replace(ckpt_tmp, self.run_dir / "history.json")
+            self.epoch += 1
+            self.batch = 0
+            self.epoch_sums.zero_()
+            self.save_checkpoint()
+        self.export("final")
+        return {"epochs": self.epoch, "steps": self.step, "best": self.best}

@@ -1,0 +1,87 @@
+"""The reference model, loss, metrics and β schedule against hand computations."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kmervae_core.config import TrainConfig, beta_at, warmup_end_epoch
+from kmervae_core.evaluate import knn_accuracy
+from kmervae_core.losses import summarise, vae_loss
+from kmervae_core.model import VAE, GlobalBatchNorm1d, architecture, keras_param_count
+from kmervae_core.training import epoch_line
+
+
+def test_parameter_counts_equal_the_keras_reference():
+    vae = VAE()
+    assert keras_param_count(vae.encoder) == 3_633_152
+    assert keras_param_count(vae.decoder) == 3_504_340
+    assert architecture(vae.encoder.state_dict()) == (2772, (1024, 512), 256)
+    assert architecture(VAE(hidden=(64, 32, 16), latent=8).encoder.state_dict()) == (2772, (64, 32, 16), 8)
+
+
+def test_log_var_is_clipped():
+    vae = VAE(hidden=(16,), latent=4).eval()
+    with torch.no_grad():
+        vae.encoder.z_log_var.bias.fill_(50.0)
+        _, lv = vae.encoder(torch.randn(3, 2772))
+    assert lv.max().item() == 2.0
+
+
+def test_loss_and_metrics_match_a_hand_computation():
+    rng = np.random.default_rng(0)
+    x, r = rng.normal(size=(5, 2772)), rng.normal(size=(5, 2772))
+    mu, lv = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
+    recon = ((r - x) ** 2).sum(axis=1).mean()
+    kl = np.mean([-0.5 * np.sum(1 + lv[i] - mu[i] ** 2 - np.exp(lv[i])) for i in range(5)])
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    total, sums = vae_loss(t(x), t(r), t(mu), t(lv), 0.06)
+    assert total.item() == pytest.approx(recon + 0.06 * kl, rel=1e-5)
+    m = summarise(sums, 0.06)
+    assert m["rows"] == 5 and m["recon"] == pytest.approx(recon, rel=1e-5) and m["kl"] == pytest.approx(kl, rel=1e-5)
+    assert m["mse"] == pytest.approx(((r - x) ** 2).mean(), rel=1e-5)
+    assert m["mse_6mer"] == pytest.approx(((r - x)[:, :2080] ** 2).mean(), rel=1e-5)
+    assert m["mse_1mer"] == pytest.approx(((r - x)[:, 2770:] ** 2).mean(), rel=1e-5)
+
+
+def test_global_batchnorm_alone_is_keras_batchnorm():
+    torch.manual_seed(0)
+    ours, ref = GlobalBatchNorm1d(16, momentum=0.01, eps=1e-3), nn.BatchNorm1d(16, momentum=0.01, eps=1e-3)
+    for _ in range(3):
+        x = torch.randn(32, 16) * 3 + 1
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_beta_warms_up_as_the_reference_logs():
+    cfg = TrainConfig()
+    assert [round(beta_at(cfg, e), 4) for e in range(7)] == [0.02, 0.04, 0.06, 0.08, 0.1, 0.1, 0.1]
+    assert warmup_end_epoch(cfg) == 4
+    cyc = TrainConfig(beta_schedule="cyclical", beta_cycle_epochs=4)
+    assert [round(beta_at(cyc, e), 4) for e in range(8)] == [0.05, 0.1, 0.1, 0.1] * 2
+
+
+def test_epoch_line_is_the_reference_format():
+    train = {"recon": 3896.94, "kl": 475.37}
+    val = {"loss": 3397.95, "mse": 1.41, "mse_6mer": 1.52, "mse_5mer": 1.21, "mse_4mer": 0.98,
+           "mse_3mer": 0.76, "mse_2mer": 0.45, "mse_1mer": 0.12}
+    assert epoch_line(2, 100, 0.06, train, val, 123456) == (
+        "Epoch 3/100: Recon: 3896.94, KL: 475.37 (w=0.0600), Val: 3397.95, MSE: 1.41 [6mer=1.52, 5mer=1.21, "
+        "4mer=0.98, 3mer=0.76, 2mer=0.45, 1mer=0.12] 123,456 samples/s")
+
+
+def test_knn_accuracy_matches_brute_force():
+    rng = np.random.default_rng(1)
+    z, labels = rng.normal(size=(60, 3)), rng.integers(0, 3, 60)
+    z[labels == 1] += 2.0
+    hits = 0
+    for i in range(60):
+        d = [(np.sum((z[i] - z[j]) ** 2), j) for j in range(60) if j != i]
+        near = [j for _, j in sorted(d)[:5]]
+        counts = [sum(labels[j] == c for j in near) for c in range(3)]
+        hits += int(np.argmax(counts) == labels[i])
+    assert knn_accuracy(z, labels, k=5, block=7) == pytest.approx(hits / 60)

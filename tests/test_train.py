@@ -1,0 +1,184 @@
+"""`python -m train` and `torchrun -m train` as users run them, and `python -m train.encode`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+import zarr
+
+from kmervae_core.model import VAE, Encoder
+from tests.conftest import ROOT, run
+
+pytestmark = pytest.mark.slow
+TINY = ["--hidden", "64,32", "--latent", "8"]
+
+
+def train_args(store: str, out: Path, *extra) -> list[str]:
+    return ["--data", store, "--out", str(out), "--batch-size", "48", "--workers", "0",
+            "--deterministic", *map(str, extra)]
+
+
+def torchrun(*args, nproc: int = 2, restarts: int = 0, popen: bool = False):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           f"--max-restarts={restarts}", "-m", *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def final_weights(out: Path) -> dict:
+    return torch.load(out / "vae_multi_final.pt", weights_only=True)
+
+
+def history(out: Path) -> list[dict]:
+    return json.loads((out / "history.json").read_text())
+
+
+def test_two_processes_train_like_one(train_store, tmp_path):
+    store, _ = train_store
+    one = run("train", *train_args(store, tmp_path / "one", "--epochs", 2, *TINY), check=True)
+    two = torchrun("train", *train_args(store, tmp_path / "two", "--epochs", 2, *TINY))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "Epoch 2/2: Recon:" in one.stdout and "Epoch 2/2: Recon:" in two.stdout
+    for a, b in zip(history(tmp_path / "one"), history(tmp_path / "two"), strict=True):
+        for key in ("train_recon", "train_kl", "val_loss", "val_mse_6mer", "val_mse_1mer"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+        assert a["train_rows"] == b["train_rows"]
+    # A Linear bias feeding BatchNorm has zero true gradient, so Adam turns rounding noise into
+    # lr-sized steps there, and the BatchNorm running mean follows it; in eval mode the two cancel.
+    # Compare every other weight closely, and what the models compute.
+    w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    shifted = {f"{part}.body.{i}.{what}" for part in ("encoder", "decoder")
+               for i, what in [(0, "bias"), (3, "bias"), (1, "running_mean"), (4, "running_mean")]}
+    for name in set(w1) - shifted:
+        torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=1e-6)
+    models = []
+    for w in (w1, w2):
+        vae = VAE(hidden=(64, 32), latent=8).eval()
+        vae.load_state_dict(w)
+        models.append(vae)
+    x = torch.from_numpy(zarr.open_group(store, mode="r")["clr"][:])
+    with torch.no_grad():
+        out1, out2 = (m(x, torch.zeros(len(x), 8)) for m in models)
+    for a, b in zip(out1, out2):  # the running-mean EMA over that bias noise leaves ~1e-3
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=5e-3)
+
+
+def test_killed_rank_restarts_and_ends_with_the_uninterrupted_weights(train_store, tmp_path):
+    store, _ = train_store
+    args = ("--epochs", 3, "--checkpoint-every", 4)
+    full = torchrun("train", *train_args(store, tmp_path / "full", *args))
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    out = tmp_path / "cut"
+    agent = torchrun("train", *train_args(store, out, *args), restarts=1, popen=True)
+    deadline, killed = time.time() + 300, None
+    while time.time() < deadline and killed is None and agent.poll() is None:
+        if any(int(p.name.split("-s")[1][:9]) >= 6 for p in (out / "checkpoints").glob("ckpt-*.pt")):
+            ranks = [c for c in psutil.Process(agent.pid).children(recursive=True)
+                     if "train" in " ".join(c.cmdline()) and "torch.distributed.run" not in " ".join(c.cmdline())]
+            killed = ranks[-1]
+            killed.send_signal(signal.SIGKILL)
+        time.sleep(0.01)
+    output = agent.communicate(timeout=600)[0]
+    assert killed is not None, "the run ended before a rank could be killed"
+    assert agent.returncode == 0, output[-3000:]
+    assert "resuming from" in output
+    resumed_step = int(output.split("resuming from")[1].split("step ")[1].split()[0])
+    assert 6 <= resumed_step < 3 * 11
+    w_full, w_cut = final_weights(tmp_path / "full"), final_weights(out)
+    assert all(torch.equal(w_full[k], w_cut[k]) for k in w_full)
+    assert [h["train_recon"] for h in history(out)] == [h["train_recon"] for h in history(tmp_path / "full")]
+
+
+def test_resume_auto_continues_a_finished_run_exactly(train_store, tmp_path):
+    store, _ = train_store
+    run("train", *train_args(store, tmp_path / "a", "--epochs", 3, *TINY), check=True)
+    run("train", *train_args(store, tmp_path / "b", "--epochs", 2, *TINY), check=True)
+    more = run("train", *train_args(store, tmp_path / "b", "--epochs", 3, *TINY), check=True)
+    assert "resuming from" in more.stdout and "Epoch 3/3" in more.stdout and "Epoch 2/3" not in more.stdout
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(history(tmp_path / "b")) == 3
+
+
+def test_checkpoints_and_exports_load_with_weights_only(train_store, tmp_path):
+    store, _ = train_store
+    run("train", *train_args(store, tmp_path, "--epochs", 1, "--checkpoint-every", 5, *TINY), check=True)
+    names = {p.name for p in tmp_path.glob("vae_multi*.pt")}
+    assert names == {f"vae_multi{part}_{tag}.pt" for part in ("", "_encoder", "_decoder") for tag in ("best", "final")}
+    vae = VAE(hidden=(64, 32), latent=8)
+    vae.load_state_dict(torch.load(tmp_path / "vae_multi_best.pt", weights_only=True))
+    state = torch.load(sorted((tmp_path / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    assert {"model", "optimizer", "plateau", "epoch", "batch", "step", "best", "rng_cpu", "config"} <= set(state)
+    assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 48
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def _assert_stopped_cleanly(proc, out: Path, what: str) -> int:
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"non-finite {what} at epoch 1, step" in lines[0], proc.stderr
+    bad_step = int(lines[0].split("step ")[1].split()[0])
+    for path in (out / "checkpoints").glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        assert state["step"] < bad_step
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (out / "vae_multi_final.pt").exists()
+    return bad_step
+
+
+def test_exploding_weights_stop_the_run_and_keep_good_checkpoints(train_store, tmp_path):
+    store, _ = train_store
+    proc = run("train", *train_args(store, tmp_path, "--epochs", 5, "--lr", "1e6", "--checkpoint-every", 1,
+                                    "--log-every", 1, *TINY))
+    _assert_stopped_cleanly(proc, tmp_path, "weights")
+
+
+def test_non_finite_loss_names_its_step(train_store, tmp_path):
+    import shutil
+    from kmervae_core import KmerStream
+    store = str(tmp_path / "poisoned.zarr")
+    shutil.copytree(train_store[0], store)
+    stream = KmerStream(store, batch_size=48, seed=42)
+    first = int(list(stream)[3][1][0]) // 40 * 40  # the chunk of a row of the 4th training batch
+    zarr.open_group(store, mode="r+")["clr"][first:first + 40] = 1e30  # its squared error overflows
+    expected = next(k for k, (_, rows) in enumerate(stream) if ((rows >= first) & (rows < first + 40)).any())
+    proc = run("train", *train_args(store, tmp_path / "run", "--epochs", 2, "--checkpoint-every", 2, *TINY))
+    assert _assert_stopped_cleanly(proc, tmp_path / "run", "loss") == expected + 1
+
+
+def test_bad_store_is_one_line_and_exit_2(tmp_path):
+    proc = run("train", "--data", tmp_path / "absent.zarr", "--out", tmp_path / "run")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no such store" in proc.stderr
+    proc = run("train", "--data", tmp_path / "absent.zarr", "--epochs", "0")
+    assert proc.returncode == 2 and "epochs must be at least 1" in proc.stderr
+
+
+def test_encode_writes_every_row_once_in_store_order(train_store, tmp_path):
+    store, _ = train_store
+    run("train", *train_args(store, tmp_path / "run", "--epochs", 1, *TINY), check=True)
+    enc_path = tmp_path / "run" / "vae_multi_encoder_best.pt"
+    run("train.encode", "--checkpoint", enc_path, "--data", store, "--out", tmp_path / "one.zarr", "--log-var",
+        check=True)
+    two = torchrun("train.encode", "--checkpoint", enc_path, "--data", store, "--out", tmp_path / "two.zarr")
+    assert two.returncode == 0, two.stderr[-2000:]
+    enc = Encoder(hidden=(64, 32), latent=8).eval()
+    enc.load_state_dict(torch.load(enc_path, weights_only=True))
+    with torch.no_grad():
+        mu, lv = enc(torch.from_numpy(zarr.open_group(store, mode="r")["clr"][:]))
+    one, other = zarr.open_group(str(tmp_path / "one.zarr"), mode="r"), zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
+    assert one["z_mean"].shape == (600, 8) and one.attrs["kmervae_latents"]["complete"] is True
+    np.testing.assert_allclose(one["z_mean"][:], mu.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(one["z_log_var"][:], lv.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(other["z_mean"][:], one["z_mean"][:])

@@ -1,0 +1,57 @@
+"""python -m train.encode --checkpoint RUN/vae_multi_encoder_best.pt --data STORE --out latents.zarr:
+z_mean (and on request z_log_var) of every store row, in store order; also under torchrun."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from kmervae_core.distributed import init_distributed, shutdown
+from kmervae_core.encode import encode_chunks, finish_output, load_encoder, prepare_output
+from kmervae_core.errors import KmervaeError
+from kmervae_core.progress import Progress
+from kmervae_core.store import open_store
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.encode", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="an exported encoder (vae_multi_encoder_*.pt)")
+    p.add_argument("--data", default="Data/kmers.zarr", help="the kmervae store to encode")
+    p.add_argument("--out", required=True, help="the latents store to write (Zarr v3)")
+    p.add_argument("--log-var", action="store_true", help="also write z_log_var")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = p.parse_args(argv)
+    ctx = init_distributed()
+    try:
+        info = open_store(args.data)
+        encoder = load_encoder(args.checkpoint, ctx.device)
+        if ctx.is_main:
+            prepare_output(args.out, info, encoder.z_mean.out_features, args.log_var, args.overwrite)
+        if ctx.active:
+            dist.barrier()
+        start = time.perf_counter()
+        bar = Progress(-(-info.rows // ctx.world_size), "encode", quiet=not ctx.is_main)
+        written = torch.tensor([encode_chunks(encoder, info, args.out, ctx, args.log_var, bar.update)])
+        bar.close()
+        if ctx.active:
+            dist.all_reduce(written)
+        if ctx.is_main:
+            if int(written) != info.rows:
+                raise KmervaeError(f"wrote {int(written)} rows of {info.rows}; {args.out} left incomplete")
+            finish_output(args.out)
+            print(f"wrote {args.out}: z_mean {info.rows:,} x {encoder.z_mean.out_features}"
+                  f"{' and z_log_var' if args.log_var else ''} in {time.perf_counter() - start:.1f} s")
+        return 0
+    except KmervaeError as e:
+        print(f"train.encode: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
