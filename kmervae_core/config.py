@@ -43,7 +43,9 @@ class TrainConfig:
     deterministic: bool = False
     precision: str = "fp32"
     compile: bool = False
-    metrics_port: int = 0
+    metrics_port: int = 9400  # global rank 0 serves /metrics here; 0 turns it off
+    metrics_addr: str = "0.0.0.0"
+    pushgateway: str = ""  # push a final summary here when the run ends
     log_every: int = 50
 
     def validate(self) -> None:
@@ -60,6 +62,7 @@ class TrainConfig:
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be at least 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.workers >= 0, "workers must be non-negative"),
+            (0 <= self.metrics_port < 65536, "metrics_port must be 0 (off) or a port number"),
         ]
         for ok, message in checks:
             if not ok:
@@ -70,7 +73,8 @@ class TrainConfig:
 
     def digest(self) -> str:
         """A short hash of the settings that shape the result (not paths or resume policy)."""
-        shaping = {k: v for k, v in self.to_dict().items() if k not in ("out", "resume", "metrics_port")}
+        shaping = {k: v for k, v in self.to_dict().items()
+                   if k not in ("out", "resume", "metrics_port", "metrics_addr", "pushgateway", "log_every", "workers")}
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -46,6 +46,15 @@ def all_reduce(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.
     return t
 
 
+def gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's copy of a same-shaped tensor, in rank order (collective where distributed)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, t)
+        return out
+    return [t]
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

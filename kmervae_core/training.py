@@ -14,15 +14,28 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, beta_at, warmup_end_epoch
-from .distributed import DistContext, all_reduce
+from . import __version__
+from .distributed import DistContext, all_reduce, gather
 from .errors import KmervaeError
 from .kmers import KMER_GROUPS
 from .losses import N_SUMS, summarise, vae_loss
+from .metrics import TrainMetrics
 from .model import VAE
 from .progress import Progress
 from .stream import KmerStream, make_loader
 
 NO_STEP = 2**62
+
+
+def memory_in_use(device: torch.device) -> float:
+    """Device memory allocated (CUDA), or this process's resident memory (CPU); no sync."""
+    if device.type == "cuda":
+        return float(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/statm") as f:
+            return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0.0
 
 
 class NonFiniteLoss(KmervaeError):
@@ -77,7 +90,16 @@ class Trainer:
         self.epoch, self.batch, self.step = 0, 0, 0
         self.best = {"val_loss": math.inf, "epoch": -1}
         self.epoch_sums = torch.zeros(N_SUMS, device=ctx.device, dtype=torch.float64)
+        self.window_sums = torch.zeros_like(self.epoch_sums)
+        self.window = {"rows": 0, "wait": 0.0, "start": time.perf_counter()}
         self.history: list[dict] = []
+        self.metrics = self.metrics_url = None
+        if ctx.is_main and (cfg.metrics_port or cfg.pushgateway):
+            self.metrics = TrainMetrics(self.run_dir.resolve().name, {
+                "world_size": str(ctx.world_size), "config_hash": cfg.digest(), "version": __version__,
+                "device": ctx.device.type})
+            if cfg.metrics_port:
+                self.metrics_url = self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
 
     def _new_plateau(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
         c = self.cfg
@@ -179,8 +201,24 @@ class Trainer:
         loss.backward()
         self.opt.step()
         self.epoch_sums += sums
+        self.window_sums += sums
         self.first_bad = torch.where(torch.isfinite(loss), self.first_bad,
                                      torch.minimum(self.first_bad, torch.full_like(self.first_bad, self.step)))
+
+    def publish_window(self, beta: float) -> None:
+        """At a log point (already a sync): reduce the window's train sums and gather per-rank
+        throughput, data wait and memory to rank 0's exporter."""
+        now = time.perf_counter()
+        elapsed = max(now - self.window["start"], 1e-9)
+        mine = torch.tensor([self.window["rows"] / elapsed, self.window["wait"] / elapsed,
+                             memory_in_use(self.ctx.device)], dtype=torch.float64, device=self.ctx.device)
+        per_rank = [t.tolist() for t in gather(mine)]
+        window = summarise(all_reduce(self.window_sums.clone()), beta)
+        self.window_sums.zero_()
+        self.window = {"rows": 0, "wait": 0.0, "start": now}
+        if self.metrics is not None and window["rows"]:
+            self.metrics.set_train(window, beta, self.opt.param_groups[0]["lr"], self.epoch)
+            self.metrics.set_ranks(per_rank)
 
     @torch.no_grad()
     def validate(self, beta: float) -> dict | None:
@@ -218,15 +256,29 @@ class Trainer:
                            quiet=not ctx.is_main)
             bar.update(self.batch)
             rows, t0 = 0, time.perf_counter()
-            for x, _ in self.train_loader:
+            batches, t_prev = iter(self.train_loader), time.perf_counter()
+            while True:
+                t_wait = time.perf_counter()
+                try:
+                    x, _ = next(batches)
+                except StopIteration:
+                    break
+                wait = time.perf_counter() - t_wait
                 x = x.to(ctx.device, non_blocking=True)
                 self.train_step(x, beta)
                 self.step += 1
                 self.batch += 1
                 rows += len(x) * ctx.world_size
+                self.window["rows"] += len(x)
+                self.window["wait"] += wait
+                now = time.perf_counter()
+                if self.metrics is not None:
+                    self.metrics.observe_step(now - t_prev, wait, len(x) * ctx.world_size)
+                t_prev = now
                 bar.update(1)
                 if self.step % cfg.log_every == 0:
                     self.check_finite()
+                    self.publish_window(beta)
                 if self.step % cfg.checkpoint_every == 0 and self.batch < self.batches:
                     self.save_checkpoint()
             bar.close()
@@ -243,6 +295,10 @@ class Trainer:
                 self.best = {"val_loss": monitored, "epoch": self.epoch}
                 self.export("best")
             rate = rows / max(seconds, 1e-9)
+            if self.metrics is not None:
+                self.metrics.set_train(train, beta, self.opt.param_groups[0]["lr"], self.epoch)
+                if val is not None:
+                    self.metrics.set_val(val)
             if ctx.is_main:
                 self.log(epoch_line(self.epoch, cfg.epochs, beta, train, val, rate))
                 self.history.append({"epoch": self.epoch + 1, "beta": beta, "lr": self.opt.param_groups[0]["lr"],
@@ -258,3 +314,13 @@ class Trainer:
             self.save_checkpoint()
         self.export("final")
         return {"epochs": self.epoch, "steps": self.step, "best": self.best}
+
+    def finish(self, failed: bool = False) -> None:
+        """Push the final summary (where asked) and stop serving metrics."""
+        if self.metrics is None:
+            return
+        if failed:
+            self.metrics.set_non_finite()
+        if self.cfg.pushgateway:
+            self.metrics.push(self.cfg.pushgateway)
+        self.metrics.close()

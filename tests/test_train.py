@@ -24,7 +24,7 @@ TINY = ["--hidden", "64,32", "--latent", "8"]
 
 def train_args(store: str, out: Path, *extra) -> list[str]:
     return ["--data", store, "--out", str(out), "--batch-size", "48", "--workers", "0",
-            "--deterministic", *map(str, extra)]
+            "--deterministic", "--metrics-port", "0", *map(str, extra)]
 
 
 def torchrun(*args, nproc: int = 2, restarts: int = 0, popen: bool = False):

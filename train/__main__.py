@@ -40,7 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms: bitwise-repeatable runs")
     p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocast on CUDA (default fp32)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port on global rank 0 (0 = off)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port on global rank 0 (default 9400; 0 = off)")
+    p.add_argument("--metrics-addr", help="address to bind /metrics to (default 0.0.0.0)")
+    p.add_argument("--pushgateway", help="Pushgateway URL to push a final summary to when the run ends")
     p.add_argument("--log-every", type=int, help=f"steps between non-finite checks and metric updates (default {d.log_every})")
     return p.parse_args(argv)
 
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from kmervae_core.training import NonFiniteLoss, Trainer
     ctx = init_distributed()
     log = (lambda line: print(line, flush=True)) if ctx.is_main else (lambda line: None)
+    trainer = None
     try:
         trainer = Trainer(cfg, ctx, log)
         if ctx.is_main:
@@ -64,14 +67,20 @@ def main(argv: list[str] | None = None) -> int:
             (trainer.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
             log(f"config ({ctx.world_size} process(es) on {ctx.device.type}, {trainer.batches} batches/epoch): "
                 + json.dumps(cfg.to_dict()))
+            if trainer.metrics_url:
+                log(f"metrics: {trainer.metrics_url} (Prometheus scrape target; see deploy/README.md)")
         summary = trainer.run()
+        trainer.finish()
         log(f"done: {summary['epochs']} epochs, {summary['steps']} steps; best val loss "
             f"{summary['best']['val_loss']:.2f} at epoch {summary['best']['epoch'] + 1}; exports in {cfg.out}")
         return 0
     except NonFiniteLoss as e:
+        trainer.finish(failed=True)
         print(f"train: error: {e}", file=sys.stderr)
         return EXIT_NON_FINITE
     except KmervaeError as e:
+        if trainer is not None:
+            trainer.finish()
         print(f"train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
