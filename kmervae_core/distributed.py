@@ -35,7 +35,17 @@ def init_distributed() -> DistContext:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's agent keeps one store across restarts, so a restarted rank can read the
+            # dead round's addresses and fail to connect (seen with gloo, torch 2.13): give each
+            # restart round its own key space.
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+            store = dist.PrefixStore(f"kmervae/round_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world, **kwargs)
+        else:
+            dist.init_process_group(backend, **kwargs)
     return DistContext(rank, world, local, device)
 
 
