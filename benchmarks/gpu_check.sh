@@ -9,14 +9,15 @@ if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then
     && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi
 export PYTHONUNBUFFERED=1
-DEVICE=${DEVICE:-cuda}; ROWS=${ROWS:-600000}; WORKERS=${WORKERS:-12}; STEPS=${STEPS:-200}
+DEVICE=${DEVICE:-cuda}; ROWS=${ROWS:-600000}; WORKERS=${WORKERS:-12}; STEPS=${STEPS:-100}; PRECISIONS=${PRECISIONS:-fp32 bf16}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 python3 -c "import sys, torch, zarr, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'zarr', zarr.__version__, 'numpy', numpy.__version__)"
-timeout 240 python3 -m pytest -q -x -m "not slow" -p no:cacheprovider tests 2>&1 | tail -3
+timeout 240 python3 -m pytest -q -m "not slow" -p no:cacheprovider tests > "$OUT/tests.txt" 2>&1
+grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.txt" | tail -15
 d=$(mktemp -d)
 python3 -m ingest.synth "$d/s.npy" --rows 3000 --seed 0 >/dev/null && python3 -m ingest "$d/s.npy" "$d/s.zarr" --chunk-rows 512 --quiet \
   && timeout 120 python3 -m train --data "$d/s.zarr" --out "$d/run" --epochs 2 --batch-size 256 --workers 2 --precision bf16 2>&1 | grep -E "Epoch|done|error"
-for prec in fp32 bf16; do
+for prec in $PRECISIONS; do
   timeout 200 python3 benchmarks/train.py --device "$DEVICE" --batches 1024 4096 --rows "$ROWS" --workers "$WORKERS" \
-    --steps "$STEPS" --warmup 20 --precision "$prec" 2>&1 | tee -a "$OUT/train_gpu.txt"
+    --steps "$STEPS" --warmup 10 --rounds 2 --precision "$prec" 2>&1 | tee -a "$OUT/train_gpu.txt"
 done

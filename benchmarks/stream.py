@@ -82,10 +82,10 @@ class PeakChildRSS:
         self._thread.join()
 
 
-def stream_rate(url: str, batch: int, workers: int, lanes: int) -> tuple[float, float]:
+def stream_rate(url: str, batch: int, workers: int, lanes: int, reuse: bool) -> tuple[float, float]:
     """(samples/s over the second epoch, peak worker RSS MiB)."""
     s = KmerStream(url, batch_size=batch, val_fraction=0.0, lanes=lanes, partitions=1)
-    loader = make_loader(s, num_workers=workers, prefetch_factor=4)
+    loader = make_loader(s, num_workers=workers, prefetch_factor=4, reuse_buffers=reuse)
     with PeakChildRSS() as rss:
         for _ in loader:  # epoch 0 starts the workers
             pass
@@ -129,10 +129,12 @@ def main() -> None:
         ceil = ceiling(url)
         print(f"ceiling (sequential whole-chunk reads, 1 process): {ceil:,.0f} samples/s")
         for w in args.workers:
-            rate, rss = stream_rate(url, args.batch, w, args.lanes)
-            buffer = (-(-args.lanes // w) + 1) * chunk_mib  # windows (of one chunk) kept per worker
-            print(f"KmerStream, {w} worker(s): {rate:,.0f} samples/s = {rate / w / ceil:.2f}x ceiling per worker; "
-                  f"peak worker RSS {rss:,.0f} MiB (shuffle buffer <= {buffer:,.0f} MiB)")
+            for reuse in (False, True):
+                rate, rss = stream_rate(url, args.batch, w, args.lanes, reuse)
+                buffer = (-(-args.lanes // w) + 1) * chunk_mib  # windows (of one chunk) kept per worker
+                how = "ring of reused buffers (the trainer's setting)" if reuse else "a fresh buffer per batch"
+                print(f"KmerStream, {w} worker(s), {how}: {rate:,.0f} samples/s = {rate / w / ceil:.2f}x ceiling "
+                      f"per worker; peak worker RSS {rss:,.0f} MiB (shuffle buffer <= {buffer:,.0f} MiB)")
         today = in_ram_rate(url, args.batch)
         print(f"today (shuffled DataLoader over an in-RAM TensorDataset): {today:,.0f} samples/s")
     finally:

@@ -119,8 +119,9 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=20000)
     p.add_argument("--chunk-rows", type=int, default=4096)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of each; figures are their means")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--dir", default=tempfile.gettempdir())
     args = p.parse_args()
@@ -136,8 +137,14 @@ def main() -> None:
             cfg = TrainConfig(data=url, out=str(work / f"run-{batch}"), batch_size=batch, workers=args.workers,
                               val_fraction=0.0, precision=args.precision, partitions=1, lanes=max(1, args.workers))
             trainer = Trainer(cfg, DistContext(0, 1, 0, device), log=lambda line: None)
-            ceiling, _ = measure(trainer, resident(trainer, batch), args.steps, args.warmup)
-            rate, wait = measure(trainer, streamed(trainer), args.steps, args.warmup)
+            sources = {"resident": resident(trainer, batch), "streamed": streamed(trainer)}
+            results = {name: [] for name in sources}
+            for _ in range(args.rounds):  # alternate, so that drift of the machine hits both alike
+                for name, source in sources.items():
+                    results[name].append(measure(trainer, source, args.steps, args.warmup))
+            ceiling = float(np.mean([r for r, _ in results["resident"]]))
+            rate = float(np.mean([r for r, _ in results["streamed"]]))
+            wait = float(np.mean([w for _, w in results["streamed"]]))
             print(f"{batch:>6} {ceiling:>19,.0f} {rate:>19,.0f} {rate / ceiling:>6.2f} {wait:>9.1%}")
             del trainer
     finally:

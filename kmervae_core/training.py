@@ -75,8 +75,8 @@ class Trainer:
             self.val_stream = KmerStream(cfg.data, "val", **stream_args)
         except ValueError as e:
             raise KmervaeError(str(e)) from None
-        self.train_loader = make_loader(self.train_stream, cfg.workers)
-        self.val_loader = make_loader(self.val_stream, cfg.workers)
+        self.train_loader = make_loader(self.train_stream, cfg.workers, reuse_buffers=True)
+        self.val_loader = make_loader(self.val_stream, cfg.workers, reuse_buffers=True)
         self.batches = self.train_stream.plan(0).batches
 
         torch.manual_seed(cfg.seed)

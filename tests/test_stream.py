@@ -186,3 +186,27 @@ if __name__ == "__main__":
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_reused_buffers_give_the_same_batches_to_a_consumer_that_uses_each_at_once(store):
+    """make_loader(reuse_buffers=True): values checked as each batch arrives, as a training loop uses them."""
+    code = f"""
+import numpy as np, torch, zarr
+from kmervae_core import KmerStream
+from kmervae_core.stream import make_loader
+if __name__ == "__main__":
+    s = KmerStream({store!r}, batch_size={BATCH}, seed=5, partitions={PARTS})
+    clr = zarr.open_group({store!r}, mode="r")["clr"][:]
+    loader = make_loader(s, num_workers=2, prefetch_factor=2, reuse_buffers=True)
+    for split in (s, KmerStream({store!r}, split="val", batch_size={BATCH}, seed=5, partitions={PARTS})):
+        loader = make_loader(split, num_workers=2, prefetch_factor=2, reuse_buffers=True)
+        n = 0
+        for x, rows in loader:
+            assert np.array_equal(x.numpy(), clr[rows.numpy()])
+            n += 1
+        assert n == len(split) and split.ring_slots == 4
+    print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
