@@ -135,7 +135,8 @@ def main() -> None:
         print(f"{'batch':>6} {'resident samples/s':>19} {'streamed samples/s':>19} {'ratio':>6} {'data wait':>9}")
         for batch in args.batches:
             cfg = TrainConfig(data=url, out=str(work / f"run-{batch}"), batch_size=batch, workers=args.workers,
-                              val_fraction=0.0, precision=args.precision, partitions=1, lanes=max(1, args.workers))
+                              val_fraction=0.0, precision=args.precision, partitions=1, lanes=max(1, args.workers),
+                              metrics_port=0)
             trainer = Trainer(cfg, DistContext(0, 1, 0, device), log=lambda line: None)
             sources = {"resident": resident(trainer, batch), "streamed": streamed(trainer)}
             results = {name: [] for name in sources}

@@ -50,10 +50,15 @@ def random_kmers(rows: int, seed: int = 0, dtype=np.float32) -> np.ndarray:
     return x.astype(dtype)
 
 
+def child_env(**extra: str) -> dict:
+    """The environment for a child process: this checkout first on PYTHONPATH, the rest kept."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def run(module: str, *args: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
     """Run `python -m module args` as a user would, from the repository root."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=child_env(),
                           capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -16,7 +16,7 @@ import torch
 import zarr
 
 from kmervae_core.model import VAE, Encoder
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, child_env, run
 
 pytestmark = pytest.mark.slow
 TINY = ["--hidden", "64,32", "--latent", "8"]
@@ -30,7 +30,7 @@ def train_args(store: str, out: Path, *extra) -> list[str]:
 def torchrun(*args, nproc: int = 2, restarts: int = 0, popen: bool = False):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            f"--max-restarts={restarts}", "-m", *map(str, args)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
