@@ -20,16 +20,18 @@ $(VENV)/.ready: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# synth sample -> ingest -> 2-process DDP training (gloo on CPU) -> latents -> kNN on the genomes
+# synth sample -> ingest -> 2-process DDP training (gloo on CPU) -> latents -> kNN on the genomes -> report
 demo: setup
 	$(PY) -m ingest.synth Data/all_kmers.npy --rows $(SAMPLE_ROWS) --seed 0
-	$(PY) -m ingest Data/all_kmers.npy Data/kmers.zarr --chunk-rows 512 --overwrite
+	$(PY) -m ingest Data/all_kmers.npy Data/kmers.zarr --chunk-rows 512 --labels Data/all_kmers_labels.npy --overwrite
 	rm -rf $(RUN)
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node=2 -m train \
 		--data Data/kmers.zarr --out $(RUN) --epochs $(DEMO_EPOCHS) --batch-size 128 --workers 1
 	$(PY) -m train.encode --checkpoint $(RUN)/vae_multi_encoder_best.pt --data Data/kmers.zarr \
 		--out $(RUN)/latents.zarr --overwrite
 	$(PY) -m train.evaluate $(RUN)/latents.zarr --labels Data/all_kmers_labels.npy --store Data/kmers.zarr
+	@$(PY) -c "import json; h = json.load(open('$(RUN)/history.json'))[-1]; print(f\"latent metrics, last epoch (held-out sample): active units {h['latent_active_units']}, distance Spearman {h['latent_spearman']:.3f}, kNN {h['latent_knn']:.3f}\")"
+	$(PY) -m train.report $(RUN)
 
 test: setup
 	$(PY) -m pytest -q

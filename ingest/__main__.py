@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="threads of the local scheduler (memory is about 100 MB per worker at 4,096 rows a chunk)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run on a dask.distributed cluster (e.g. tcp://host:8786); input and output must be reachable from its workers")
+    p.add_argument("--labels", default=None,
+                   help="an int .npy with one label per input row (e.g. genome or bin), stored as `labels` "
+                        "for label-aware evaluation during training")
     p.add_argument("--on-bad-rows", choices=("fail", "drop"), default="fail",
                    help="rows with NaN, infinite or negative frequencies: stop naming the first, or leave them out (reads the input twice)")
     mode = p.add_mutually_exclusive_group()
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = open_npy(args.input)
         plan = IngestPlan(source=source, url=args.output, clr=spec, chunk_rows=args.chunk_rows,
-                          codec=args.codec, dtype=args.dtype, on_bad_rows=args.on_bad_rows)
+                          codec=args.codec, dtype=args.dtype, on_bad_rows=args.on_bad_rows, labels=args.labels)
         if plan.on_bad_rows == "drop":
             bar = Progress(source.rows, "scan  ", quiet=quiet)
             dropped = find_bad_rows(source, plan.chunk_rows, args.scheduler, args.workers, bar.update)

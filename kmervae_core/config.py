@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from .errors import KmervaeError
 
 BETA_SCHEDULES = ("warmup", "cyclical")
+SELECT_BY = ("val_loss", "spearman", "knn")  # what the best checkpoint tracks
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -47,6 +48,9 @@ class TrainConfig:
     metrics_addr: str = "0.0.0.0"
     pushgateway: str = ""  # push a final summary here when the run ends
     log_every: int = 50
+    latent_sample: int = 5000  # held-out validation rows for the latent metrics each epoch; 0 = off
+    latent_pairs: int = 20000  # row pairs for the latent/input distance correlation
+    select_by: str = "val_loss"  # val_loss (lowest, the reference), spearman or knn (highest)
 
     def validate(self) -> None:
         """Raise KmervaeError with one line for a setting that cannot work."""
@@ -63,6 +67,9 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.workers >= 0, "workers must be non-negative"),
             (0 <= self.metrics_port < 65536, "metrics_port must be 0 (off) or a port number"),
+            (self.select_by in SELECT_BY, f"select_by must be one of {', '.join(SELECT_BY)}"),
+            (self.latent_sample >= 0 and self.latent_pairs >= 1, "latent_sample and latent_pairs must be positive"),
+            (self.select_by == "val_loss" or self.latent_sample > 0, "select_by spearman or knn needs latent_sample > 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -9,6 +9,7 @@ chunks whose marker is unset, so a resumed store is identical to an uninterrupte
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,7 +21,7 @@ from .clr import ClrSpec, clr
 from .errors import InputError, StoreError
 from .kmers import N_FEATURES
 from .npy_source import NpySource, bad_rows
-from .store import (ATTRS_KEY, CLR, COLUMN0, FORMAT_VERSION, STORE_DTYPES, exists, layout_attrs,
+from .store import (ATTRS_KEY, CLR, COLUMN0, FORMAT_VERSION, LABELS, STORE_DTYPES, exists, layout_attrs,
                     read_attrs, remove)
 
 DONE = "_ingest_done"
@@ -64,6 +65,7 @@ class IngestPlan:
     dtype: str = "float32"
     on_bad_rows: str = "fail"
     dropped: tuple[int, ...] = field(default=())  # sorted source rows left out
+    labels: str | None = None  # an int .npy with one label per source row (genome, bin, ...)
 
     def __post_init__(self) -> None:
         if self.chunk_rows < 1:
@@ -73,6 +75,8 @@ class IngestPlan:
         if self.on_bad_rows not in ("fail", "drop"):
             raise InputError(f"--on-bad-rows must be fail or drop, got {self.on_bad_rows!r}")
         parse_codec(self.codec)
+        if self.labels is not None:
+            check_labels(self.labels, self.source.rows)
 
     @property
     def rows(self) -> int:
@@ -86,7 +90,8 @@ class IngestPlan:
         return {"format_version": FORMAT_VERSION, "source": self.source.describe(), **layout_attrs(),
                 "transform": self.clr.to_attrs(), "rows": self.rows, "chunk_rows": self.chunk_rows,
                 "codec": codec_name(self.codec), "dtype": self.dtype, "on_bad_rows": self.on_bad_rows,
-                "dropped_rows": list(self.dropped), "complete": False}
+                "dropped_rows": list(self.dropped),
+                "labels": None if self.labels is None else os.path.abspath(self.labels), "complete": False}
 
     def source_span(self, chunk: int) -> tuple[int, int, int, int]:
         """(first output row, end output row, first source row, end source row) of a chunk."""
@@ -104,6 +109,28 @@ class IngestPlan:
             if nxt == i:
                 return i
             i = nxt
+
+
+def check_labels(path: str, rows: int) -> None:
+    """One line naming the problem if `path` is not one integer label per source row."""
+    try:
+        labels = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such labels file") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a .npy labels file ({str(e).splitlines()[0]})") from None
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise InputError(f"{path}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if len(labels) != rows:
+        raise InputError(f"{path}: {len(labels)} labels for {rows} input rows")
+
+
+def read_labels(plan: "IngestPlan", i0: int, i1: int) -> np.ndarray:
+    """Labels of source rows [i0, i1) that are kept, as int64."""
+    labels = np.asarray(np.load(plan.labels, mmap_mode="r")[i0:i1], dtype=np.int64)
+    dropped = np.asarray(plan.dropped, dtype=np.int64)
+    dropped = dropped[(dropped >= i0) & (dropped < i1)] - i0
+    return np.delete(labels, dropped)
 
 
 class BadRowFound(Exception):
@@ -142,6 +169,8 @@ def ingest_chunk(plan: IngestPlan, chunk: int) -> dict:
     group = zarr.open_group(store=plan.url, mode="r+")
     group[CLR][o0:o1] = data
     group[COLUMN0][o0:o1] = col0
+    if plan.labels is not None:
+        group[LABELS][o0:o1] = read_labels(plan, i0, i1)
     group[DONE][chunk] = 1
     return {"rows": o1 - o0, "bytes_in": (i1 - i0) * plan.source.row_bytes}
 
@@ -217,6 +246,8 @@ def prepare(plan: IngestPlan, resume: bool, overwrite: bool) -> list[int]:
                            dtype=plan.dtype, **kwargs)
         group.create_array(COLUMN0, shape=(plan.rows,), chunks=(plan.chunk_rows,),
                            dtype=plan.source.dtype.newbyteorder("=").str, **kwargs)
+        if plan.labels is not None:
+            group.create_array(LABELS, shape=(plan.rows,), chunks=(plan.chunk_rows,), dtype="int64", **kwargs)
         group.create_array(DONE, shape=(plan.n_chunks,), chunks=(1,), dtype="uint8", fill_value=0)
         group.attrs[ATTRS_KEY] = plan.attrs()
     except OSError as e:

@@ -42,6 +42,9 @@ class TrainMetrics:
         self.beta = gauge("kmervae_beta", "KL weight in use")
         self.lr = gauge("kmervae_learning_rate", "Learning rate in use")
         self.epoch = gauge("kmervae_epoch", "Current epoch (1-based)")
+        self.latent_active = gauge("kmervae_latent_active_units", "Latent dimensions whose z_mean variance over the held-out sample exceeds 0.01")
+        self.latent_spearman = gauge("kmervae_latent_distance_spearman", "Spearman correlation of latent and input distances, held-out pairs")
+        self.latent_knn = gauge("kmervae_latent_knn_accuracy", "Leave-one-out 5-NN accuracy of the store's labels in latent space, held-out sample")
         self.non_finite = gauge("kmervae_non_finite_loss", "1 once a non-finite loss or weight stopped the run")
         self.last_step = gauge("kmervae_last_step_timestamp_seconds", "Unix time of the last completed step")
         self.rank_rate = gauge("kmervae_rank_samples_per_second", "Samples per second of one rank, last log window", "rank")
@@ -101,6 +104,13 @@ class TrainMetrics:
         self.val_mse.labels(run=run).set(summary["mse"])
         for g in KMER_GROUPS:
             self.val_kmer_mse.labels(run=run, k=str(g.k)).set(summary[f"mse_{g.k}mer"])
+
+    def set_latent(self, latent: dict) -> None:
+        run = self.run_id
+        for gauge_, key in ((self.latent_active, "active_units"), (self.latent_spearman, "spearman"),
+                            (self.latent_knn, "knn")):
+            if latent.get(key) is not None:
+                gauge_.labels(run=run).set(latent[key])
 
     def set_ranks(self, per_rank: list[tuple[float, float, float]]) -> None:
         """(samples/s, data-wait ratio, device memory bytes) of each rank, gathered."""

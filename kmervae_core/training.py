@@ -5,23 +5,26 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import zarr
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from . import __version__
 from . import checkpoint as ckpt
 from .config import TrainConfig, beta_at, warmup_end_epoch
-from . import __version__
 from .distributed import DistContext, all_reduce, gather
 from .errors import KmervaeError
+from .evaluate import active_units, distance_spearman, knn_accuracy, sample_pairs
 from .kmers import KMER_GROUPS
 from .losses import N_SUMS, summarise, vae_loss
 from .metrics import TrainMetrics
 from .model import VAE
 from .progress import Progress
+from .store import CLR, LABELS
 from .stream import KmerStream, make_loader
 
 NO_STEP = 2**62
@@ -47,13 +50,24 @@ def export_paths(run_dir: Path, tag: str) -> dict[str, Path]:
             for part in ("model", "encoder", "decoder")}
 
 
-def epoch_line(epoch: int, epochs: int, beta: float, train: dict, val: dict | None, rate: float) -> str:
-    """The reference's log line, then throughput."""
+def epoch_line(epoch: int, epochs: int, beta: float, train: dict, val: dict | None, rate: float,
+               latent: dict | None = None, latent_size: int = 0) -> str:
+    """The reference's log line, then throughput, then the latent metrics where computed."""
     shown = val if val is not None else train
     per_k = ", ".join(f"{g.k}mer={shown[f'mse_{g.k}mer']:.2f}" for g in KMER_GROUPS)
     val_text = f"{val['loss']:.2f}" if val is not None else "n/a"
-    return (f"Epoch {epoch + 1}/{epochs}: Recon: {train['recon']:.2f}, KL: {train['kl']:.2f} (w={beta:.4f}), "
+    line = (f"Epoch {epoch + 1}/{epochs}: Recon: {train['recon']:.2f}, KL: {train['kl']:.2f} (w={beta:.4f}), "
             f"Val: {val_text}, MSE: {shown['mse']:.2f} [{per_k}] {rate:,.0f} samples/s")
+    if latent:
+        line += f" | active {latent['active_units']}/{latent_size}, rho {latent['spearman']:.3f}"
+        if latent.get("knn") is not None:
+            line += f", kNN {latent['knn']:.3f}"
+    return line
+
+
+def better(select_by: str, value: float, best: float) -> bool:
+    """Lower validation loss, or higher distance correlation / kNN accuracy."""
+    return value < best if select_by == "val_loss" else value > best
 
 
 class Trainer:
@@ -88,7 +102,8 @@ class Trainer:
         self.plateau = self._new_plateau()
         self.noise = torch.Generator(device=ctx.device)
         self.epoch, self.batch, self.step = 0, 0, 0
-        self.best = {"val_loss": math.inf, "epoch": -1}
+        self.best = self._no_best()
+        self.heldout = self._heldout() if ctx.is_main and cfg.latent_sample else None
         self.epoch_sums = torch.zeros(N_SUMS, device=ctx.device, dtype=torch.float64)
         self.window_sums = torch.zeros_like(self.epoch_sums)
         self.window = {"rows": 0, "wait": 0.0, "start": time.perf_counter()}
@@ -100,6 +115,52 @@ class Trainer:
                 "device": ctx.device.type})
             if cfg.metrics_port:
                 self.metrics_url = self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+
+    def _no_best(self) -> dict:
+        worst = math.inf if self.cfg.select_by == "val_loss" else -math.inf
+        return {"by": self.cfg.select_by, "value": worst, "epoch": -1}
+
+    def _heldout(self) -> dict | None:
+        """A fixed seeded sample of validation rows (CLR, labels, distance pairs) for the
+        latent metrics; None where the split holds no validation rows."""
+        cfg, split = self.cfg, self.val_stream.split
+        rows = np.concatenate([split.val_rows_of(int(c)) for c in np.flatnonzero(split.val_counts > 0)] or [[]])
+        if len(rows) <= 5:
+            if cfg.select_by != "val_loss":
+                raise KmervaeError(f"--select-by {cfg.select_by} needs validation rows; this split has {len(rows)}")
+            return None
+        rng = np.random.default_rng([cfg.seed, 0x1A7])
+        rows = np.sort(rng.choice(rows, min(len(rows), cfg.latent_sample), replace=False)).astype(np.int64)
+        group = zarr.open_group(store=cfg.data, mode="r")
+        labels = group[LABELS].oindex[rows] if LABELS in group else None
+        if labels is None and cfg.select_by == "knn":
+            raise KmervaeError(f"--select-by knn needs a store with labels (python -m ingest ... --labels LABELS.npy)")
+        x = np.asarray(group[CLR].oindex[rows, :], dtype=np.float32)
+        return {"rows": rows, "x": x, "labels": labels, "pairs": sample_pairs(len(rows), cfg.latent_pairs, cfg.seed)}
+
+    @torch.no_grad()
+    def latent_metrics(self) -> dict | None:
+        """Rank 0 encodes the held-out sample; the three figures are broadcast so that every
+        rank makes the same best-checkpoint decision."""
+        values = torch.full((3,), math.nan, dtype=torch.float64, device=self.ctx.device)
+        if self.heldout is not None:
+            self.model.eval()
+            x = torch.from_numpy(self.heldout["x"])
+            z = torch.cat([self.model.encoder(b.to(self.ctx.device))[0].float().cpu() for b in x.split(1024)]).numpy()
+            self.model.train()
+            labels = self.heldout["labels"]
+            values = torch.tensor([active_units(z), distance_spearman(z, self.heldout["x"], self.heldout["pairs"]),
+                                   knn_accuracy(z, labels) if labels is not None else math.nan],
+                                  dtype=torch.float64, device=self.ctx.device)
+            np.savez(self.run_dir / "heldout_latents.tmp.npz", z=z, rows=self.heldout["rows"],
+                     **({"labels": labels} if labels is not None else {}))
+            os.replace(self.run_dir / "heldout_latents.tmp.npz", self.run_dir / "heldout_latents.npz")
+        if self.ctx.active:
+            torch.distributed.broadcast(values, src=0)
+        active, rho, knn = values.tolist()
+        if math.isnan(active):
+            return None
+        return {"active_units": int(active), "spearman": rho, "knn": None if math.isnan(knn) else knn}
 
     def _new_plateau(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
         c = self.cfg
@@ -247,7 +308,7 @@ class Trainer:
         while self.epoch < cfg.epochs:
             beta = beta_at(cfg, self.epoch)
             if self.epoch == warmup_end_epoch(cfg) and self.batch == 0 and self.epoch > 0:
-                self.best = {"val_loss": math.inf, "epoch": -1}
+                self.best = self._no_best()
                 lr = self.opt.param_groups[0]["lr"]
                 self.plateau = self._new_plateau()
                 self.log(f"β warm-up over: best-checkpoint and plateau tracking restart at epoch {self.epoch + 1} (lr {lr:g})")
@@ -290,21 +351,26 @@ class Trainer:
                 raise NonFiniteLoss(f"non-finite validation loss at epoch {self.epoch + 1}")
             monitored = (val or train)["loss"]
             self.plateau.step(monitored)
-            improved = monitored < self.best["val_loss"]
+            latent = self.latent_metrics()
+            score = monitored if cfg.select_by == "val_loss" else latent[cfg.select_by]
+            improved = score is not None and better(cfg.select_by, score, self.best["value"])
             if improved:
-                self.best = {"val_loss": monitored, "epoch": self.epoch}
+                self.best = {"by": cfg.select_by, "value": score, "epoch": self.epoch}
                 self.export("best")
             rate = rows / max(seconds, 1e-9)
             if self.metrics is not None:
                 self.metrics.set_train(train, beta, self.opt.param_groups[0]["lr"], self.epoch)
                 if val is not None:
                     self.metrics.set_val(val)
+                if latent is not None:
+                    self.metrics.set_latent(latent)
             if ctx.is_main:
-                self.log(epoch_line(self.epoch, cfg.epochs, beta, train, val, rate))
+                self.log(epoch_line(self.epoch, cfg.epochs, beta, train, val, rate, latent, cfg.latent))
                 self.history.append({"epoch": self.epoch + 1, "beta": beta, "lr": self.opt.param_groups[0]["lr"],
                                      "seconds": seconds, "samples_per_s": rate, "best": improved,
                                      **{f"train_{k}": v for k, v in train.items()},
-                                     **({f"val_{k}": v for k, v in val.items()} if val else {})})
+                                     **({f"val_{k}": v for k, v in val.items()} if val else {}),
+                                     **({f"latent_{k}": v for k, v in latent.items()} if latent else {})})
                 ckpt_tmp = self.run_dir / "history.json.tmp"
                 ckpt_tmp.write_text(json.dumps(self.history, indent=1))
                 os.replace(ckpt_tmp, self.run_dir / "history.json")

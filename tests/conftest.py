@@ -80,9 +80,9 @@ def sample(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def train_store(tmp_path_factory) -> tuple[str, Path]:
-    """A 600-row store of 4 synthetic genomes in 40-row chunks, and its labels."""
+    """A 600-row store of 4 synthetic genomes in 40-row chunks, with their labels."""
     d = tmp_path_factory.mktemp("train")
     npy = d / "all_kmers.npy"
     run("ingest.synth", npy, "--rows", 600, "--seed", 2, "--genomes", 4, check=True)
-    run("ingest", npy, d / "kmers.zarr", "--chunk-rows", 40, check=True)
+    run("ingest", npy, d / "kmers.zarr", "--chunk-rows", 40, "--labels", d / "all_kmers_labels.npy", check=True)
     return str(d / "kmers.zarr"), d / "all_kmers_labels.npy"

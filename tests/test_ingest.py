@@ -236,3 +236,19 @@ def test_distributed_scheduler_writes_the_same_store(sample, tmp_path):
     local, dist = _files(tmp_path / "local.zarr"), _files(tmp_path / "dist.zarr")
     assert local.keys() == dist.keys()
     assert {k: v for k, v in local.items() if k != "zarr.json"} == {k: v for k, v in dist.items() if k != "zarr.json"}
+
+
+def test_labels_are_stored_in_store_order_and_follow_dropped_rows(tmp_path):
+    x = random_kmers(30, seed=12)
+    x[[3, 20], 9000] = np.nan
+    labels = np.arange(30, dtype=np.int32) % 7
+    npy, lab = write_npy(tmp_path / "x.npy", x), write_npy(tmp_path / "l.npy", labels)
+    out = tmp_path / "x.zarr"
+    run("ingest", npy, out, "--chunk-rows", 8, "--on-bad-rows", "drop", "--labels", lab, check=True)
+    stored = zarr.open_group(str(out), mode="r")["labels"][:]
+    np.testing.assert_array_equal(stored, np.delete(labels, [3, 20]))
+    assert stored.dtype == np.int64 and store_attrs(out)["labels"] == str(lab)
+    short = write_npy(tmp_path / "short.npy", labels[:-1])
+    proc = run("ingest", npy, tmp_path / "y.zarr", "--labels", short)
+    assert proc.returncode == 2 and "29 labels for 30 input rows" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -85,3 +85,19 @@ def test_knn_accuracy_matches_brute_force():
         counts = [sum(labels[j] == c for j in near) for c in range(3)]
         hits += int(np.argmax(counts) == labels[i])
     assert knn_accuracy(z, labels, k=5, block=7) == pytest.approx(hits / 60)
+
+
+def test_latent_metrics_match_independent_computations():
+    from scipy.stats import spearmanr
+    from kmervae_core.evaluate import active_units, distance_spearman, sample_pairs, spearman
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(200, 6)) * np.array([1.0, 0.5, 0.2, 0.09, 0.05, 0.0])
+    assert active_units(z) == int(sum(np.var(z[:, c]) > 0.01 for c in range(6)))
+    a, b = rng.integers(0, 5, 300).astype(float), rng.normal(size=300)  # ties in a
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    x = rng.normal(size=(200, 30))
+    i, j = sample_pairs(200, 500, seed=1)
+    assert (i != j).all() and np.array_equal(sample_pairs(200, 500, seed=1)[0], i)
+    dz = [np.sqrt(((z[p] - z[q]) ** 2).sum()) for p, q in zip(i, j)]
+    dx = [np.sqrt(((x[p] - x[q]) ** 2).sum()) for p, q in zip(i, j)]
+    assert distance_spearman(z, x, (i, j)) == pytest.approx(spearmanr(dz, dx).statistic, abs=1e-12)

@@ -182,3 +182,35 @@ def test_encode_writes_every_row_once_in_store_order(train_store, tmp_path):
     np.testing.assert_allclose(one["z_mean"][:], mu.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(one["z_log_var"][:], lv.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(other["z_mean"][:], one["z_mean"][:])
+
+
+def test_select_by_knn_keeps_the_epoch_with_the_best_knn_and_the_report_shows_it(train_store, tmp_path):
+    from kmervae_core.evaluate import knn_accuracy
+    store, _ = train_store
+    out = tmp_path / "run"
+    proc = run("train", *train_args(store, out, "--epochs", 3, "--select-by", "knn", *TINY), check=True)
+    assert " | active " in proc.stdout and ", kNN " in proc.stdout
+    hist = history(out)
+    knn = [h["latent_knn"] for h in hist]
+    assert [h["best"] for h in hist] == [k > max(knn[:i], default=-1) for i, k in enumerate(knn)]
+    best = max(range(len(knn)), key=lambda i: (knn[i], -i))
+    enc = Encoder(hidden=(64, 32), latent=8).eval()
+    enc.load_state_dict(torch.load(out / "vae_multi_encoder_best.pt", weights_only=True))
+    held = np.load(out / "heldout_latents.npz")
+    group = zarr.open_group(store, mode="r")
+    with torch.no_grad():
+        z = enc(torch.from_numpy(group["clr"].oindex[held["rows"], :]))[0].numpy()
+    assert knn_accuracy(z, group["labels"].oindex[held["rows"]]) == pytest.approx(knn[best])
+    assert 0 < hist[-1]["latent_active_units"] <= 8 and -1 <= hist[-1]["latent_spearman"] <= 1
+
+    report = run("train.report", out, check=True)
+    assert "report.md" in report.stdout
+    pngs = sorted((out / "report").glob("*.png"))
+    assert {p.name for p in pngs} >= {"losses.png", "kmer_mse.png", "beta_lr.png", "latent.png", "latents_pca.png"}
+    import matplotlib.image
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.image.imread(png).shape[0] > 100
+    assert "latents_pca.png" in (out / "report" / "report.md").read_text()
+    missing = run("train.report", tmp_path / "nowhere")
+    assert missing.returncode == 2 and "no history.json" in missing.stderr

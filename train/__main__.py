@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from kmervae_core.config import BETA_SCHEDULES, PRECISIONS, TrainConfig, load_config
+from kmervae_core.config import BETA_SCHEDULES, PRECISIONS, SELECT_BY, TrainConfig, load_config
 from kmervae_core.errors import KmervaeError
 
 EXIT_BAD_INPUT, EXIT_NON_FINITE = 2, 3
@@ -43,6 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port on global rank 0 (default 9400; 0 = off)")
     p.add_argument("--metrics-addr", help="address to bind /metrics to (default 0.0.0.0)")
     p.add_argument("--pushgateway", help="Pushgateway URL to push a final summary to when the run ends")
+    p.add_argument("--select-by", choices=SELECT_BY,
+                   help="what vae_multi_best.pt tracks: lowest val_loss (default, the reference), or highest "
+                        "latent/input distance correlation (spearman) or label kNN accuracy (knn, needs labels)")
+    p.add_argument("--latent-sample", type=int,
+                   help=f"held-out validation rows for the per-epoch latent metrics (default {d.latent_sample}; 0 = off)")
     p.add_argument("--log-every", type=int, help=f"steps between non-finite checks and metric updates (default {d.log_every})")
     return p.parse_args(argv)
 
@@ -71,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"metrics: {trainer.metrics_url} (Prometheus scrape target; see deploy/README.md)")
         summary = trainer.run()
         trainer.finish()
-        log(f"done: {summary['epochs']} epochs, {summary['steps']} steps; best val loss "
-            f"{summary['best']['val_loss']:.2f} at epoch {summary['best']['epoch'] + 1}; exports in {cfg.out}")
+        best = summary["best"]
+        log(f"done: {summary['epochs']} epochs, {summary['steps']} steps; best {best['by']} "
+            f"{best['value']:.4g} at epoch {best['epoch'] + 1}; exports in {cfg.out}")
         return 0
     except NonFiniteLoss as e:
         trainer.finish(failed=True)

@@ -1,0 +1,27 @@
+"""python -m train.report RUN_DIR: figures (losses, per-k-mer MSE, β and learning rate, latent
+metrics, a 2-D projection of held-out latents coloured by label) and RUN_DIR/report/report.md."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kmervae_core.errors import KmervaeError
+from kmervae_core.report import write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.report", description=__doc__)
+    p.add_argument("run_dir", type=Path, help="a training run folder (--out of python -m train)")
+    args = p.parse_args(argv)
+    try:
+        files = write_report(args.run_dir)
+    except KmervaeError as e:
+        print(f"train.report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(files)} files in {args.run_dir / 'report'}: " + ", ".join(f.name for f in files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
