@@ -51,6 +51,8 @@ class TrainConfig:
     latent_sample: int = 5000  # held-out validation rows for the latent metrics each epoch; 0 = off
     latent_pairs: int = 20000  # row pairs for the latent/input distance correlation
     select_by: str = "val_loss"  # val_loss (lowest, the reference), spearman or knn (highest)
+    kmers: list[int] = field(default_factory=lambda: [6, 5, 4, 3, 2, 1])  # k groups to train on
+    kmer_weights: list[float] = field(default_factory=list)  # per group of `kmers`; empty = all 1
 
     def validate(self) -> None:
         """Raise KmervaeError with one line for a setting that cannot work."""
@@ -70,10 +72,20 @@ class TrainConfig:
             (self.select_by in SELECT_BY, f"select_by must be one of {', '.join(SELECT_BY)}"),
             (self.latent_sample >= 0 and self.latent_pairs >= 1, "latent_sample and latent_pairs must be positive"),
             (self.select_by == "val_loss" or self.latent_sample > 0, "select_by spearman or knn needs latent_sample > 0"),
+            (len(self.kmers) > 0 and set(self.kmers) <= {6, 5, 4, 3, 2, 1} and len(set(self.kmers)) == len(self.kmers),
+             "kmers must be distinct values among 6,5,4,3,2,1"),
+            (not self.kmer_weights or (len(self.kmer_weights) == len(self.kmers) and min(self.kmer_weights) > 0),
+             "kmer_weights needs one positive weight per entry of kmers"),
         ]
         for ok, message in checks:
             if not ok:
                 raise KmervaeError(f"bad configuration: {message}")
+
+    def weights_by_k(self) -> dict[int, float] | None:
+        """Reconstruction weight of each trained k, or None for the reference's plain sum."""
+        if not self.kmer_weights or all(w == 1 for w in self.kmer_weights):
+            return None
+        return dict(zip(self.kmers, self.kmer_weights))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

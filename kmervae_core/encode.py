@@ -58,6 +58,8 @@ def encode_chunks(encoder: Encoder, info: StoreInfo, out: str, ctx: DistContext,
     for chunk in range(ctx.rank, info.n_chunks, ctx.world_size):
         r0, r1 = chunk * info.chunk_rows, min(info.rows, (chunk + 1) * info.chunk_rows)
         x = torch.from_numpy(np.asarray(clr[r0:r1], dtype=np.float32)).to(ctx.device)
+        if len(encoder.columns) != x.shape[1]:  # an encoder trained on some k groups
+            x = x.index_select(1, encoder.columns)
         mu, lv = encoder(x)
         group["z_mean"][r0:r1] = mu.float().cpu().numpy()
         if log_var:

@@ -56,6 +56,19 @@ def group(k: int) -> KGroup:
     raise ValueError(f"k={k} is not a trained k-mer size; choose from {list(USED_KS)}")
 
 
+def selected_groups(ks: list[int] | tuple[int, ...]) -> tuple[np.ndarray, tuple[KGroup, ...]]:
+    """For training on some k groups: their store columns (in store order, 6..1) and the
+    groups with `local` re-based onto those columns."""
+    wanted = {group(k).k for k in ks}
+    columns, groups, start = [], [], 0
+    for g in KMER_GROUPS:
+        if g.k in wanted:
+            columns.append(np.arange(g.local.start, g.local.stop))
+            groups.append(KGroup(g.k, g.source, slice(start, start + g.size)))
+            start += g.size
+    return np.concatenate(columns), tuple(groups)
+
+
 @lru_cache(maxsize=None)
 def canonical_index(k: int) -> np.ndarray:
     """Map every k-mer code (2 bits a base, A=0 C=1 G=2 T=3, first base most significant) to

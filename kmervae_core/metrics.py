@@ -92,7 +92,8 @@ class TrainMetrics:
         self.train_loss.labels(run=run).set(summary["loss"])
         self.train_mse.labels(run=run).set(summary["mse"])
         for g in KMER_GROUPS:
-            self.train_kmer_mse.labels(run=run, k=str(g.k)).set(summary[f"mse_{g.k}mer"])
+            if f"mse_{g.k}mer" in summary:  # the trained groups only
+                self.train_kmer_mse.labels(run=run, k=str(g.k)).set(summary[f"mse_{g.k}mer"])
         self.beta.labels(run=run).set(beta)
         self.lr.labels(run=run).set(lr)
         self.epoch.labels(run=run).set(epoch + 1)
@@ -103,7 +104,8 @@ class TrainMetrics:
         self.val_recon.labels(run=run).set(summary["recon"])
         self.val_mse.labels(run=run).set(summary["mse"])
         for g in KMER_GROUPS:
-            self.val_kmer_mse.labels(run=run, k=str(g.k)).set(summary[f"mse_{g.k}mer"])
+            if f"mse_{g.k}mer" in summary:
+                self.val_kmer_mse.labels(run=run, k=str(g.k)).set(summary[f"mse_{g.k}mer"])
 
     def set_latent(self, latent: dict) -> None:
         run = self.run_id

@@ -71,8 +71,13 @@ def _glorot(module: nn.Module) -> None:
 
 
 class Encoder(nn.Module):
-    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256) -> None:
+    """`columns` (a buffer, saved in the state dict) names the store columns the encoder reads,
+    so an exported encoder trained on some k groups is applied to the same columns later."""
+
+    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256,
+                 columns: torch.Tensor | None = None) -> None:
         super().__init__()
+        self.register_buffer("columns", torch.arange(n_features) if columns is None else torch.as_tensor(columns))
         sizes = (n_features, *hidden)
         self.body = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in _block(a, b)])
         self.z_mean = nn.Linear(sizes[-1], latent)
@@ -97,9 +102,10 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256) -> None:
+    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256,
+                 columns: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.encoder = Encoder(n_features, hidden, latent)
+        self.encoder = Encoder(n_features, hidden, latent, columns)
         self.decoder = Decoder(n_features, hidden, latent)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

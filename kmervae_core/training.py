@@ -19,7 +19,7 @@ from .config import TrainConfig, beta_at, warmup_end_epoch
 from .distributed import DistContext, all_reduce, gather
 from .errors import KmervaeError
 from .evaluate import active_units, distance_spearman, knn_accuracy, sample_pairs
-from .kmers import KMER_GROUPS
+from .kmers import KMER_GROUPS, N_FEATURES, selected_groups
 from .losses import N_SUMS, summarise, vae_loss
 from .metrics import TrainMetrics
 from .model import VAE
@@ -54,7 +54,7 @@ def epoch_line(epoch: int, epochs: int, beta: float, train: dict, val: dict | No
                latent: dict | None = None, latent_size: int = 0) -> str:
     """The reference's log line, then throughput, then the latent metrics where computed."""
     shown = val if val is not None else train
-    per_k = ", ".join(f"{g.k}mer={shown[f'mse_{g.k}mer']:.2f}" for g in KMER_GROUPS)
+    per_k = ", ".join(f"{g.k}mer={shown[f'mse_{g.k}mer']:.2f}" for g in KMER_GROUPS if f"mse_{g.k}mer" in shown)
     val_text = f"{val['loss']:.2f}" if val is not None else "n/a"
     line = (f"Epoch {epoch + 1}/{epochs}: Recon: {train['recon']:.2f}, KL: {train['kl']:.2f} (w={beta:.4f}), "
             f"Val: {val_text}, MSE: {shown['mse']:.2f} [{per_k}] {rate:,.0f} samples/s")
@@ -93,8 +93,12 @@ class Trainer:
         self.val_loader = make_loader(self.val_stream, cfg.workers, reuse_buffers=True)
         self.batches = self.train_stream.plan(0).batches
 
+        columns, self.groups = selected_groups(cfg.kmers)
+        self.columns = torch.as_tensor(columns, device=ctx.device)
+        self.subset = len(columns) < N_FEATURES
+        self.weights = cfg.weights_by_k()
         torch.manual_seed(cfg.seed)
-        self.model = VAE(hidden=tuple(cfg.hidden), latent=cfg.latent).to(ctx.device)
+        self.model = VAE(len(columns), tuple(cfg.hidden), cfg.latent, torch.as_tensor(columns)).to(ctx.device)
         self.net = DDP(self.model) if ctx.active else self.model
         if cfg.compile:
             self.net = torch.compile(self.net)
@@ -135,7 +139,7 @@ class Trainer:
         labels = group[LABELS].oindex[rows] if LABELS in group else None
         if labels is None and cfg.select_by == "knn":
             raise KmervaeError(f"--select-by knn needs a store with labels (python -m ingest ... --labels LABELS.npy)")
-        x = np.asarray(group[CLR].oindex[rows, :], dtype=np.float32)
+        x = np.asarray(group[CLR].oindex[rows, :], dtype=np.float32)[:, self.columns.cpu().numpy()]
         return {"rows": rows, "x": x, "labels": labels, "pairs": sample_pairs(len(rows), cfg.latent_pairs, cfg.seed)}
 
     @torch.no_grad()
@@ -177,7 +181,7 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         s = ckpt.load(path, self.ctx.device)
-        if s["config"]["hidden"] != list(self.cfg.hidden) or s["config"]["latent"] != self.cfg.latent:
+        if any(s["config"][key] != self.cfg.to_dict()[key] for key in ("hidden", "latent", "kmers")):
             raise KmervaeError(f"{path}: checkpoint model shape differs from the configuration")
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
@@ -254,10 +258,15 @@ class Trainer:
         enabled = self.cfg.precision == "bf16" and self.ctx.device.type == "cuda"
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
 
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """The trained k groups' columns of a store batch."""
+        return x.index_select(1, self.columns) if self.subset else x
+
     def train_step(self, x: torch.Tensor, beta: float) -> None:
+        x = self.select(x)
         with self.autocast():
             recon, mu, log_var = self.net(x, self.noise_for_step())
-        loss, sums = vae_loss(x, recon, mu, log_var, beta)
+        loss, sums = vae_loss(x, recon, mu, log_var, beta, self.groups, self.weights)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -274,7 +283,7 @@ class Trainer:
         mine = torch.tensor([self.window["rows"] / elapsed, self.window["wait"] / elapsed,
                              memory_in_use(self.ctx.device)], dtype=torch.float64, device=self.ctx.device)
         per_rank = [t.tolist() for t in gather(mine)]
-        window = summarise(all_reduce(self.window_sums.clone()), beta)
+        window = summarise(all_reduce(self.window_sums.clone()), beta, self.groups)
         self.window_sums.zero_()
         self.window = {"rows": 0, "wait": 0.0, "start": now}
         if self.metrics is not None and window["rows"]:
@@ -287,13 +296,13 @@ class Trainer:
         self.model.eval()
         sums = torch.zeros(N_SUMS, device=self.ctx.device, dtype=torch.float64)
         for x, _ in self.val_loader:
-            x = x.to(self.ctx.device, non_blocking=True)
+            x = self.select(x.to(self.ctx.device, non_blocking=True))
             with self.autocast():
                 recon, mu, log_var = self.model(x, torch.zeros(len(x), self.cfg.latent, device=self.ctx.device))
-            sums += vae_loss(x, recon, mu, log_var, beta)[1]
+            sums += vae_loss(x, recon, mu, log_var, beta, self.groups, self.weights)[1]
         self.model.train()
         all_reduce(sums)
-        return summarise(sums, beta) if sums[0] > 0 else None
+        return summarise(sums, beta, self.groups) if sums[0] > 0 else None
 
     # ---- the run ----
 
@@ -345,7 +354,7 @@ class Trainer:
             bar.close()
             seconds = time.perf_counter() - t0
             self.check_finite()
-            train = summarise(all_reduce(self.epoch_sums.clone()), beta)
+            train = summarise(all_reduce(self.epoch_sums.clone()), beta, self.groups)
             val = self.validate(beta)
             if val is not None and not math.isfinite(val["loss"]):
                 raise NonFiniteLoss(f"non-finite validation loss at epoch {self.epoch + 1}")

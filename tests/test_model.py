@@ -101,3 +101,21 @@ def test_latent_metrics_match_independent_computations():
     dz = [np.sqrt(((z[p] - z[q]) ** 2).sum()) for p, q in zip(i, j)]
     dx = [np.sqrt(((x[p] - x[q]) ** 2).sum()) for p, q in zip(i, j)]
     assert distance_spearman(z, x, (i, j)) == pytest.approx(spearmanr(dz, dx).statistic, abs=1e-12)
+
+
+def test_weighted_subset_loss_matches_a_hand_computation():
+    from kmervae_core.kmers import selected_groups
+    rng = np.random.default_rng(4)
+    _, groups = selected_groups([5, 2])  # 512 + 10 columns
+    x, r = rng.normal(size=(4, 522)), rng.normal(size=(4, 522))
+    mu, lv = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    sq = (r - x) ** 2
+    recon = (2.0 * sq[:, :512].sum(axis=1) + 0.5 * sq[:, 512:].sum(axis=1)).mean()
+    kl = (-0.5 * (1 + lv - mu ** 2 - np.exp(lv)).sum(axis=1)).mean()
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    total, sums = vae_loss(t(x), t(r), t(mu), t(lv), 0.1, groups, {5: 2.0, 2: 0.5})
+    assert total.item() == pytest.approx(recon + 0.1 * kl, rel=1e-5)
+    m = summarise(sums, 0.1, groups)
+    assert set(k for k in m if k.startswith("mse_")) == {"mse_5mer", "mse_2mer"}
+    assert m["mse_2mer"] == pytest.approx(sq[:, 512:].mean(), rel=1e-5)  # metrics stay unweighted
+    assert m["mse"] == pytest.approx(sq.mean(), rel=1e-5)

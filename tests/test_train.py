@@ -214,3 +214,25 @@ def test_select_by_knn_keeps_the_epoch_with_the_best_knn_and_the_report_shows_it
     assert "latents_pca.png" in (out / "report" / "report.md").read_text()
     missing = run("train.report", tmp_path / "nowhere")
     assert missing.returncode == 2 and "no history.json" in missing.stderr
+
+
+def test_training_on_some_kmer_groups_reports_and_encodes_those(train_store, tmp_path):
+    store, _ = train_store
+    out = tmp_path / "run"
+    proc = run("train", *train_args(store, out, "--epochs", 1, "--kmers", "5,4,3,2,1",
+                                    "--kmer-weights", "2,1,1,1,1", *TINY), check=True)
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("Epoch 1/1"))
+    assert "6mer" not in line and "5mer=" in line and "1mer=" in line
+    assert "val_mse_6mer" not in history(out)[0] and "val_mse_5mer" in history(out)[0]
+    enc_path = out / "vae_multi_encoder_final.pt"
+    run("train.encode", "--checkpoint", enc_path, "--data", store, "--out", tmp_path / "z.zarr", check=True)
+    state = torch.load(enc_path, weights_only=True)
+    np.testing.assert_array_equal(state["columns"].numpy(), np.arange(2080, 2772))
+    enc = Encoder(692, (64, 32), 8).eval()
+    enc.load_state_dict(state)
+    with torch.no_grad():
+        want = enc(torch.from_numpy(zarr.open_group(store, mode="r")["clr"][:, 2080:]))[0].numpy()
+    np.testing.assert_allclose(zarr.open_group(str(tmp_path / "z.zarr"), mode="r")["z_mean"][:], want,
+                               rtol=1e-5, atol=1e-5)
+    bad = run("train", *train_args(store, tmp_path / "bad", "--kmers", "7,6"))
+    assert bad.returncode == 2 and "kmers must be distinct values" in bad.stderr

@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "latent/input distance correlation (spearman) or label kNN accuracy (knn, needs labels)")
     p.add_argument("--latent-sample", type=int,
                    help=f"held-out validation rows for the per-epoch latent metrics (default {d.latent_sample}; 0 = off)")
+    p.add_argument("--kmers", type=lambda v: [int(k) for k in v.split(",")],
+                   help="k groups to train on, e.g. 5,4,3,2,1 (default all six, 6..1)")
+    p.add_argument("--kmer-weights", type=lambda v: [float(w) for w in v.split(",")],
+                   help="weight of each --kmers group's reconstruction term, e.g. 1,1,0.5,0.5,0.5 (default 1 each)")
     p.add_argument("--log-every", type=int, help=f"steps between non-finite checks and metric updates (default {d.log_every})")
     return p.parse_args(argv)
 
