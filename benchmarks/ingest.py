@@ -28,7 +28,7 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kmervae_core.convert import IngestPlan, transform_chunk  # noqa: E402
+from kmervae_core.convert import IngestPlan, ingest, transform_chunk  # noqa: E402
 from kmervae_core.kmers import N_FEATURES, SOURCE_COLUMNS  # noqa: E402
 from kmervae_core.npy_source import open_npy  # noqa: E402
 from kmervae_core.synth import write_sample  # noqa: E402
@@ -41,6 +41,19 @@ def make_input(path: Path, rows: int, template: np.ndarray) -> None:
                                                  "shape": (rows, SOURCE_COLUMNS)})
         for s in range(0, rows, len(template)):
             f.write(template[: min(len(template), rows - s)].tobytes())
+
+
+def ingested_store(work: Path, rows: int, chunk_rows: int, codec: str = "zstd:1") -> str:
+    """A store of `rows` rows ingested from copies of a 2,000-contig synthetic sample."""
+    template = work / "template.npy"
+    write_sample(str(template), 2000, seed=0)
+    npy = work / "input.npy"
+    make_input(npy, rows, np.load(template))
+    url = str(work / "ingested.zarr")
+    ingest(IngestPlan(source=open_npy(str(npy)), url=url, chunk_rows=chunk_rows, codec=codec),
+           workers=os.cpu_count() or 2)
+    npy.unlink()
+    return url
 
 
 def ceiling(npy: Path, workers: int) -> float:

@@ -19,7 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import torch
 import zarr
@@ -28,23 +27,9 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core import KmerStream  # noqa: E402
-from kmervae_core.convert import IngestPlan, ingest  # noqa: E402
-from kmervae_core.npy_source import open_npy  # noqa: E402
-from kmervae_core.synth import write_sample  # noqa: E402
-from benchmarks.ingest import make_input  # noqa: E402
 from kmervae_core.stream import make_loader  # noqa: E402
-
-
-def build_store(work: Path, rows: int, chunk_rows: int, codec: str) -> str:
-    template = work / "template.npy"
-    write_sample(str(template), 2000, seed=0)
-    npy = work / "input.npy"
-    make_input(npy, rows, np.load(template))
-    url = str(work / "bench.zarr")
-    ingest(IngestPlan(source=open_npy(str(npy)), url=url, chunk_rows=chunk_rows, codec=codec), workers=2)
-    npy.unlink()
-    return url
 
 
 def ceiling(url: str) -> float:
@@ -121,7 +106,7 @@ def main() -> None:
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(dir=args.dir, prefix="kmervae-stream-"))
     try:
-        url = build_store(work, args.rows, args.chunk_rows, args.codec)
+        url = ingested_store(work, args.rows, args.chunk_rows, args.codec)
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
               f"torch {torch.__version__}, zarr {zarr.__version__}; store {args.rows:,} rows, "
               f"{args.chunk_rows}-row chunks, {args.codec}; global batch {args.batch}, {args.lanes} lanes")

@@ -27,26 +27,17 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ingest import make_input  # noqa: E402
+from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core.config import TrainConfig  # noqa: E402
-from kmervae_core.convert import IngestPlan, ingest  # noqa: E402
 from kmervae_core.distributed import DistContext  # noqa: E402
-from kmervae_core.npy_source import open_npy  # noqa: E402
 from kmervae_core.store import ATTRS_KEY, CLR, COLUMN0  # noqa: E402
-from kmervae_core.synth import write_sample  # noqa: E402
 from kmervae_core.training import NO_STEP, Trainer  # noqa: E402
 
 
 def build_store(work: Path, rows: int, chunk_rows: int) -> str:
     """A store of `rows` rows: one ingested template chunk set, its chunks written again."""
-    template = work / "template.npy"
-    write_sample(str(template), 2000, seed=0)
-    npy = work / "input.npy"
     base_rows = min(rows, 8 * chunk_rows)
-    make_input(npy, base_rows, np.load(template))
-    base = str(work / "base.zarr")
-    ingest(IngestPlan(source=open_npy(str(npy)), url=base, chunk_rows=chunk_rows), workers=os.cpu_count() or 2)
-    npy.unlink()
+    base = ingested_store(work, base_rows, chunk_rows)
     if rows == base_rows:
         return base
     src = zarr.open_group(base, mode="r")

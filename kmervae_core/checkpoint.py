@@ -1,29 +1,20 @@
-"""Checkpoints and exports written atomically (temp file, fsync, rename), so a crash leaves the
-previous file, never half of a new one; loaded with weights_only=True."""
+"""Checkpoints and exports written atomically (atomic.py), so a crash leaves the previous file,
+never half of a new one; loaded with weights_only=True."""
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_file
 
 NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def checkpoint_path(run_dir: Path, epoch: int, step: int) -> Path:

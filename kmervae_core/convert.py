@@ -93,6 +93,11 @@ class IngestPlan:
                 "dropped_rows": list(self.dropped),
                 "labels": None if self.labels is None else os.path.abspath(self.labels), "complete": False}
 
+    def dropped_between(self, i0: int, i1: int) -> np.ndarray:
+        """Dropped source rows in [i0, i1), relative to i0."""
+        dropped = np.asarray(self.dropped, dtype=np.int64)
+        return dropped[(dropped >= i0) & (dropped < i1)] - i0
+
     def source_span(self, chunk: int) -> tuple[int, int, int, int]:
         """(first output row, end output row, first source row, end source row) of a chunk."""
         o0 = chunk * self.chunk_rows
@@ -128,9 +133,7 @@ def check_labels(path: str, rows: int) -> None:
 def read_labels(plan: "IngestPlan", i0: int, i1: int) -> np.ndarray:
     """Labels of source rows [i0, i1) that are kept, as int64."""
     labels = np.asarray(np.load(plan.labels, mmap_mode="r")[i0:i1], dtype=np.int64)
-    dropped = np.asarray(plan.dropped, dtype=np.int64)
-    dropped = dropped[(dropped >= i0) & (dropped < i1)] - i0
-    return np.delete(labels, dropped)
+    return np.delete(labels, plan.dropped_between(i0, i1))
 
 
 class BadRowFound(Exception):
@@ -145,12 +148,10 @@ def transform_chunk(plan: IngestPlan, chunk: int) -> tuple[np.ndarray, np.ndarra
     o0, o1, i0, i1 = plan.source_span(chunk)
     out = np.empty((o1 - o0, N_FEATURES), dtype=plan.dtype)
     col0 = np.empty(o1 - o0, dtype=plan.source.dtype.newbyteorder("="))
-    dropped = np.asarray(plan.dropped, dtype=np.int64)
-    dropped = dropped[(dropped >= i0) & (dropped < i1)]
     pos = 0
     for r0, c0, used in plan.source.blocks(i0, i1):
         keep = np.ones(len(used), dtype=bool)
-        keep[dropped[(dropped >= r0) & (dropped < r0 + len(used))] - r0] = False
+        keep[plan.dropped_between(r0, r0 + len(used))] = False
         if not keep.all():
             used, c0 = used[keep], c0[keep]
         bad = bad_rows(used)

@@ -91,9 +91,7 @@ class TrainMetrics:
         self.train_kl.labels(run=run).set(summary["kl"])
         self.train_loss.labels(run=run).set(summary["loss"])
         self.train_mse.labels(run=run).set(summary["mse"])
-        for g in KMER_GROUPS:
-            if f"mse_{g.k}mer" in summary:  # the trained groups only
-                self.train_kmer_mse.labels(run=run, k=str(g.k)).set(summary[f"mse_{g.k}mer"])
+        self._set_kmer_mse(self.train_kmer_mse, summary)
         self.beta.labels(run=run).set(beta)
         self.lr.labels(run=run).set(lr)
         self.epoch.labels(run=run).set(epoch + 1)
@@ -103,9 +101,13 @@ class TrainMetrics:
         self.val_loss.labels(run=run).set(summary["loss"])
         self.val_recon.labels(run=run).set(summary["recon"])
         self.val_mse.labels(run=run).set(summary["mse"])
+        self._set_kmer_mse(self.val_kmer_mse, summary)
+
+    def _set_kmer_mse(self, gauge: Gauge, summary: dict) -> None:
+        """Per-k MSE of the groups the summary holds (the trained ones)."""
         for g in KMER_GROUPS:
             if f"mse_{g.k}mer" in summary:
-                self.val_kmer_mse.labels(run=run, k=str(g.k)).set(summary[f"mse_{g.k}mer"])
+                gauge.labels(run=self.run_id, k=str(g.k)).set(summary[f"mse_{g.k}mer"])
 
     def set_latent(self, latent: dict) -> None:
         run = self.run_id

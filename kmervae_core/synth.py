@@ -8,10 +8,10 @@ of uneven abundance; canonical k-mers are counted for k = 7..1 and normalised pe
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
+from .atomic import atomic_file
 from .kmers import SOURCE_COLUMNS, SOURCE_KS, canonical_count, canonical_index
 
 ORDER = 4
@@ -76,8 +76,7 @@ def write_sample(path: str, rows: int, seed: int = 0, genomes: int = 10,
     abundance = rng.dirichlet(np.full(genomes, 2.0))
     labels = rng.choice(genomes, size=rows, p=abundance)
     lengths = np.exp(rng.uniform(np.log(min_length), np.log(max_length), rows)).astype(np.int64)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         np.lib.format.write_array_header_1_0(
             f, {"descr": "<f4", "fortran_order": False, "shape": (rows, SOURCE_COLUMNS)})
         for s in range(0, rows, SAMPLE_BATCH):
@@ -86,5 +85,4 @@ def write_sample(path: str, rows: int, seed: int = 0, genomes: int = 10,
             for c in range(0, e - s, COUNT_BATCH):
                 part = slice(c, min(e - s, c + COUNT_BATCH))
                 f.write(count_kmers(seq[part], lengths[s:e][part]).astype("<f4").tobytes())
-    os.replace(tmp, path)
     return labels

@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import __version__
 from . import checkpoint as ckpt
+from .atomic import atomic_file
 from .config import TrainConfig, beta_at, warmup_end_epoch
 from .distributed import DistContext, all_reduce, gather
 from .errors import KmervaeError
@@ -95,6 +96,7 @@ class Trainer:
 
         columns, self.groups = selected_groups(cfg.kmers)
         self.columns = torch.as_tensor(columns, device=ctx.device)
+        self.heldout = self._heldout(columns) if ctx.is_main and cfg.latent_sample else None
         self.subset = len(columns) < N_FEATURES
         self.weights = cfg.weights_by_k()
         torch.manual_seed(cfg.seed)
@@ -107,7 +109,6 @@ class Trainer:
         self.noise = torch.Generator(device=ctx.device)
         self.epoch, self.batch, self.step = 0, 0, 0
         self.best = self._no_best()
-        self.heldout = self._heldout() if ctx.is_main and cfg.latent_sample else None
         self.epoch_sums = torch.zeros(N_SUMS, device=ctx.device, dtype=torch.float64)
         self.window_sums = torch.zeros_like(self.epoch_sums)
         self.window = {"rows": 0, "wait": 0.0, "start": time.perf_counter()}
@@ -124,7 +125,7 @@ class Trainer:
         worst = math.inf if self.cfg.select_by == "val_loss" else -math.inf
         return {"by": self.cfg.select_by, "value": worst, "epoch": -1}
 
-    def _heldout(self) -> dict | None:
+    def _heldout(self, columns: np.ndarray) -> dict | None:
         """A fixed seeded sample of validation rows (CLR, labels, distance pairs) for the
         latent metrics; None where the split holds no validation rows."""
         cfg, split = self.cfg, self.val_stream.split
@@ -139,7 +140,7 @@ class Trainer:
         labels = group[LABELS].oindex[rows] if LABELS in group else None
         if labels is None and cfg.select_by == "knn":
             raise KmervaeError(f"--select-by knn needs a store with labels (python -m ingest ... --labels LABELS.npy)")
-        x = np.asarray(group[CLR].oindex[rows, :], dtype=np.float32)[:, self.columns.cpu().numpy()]
+        x = np.asarray(group[CLR].oindex[rows, :], dtype=np.float32)[:, columns]
         return {"rows": rows, "x": x, "labels": labels, "pairs": sample_pairs(len(rows), cfg.latent_pairs, cfg.seed)}
 
     @torch.no_grad()
@@ -156,9 +157,8 @@ class Trainer:
             values = torch.tensor([active_units(z), distance_spearman(z, self.heldout["x"], self.heldout["pairs"]),
                                    knn_accuracy(z, labels) if labels is not None else math.nan],
                                   dtype=torch.float64, device=self.ctx.device)
-            np.savez(self.run_dir / "heldout_latents.tmp.npz", z=z, rows=self.heldout["rows"],
-                     **({"labels": labels} if labels is not None else {}))
-            os.replace(self.run_dir / "heldout_latents.tmp.npz", self.run_dir / "heldout_latents.npz")
+            with atomic_file(self.run_dir / "heldout_latents.npz") as f:
+                np.savez(f, z=z, rows=self.heldout["rows"], **({"labels": labels} if labels is not None else {}))
         if self.ctx.active:
             torch.distributed.broadcast(values, src=0)
         active, rho, knn = values.tolist()
@@ -380,9 +380,8 @@ class Trainer:
                                      **{f"train_{k}": v for k, v in train.items()},
                                      **({f"val_{k}": v for k, v in val.items()} if val else {}),
                                      **({f"latent_{k}": v for k, v in latent.items()} if latent else {})})
-                ckpt_tmp = self.run_dir / "history.json.tmp"
-                ckpt_tmp.write_text(json.dumps(self.history, indent=1))
-                os.replace(ckpt_tmp, self.run_dir / "history.json")
+                with atomic_file(self.run_dir / "history.json") as f:
+                    f.write(json.dumps(self.history, indent=1).encode())
             self.epoch += 1
             self.batch = 0
             self.epoch_sums.zero_()

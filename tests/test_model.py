@@ -1,5 +1,4 @@
 """The reference model, loss, metrics and β schedule against hand computations."""
-import itertools
 
 import numpy as np
 import pytest
