@@ -7,13 +7,17 @@ computes the plan without talking to the others, every rank gets the same number
 DDP hang), every training row is used once per epoch but for a tail shorter than one global
 batch, and a resumed run can jump straight to batch k.
 
-The global order of an epoch: training chunks in a seeded random order, grouped into windows
-of `window_chunks` chunks; the rows of each window are shuffled. That order is cut into
-`partitions` x `lanes` contiguous regions of equal batch counts (+-1 across lanes). Global
-batch k is `partitions` sub-batches of global_batch / partitions rows, sub-batch s taken from
-region (partition s, lane k mod lanes). A rank serves a block of partitions (world size must
-divide `partitions`), so ranks read disjoint data; a DataLoader gives batch k to worker
-k mod W, so with W dividing `lanes` every region is read by one worker only.
+Partitions are fixed for the whole run: the training rows, in a seeded chunk order that does
+not depend on the epoch, are cut into `partitions` contiguous parts of equal row counts (+-1; a
+chunk may straddle two). A rank serves a block of partitions (world size must divide
+`partitions`), so ranks read disjoint data, and a rank's rows are the same in every epoch (which
+is what lets it keep them resident: cache.py). Each epoch, a partition's pieces (its chunks, or
+parts of chunks) are put in a seeded random order and grouped into windows of `window_chunks`
+pieces whose rows are shuffled; the epoch's global order is the partitions' orders one after the
+other. Each partition's order is cut into `lanes` contiguous regions of equal batch counts (+-1).
+Global batch k is `partitions` sub-batches of global_batch / partitions rows, sub-batch s taken
+from region (partition s, lane k mod lanes); a DataLoader gives batch k to worker k mod W, so
+with W dividing `lanes` every region is read by one worker only.
 """
 from __future__ import annotations
 
@@ -108,33 +112,74 @@ class EpochPlan:
         return range(rank * per, (rank + 1) * per)
 
     @cached_property
-    def windows(self) -> list[np.ndarray]:
-        """Chunk ids of each window, in epoch order."""
+    def bounds(self) -> np.ndarray:
+        """Where each partition starts in the global order (and where the last one ends)."""
+        total = int(self.split.train_counts.sum())
+        return np.array([p * total // self.partitions for p in range(self.partitions + 1)], dtype=np.int64)
+
+    @cached_property
+    def pieces(self) -> list[list[tuple[int, int]]]:
+        """Per partition, its store row ranges [start, stop): fixed across epochs."""
         chunks = np.flatnonzero(self.split.train_counts > 0)
-        order = np.random.default_rng([self.seed, self.epoch, 0]).permutation(chunks)
-        return [order[i:i + self.window_chunks] for i in range(0, len(order), self.window_chunks)]
+        out: list[list[tuple[int, int]]] = [[] for _ in range(self.partitions)]
+        pos = 0  # position in the fixed order, cut at the partition bounds
+        for c in np.random.default_rng([self.seed, 0xFA27]).permutation(chunks):
+            first, end = int(c) * self.split.chunk_rows - pos, pos + int(self.split.train_counts[c])
+            while pos < end:
+                p = int(np.searchsorted(self.bounds, pos, side="right")) - 1
+                stop = min(end, int(self.bounds[p + 1]))
+                out[p].append((first + pos, first + stop))
+                pos = stop
+        return out
+
+    @cached_property
+    def windows(self) -> list[list[tuple[int, int]]]:
+        """Row ranges of each window, in epoch order; windows never cross partitions."""
+        out = []
+        for p, part in enumerate(self.pieces):
+            order = np.random.default_rng([self.seed, self.epoch, 0, p]).permutation(len(part))
+            out += [[part[i] for i in order[j:j + self.window_chunks]] for j in range(0, len(order), self.window_chunks)]
+        return out
 
     @cached_property
     def window_starts(self) -> np.ndarray:
         """Position of each window's first row in the global order, then the total."""
-        sizes = [int(self.split.train_counts[w].sum()) for w in self.windows]
+        sizes = [sum(b - a for a, b in w) for w in self.windows]
         return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
     def window_rows(self, w: int) -> tuple[np.ndarray, np.ndarray]:
-        """(store rows of window w chunk by chunk, the shuffle): position j of the window is
+        """(store rows of window w range by range, the shuffle): position j of the window is
         store row rows[shuffle[j]]."""
-        rows = np.concatenate([self.split.train_rows_of(int(c)) for c in self.windows[w]])
+        rows = np.concatenate([np.arange(a, b) for a, b in self.windows[w]])
         return rows, np.random.default_rng([self.seed, self.epoch, 1, w]).permutation(len(rows))
+
+    def order(self) -> np.ndarray:
+        """Store row at every position of the epoch's global order (what the stream yields)."""
+        parts = []
+        for w in range(len(self.windows)):
+            rows, shuffle = self.window_rows(w)
+            parts.append(rows[shuffle])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def _first_sub_batch(self, k: np.ndarray | int) -> np.ndarray | int:
+        """Index, within its partition, of the sub-batch that batch k takes (works on arrays)."""
+        nb, lanes = self.batches, self.lanes
+        lane, i = k % lanes, k // lanes
+        return lane * (nb // lanes) + np.minimum(lane, nb % lanes) + i  # the first nb % lanes lanes hold one more
 
     def positions(self, partition: int, k: int) -> tuple[int, int]:
         """Positions [p, p + sub_batch) in the global order of partition's part of batch k."""
         if not (0 <= partition < self.partitions and 0 <= k < self.batches):
             raise IndexError(f"batch {k} of partition {partition} is outside the plan")
-        m, nb, lanes = self.sub_batch, self.batches, self.lanes
-        lane, i = k % lanes, k // lanes
-        lane_start = lane * (nb // lanes) + min(lane, nb % lanes)  # the first nb % lanes lanes hold one more
-        p = (partition * nb + lane_start + i) * m
-        return p, p + m
+        p = int(self.bounds[partition]) + int(self._first_sub_batch(k)) * self.sub_batch
+        return p, p + self.sub_batch
+
+    def batch_positions(self, partitions: range, start_batch: int = 0) -> np.ndarray:
+        """[batches - start_batch, len(partitions) * sub_batch] positions of the given
+        partitions' parts of every batch from start_batch on, in the order a rank yields them."""
+        k = np.arange(start_batch, self.batches)
+        first = self.bounds[list(partitions)][None, :, None] + (self._first_sub_batch(k) * self.sub_batch)[:, None, None]
+        return (first + np.arange(self.sub_batch)).reshape(len(k), -1)
 
     def region(self, partition: int, k: int) -> tuple[int, int]:
         return partition, k % self.lanes

@@ -151,7 +151,7 @@ class KmerStream(IterableDataset):
         plan = self.plan(epoch)
         mine = worker_batches(plan.batches, start, worker, num_workers)
         regions = len({plan.region(s, k) for k in mine[: plan.lanes] for s in self.mine})
-        windows: OrderedDict[int, tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        windows: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         for k in mine:
             pieces, rows = [], []
             for s in self.mine:
@@ -162,24 +162,19 @@ class KmerStream(IterableDataset):
                         while len(windows) > regions + 1:
                             windows.popitem(last=False)
                     windows.move_to_end(w)
-                    parts, offsets, wrows, shuffle = windows[w]
+                    data, wrows, shuffle = windows[w]
                     s0 = int(plan.window_starts[w])
-                    # sorted, each chunk gives one contiguous run; the batch's rows are unchanged
-                    pick = np.sort(shuffle[max(p0, s0) - s0: min(p1, int(plan.window_starts[w + 1])) - s0])
-                    bounds = np.searchsorted(pick, offsets)
-                    pieces += [(part, pick[a:b] - off) for part, off, a, b
-                               in zip(parts, offsets, bounds[:-1], bounds[1:]) if b > a]
+                    pick = shuffle[max(p0, s0) - s0: min(p1, int(plan.window_starts[w + 1])) - s0]
+                    pieces.append((data, pick))  # in position order: plan.order()[p0:p1]
                     rows.append(wrows[pick])
             yield self._gather(pieces), torch.from_numpy(np.concatenate(rows))
 
-    def _read_window(self, plan: EpochPlan, w: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-        """Window w: its chunks' training rows (whole-chunk reads), where each chunk starts in
-        the window (and the total), the store rows, and the shuffle of the window's positions."""
+    def _read_window(self, plan: EpochPlan, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Window w: its rows' values (whole-chunk reads), store rows, and the shuffle."""
         rows, shuffle = plan.window_rows(w)
-        array, c = self._clr(), self.info.chunk_rows
-        parts = [array[int(ch) * c: int(ch) * c + int(self.split.train_stop[ch])] for ch in plan.windows[w]]
-        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
-        return parts, offsets, rows, shuffle
+        array = self._clr()
+        parts = [array[a:b] for a, b in plan.windows[w]]
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), rows, shuffle
 
     def _validation(self, worker: int, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         array, b = self._clr(), self.local_batch

@@ -62,6 +62,23 @@ def test_every_training_row_once_and_equal_batches_per_rank(store, world, worker
     assert 0 <= len(everything) - len(rows) < BATCH  # only a tail shorter than a global batch is left
 
 
+def test_a_rank_serves_the_same_rows_in_every_epoch(store):
+    """Partitions are fixed for the run (what lets a rank keep its rows resident): each epoch
+    shuffles within them, and leaves out fewer than one sub-batch per partition."""
+    world = 2
+    for rank in range(world):
+        s = stream(store, rank=rank, world_size=world)
+        own = np.concatenate([np.arange(a, b) for p in s.mine for a, b in s.plan(0).pieces[p]])
+        orders = []
+        for e in (0, 1, 5):
+            s.set_epoch(e)
+            rows = np.concatenate(loader_order(s, 0))
+            assert np.isin(rows, own).all()
+            assert 0 <= len(own) - len(rows) < len(s.mine) * (BATCH // PARTS + 1)
+            orders.append(rows)
+        assert not np.array_equal(orders[0], orders[1])
+
+
 def test_global_batches_are_the_same_for_any_world_size(store):
     """Rank r's part of global batch k is rows r*b:(r+1)*b of the 1-process batch k."""
     single = loader_order(stream(store), 0)
