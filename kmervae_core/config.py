@@ -13,6 +13,8 @@ from .errors import KmervaeError
 BETA_SCHEDULES = ("warmup", "cyclical")
 SELECT_BY = ("val_loss", "spearman", "knn")  # what the best checkpoint tracks
 PRECISIONS = ("fp32", "bf16")
+CACHE_TIERS = ("auto", "device", "host", "none")  # see cache.py
+GRAPH_MODES = ("auto", "on", "off")  # see step_graph.py
 
 
 @dataclass
@@ -44,6 +46,9 @@ class TrainConfig:
     deterministic: bool = False
     precision: str = "fp32"
     compile: bool = False
+    cuda_graphs: str = "auto"  # capture the step as a CUDA graph (auto: on a single CUDA device)
+    cache: str = "auto"  # keep this rank's training rows resident after the first epoch: device, host or none
+    cache_fraction: float = 0.8  # of free GPU memory (device tier) or available host memory per rank (host)
     metrics_port: int = 9400  # global rank 0 serves /metrics here; 0 turns it off
     metrics_addr: str = "0.0.0.0"
     pushgateway: str = ""  # push a final summary here when the run ends
@@ -65,6 +70,9 @@ class TrainConfig:
             (self.beta_schedule in BETA_SCHEDULES, f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}"),
             (self.beta_warmup_epochs >= 0 and self.beta_cycle_epochs >= 1, "beta epochs must be non-negative"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.cuda_graphs in GRAPH_MODES, f"cuda_graphs must be one of {', '.join(GRAPH_MODES)}"),
+            (self.cache in CACHE_TIERS, f"cache must be one of {', '.join(CACHE_TIERS)}"),
+            (0 < self.cache_fraction <= 1, "cache_fraction must be in (0, 1]"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be at least 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.workers >= 0, "workers must be non-negative"),
@@ -93,7 +101,8 @@ class TrainConfig:
     def digest(self) -> str:
         """A short hash of the settings that shape the result (not paths or resume policy)."""
         shaping = {k: v for k, v in self.to_dict().items()
-                   if k not in ("out", "resume", "metrics_port", "metrics_addr", "pushgateway", "log_every", "workers")}
+                   if k not in ("out", "resume", "metrics_port", "metrics_addr", "pushgateway", "log_every", "workers",
+                              "cache", "cache_fraction", "cuda_graphs")}
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
 
 

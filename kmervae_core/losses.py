@@ -31,7 +31,7 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, log_var: to
     sse = [recon_rows.new_zeros(()) for _ in USED_KS]
     for g, e in zip(groups, group_sse):
         sse[USED_KS.index(g.k)] = e.sum()
-    sums = torch.stack([recon_rows.new_tensor(float(len(x))), recon_rows.sum(), kl_rows.sum(), *sse]).detach()
+    sums = torch.stack([recon_rows.new_full((), float(len(x))), recon_rows.sum(), kl_rows.sum(), *sse]).detach()
     return total, sums
 
 

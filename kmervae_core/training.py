@@ -1,12 +1,15 @@
 """The training loop: the reference VAE on a KmerStream, one process or DDP, with exact
-mid-epoch resume. Read it top to bottom: `Trainer.run` is the whole story."""
+mid-epoch resume, the step captured as a CUDA graph (step_graph.py) and the rank's rows kept
+resident after the first epoch (cache.py). Read it top to bottom: `Trainer.run` is the whole story."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -16,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import __version__
 from . import checkpoint as ckpt
 from .atomic import atomic_file
+from .cache import RowCache, choose_tier, gib, rank_ranges, ranks_per_host
 from .config import TrainConfig, beta_at, warmup_end_epoch
 from .distributed import DistContext, all_reduce, gather
 from .errors import KmervaeError
@@ -26,6 +30,7 @@ from .metrics import TrainMetrics
 from .model import VAE
 from .progress import Progress
 from .store import CLR, LABELS
+from .step_graph import WARMUP_STEPS, CudaGraphStep, check_capture, graph_decision
 from .stream import KmerStream, make_loader
 
 NO_STEP = 2**62
@@ -105,8 +110,21 @@ class Trainer:
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.graph_wanted, self.step_mode = graph_decision(cfg.cuda_graphs, ctx.device, ctx.world_size, cfg.compile)
+        self._configure_adam()
         self.plateau = self._new_plateau()
         self.noise = torch.Generator(device=ctx.device)
+        # what a step reads and writes, at fixed addresses so that a captured step can be replayed
+        b = cfg.batch_size // ctx.world_size
+        self.eps_full = torch.empty(cfg.batch_size, cfg.latent, device=ctx.device)
+        self.eps = self.eps_full[ctx.rank * b:(ctx.rank + 1) * b]
+        self.static_x: torch.Tensor | None = None  # the captured step's batch
+        self.beta_t = torch.zeros((), device=ctx.device)
+        self.step_t = torch.zeros((), dtype=torch.int64, device=ctx.device)
+        self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=ctx.device)
+        self.graph, self.graph_class, self.eager_steps = None, CudaGraphStep, 0
+        self._side_stream = torch.cuda.Stream(ctx.device) if self.graph_wanted else None
+        self.cache, self.cache_message = self._make_cache(columns if self.subset else None, len(columns))
         self.epoch, self.batch, self.step = 0, 0, 0
         self.best = self._no_best()
         self.epoch_sums = torch.zeros(N_SUMS, device=ctx.device, dtype=torch.float64)
@@ -120,6 +138,45 @@ class Trainer:
                 "device": ctx.device.type})
             if cfg.metrics_port:
                 self.metrics_url = self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+
+    def _configure_adam(self) -> None:
+        """Where the step is captured, Adam runs `capturable` with its learning rate as a device
+        tensor (a replay must read the current rate, which the plateau schedule changes); plain
+        Adam otherwise. Also applied to a loaded checkpoint, whichever way it was written."""
+        capturable = self.graph_wanted
+        for group in self.opt.param_groups:
+            lr = float(group["lr"])
+            group["capturable"] = capturable
+            group["lr"] = torch.tensor(lr, device=self.ctx.device) if capturable else lr
+        for state in self.opt.state.values():
+            if "step" in state:
+                state["step"] = state["step"].to(self.ctx.device if capturable else "cpu", torch.float32)
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def _make_cache(self, columns: np.ndarray | None, n_columns: int) -> tuple[RowCache | None, str]:
+        """The row cache for this rank's training rows, in the highest tier `--cache` allows
+        that fits; (None, why) where none is used. Allocated now, so it cannot run out later."""
+        cfg, ctx, stream = self.cfg, self.ctx, self.train_stream
+        ranges = rank_ranges(stream.plan(0), stream.mine)
+        rows = sum(b - a for a, b in ranges)
+        dtype = torch.float16 if stream.info.dtype == np.float16 else torch.float32
+        need = RowCache.bytes_needed(rows, n_columns, dtype, stream.local_batch)
+        sizes = f"{rows:,} rows x {n_columns:,} columns {str(dtype).removeprefix('torch.')}"
+        if cfg.cache == "auto" and cfg.epochs == 1:
+            return None, "cache: none (a single epoch reads every row once)"
+        residency = choose_tier(cfg.cache, need, ctx.device, cfg.cache_fraction, ranks_per_host())
+        if residency.tier == "none":
+            return None, f"{residency.message}; this rank: {sizes}"
+        storage = ctx.device if residency.tier == "device" else torch.device("cpu")
+        try:
+            cache = RowCache(ranges, N_FEATURES, columns, dtype, storage, pin=ctx.device.type == "cuda")
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            return None, f"cache: none, allocating {gib(need)} ({residency.tier} tier) failed: {str(e).splitlines()[0]}"
+        return cache, (f"{residency.message}; this rank: {sizes}; the first epoch streams and fills it, "
+                       "later epochs gather from it")
 
     def _no_best(self) -> dict:
         worst = math.inf if self.cfg.select_by == "val_loss" else -math.inf
@@ -185,6 +242,7 @@ class Trainer:
             raise KmervaeError(f"{path}: checkpoint model shape differs from the configuration")
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
+        self._configure_adam()
         self.plateau.load_state_dict(s["plateau"])
         self.epoch, self.batch, self.step = s["epoch"], s["batch"], s["step"]
         self.best = dict(s["best"])
@@ -246,34 +304,113 @@ class Trainer:
         keep = f"last good checkpoint {last[-1]}" if last else "no checkpoint was written"
         raise NonFiniteLoss(f"non-finite {what} at epoch {epoch + 1}, step {step + 1} (batch {batch + 1}); {keep}")
 
-    def noise_for_step(self) -> torch.Tensor:
-        """Reparameterisation noise for the whole global batch, drawn from (seed, step), then
-        this rank's rows: so any world size draws the same noise for the same rows."""
+    def draw_noise(self) -> None:
+        """Reparameterisation noise for the whole global batch, drawn from (seed, step) into
+        `eps_full`; this rank uses its rows (`eps`), so any world size draws the same noise."""
         self.noise.manual_seed(self.cfg.seed * 1_000_003 + self.step)
-        full = torch.randn(self.cfg.batch_size, self.cfg.latent, generator=self.noise, device=self.ctx.device)
-        b = self.cfg.batch_size // self.ctx.world_size
-        return full[self.ctx.rank * b:(self.ctx.rank + 1) * b]
+        torch.randn(self.eps_full.shape, generator=self.noise, out=self.eps_full)
 
     def autocast(self):
         enabled = self.cfg.precision == "bf16" and self.ctx.device.type == "cuda"
-        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
+        # a captured step must not keep autocast's weight-cast cache (torch's CUDA graph notes)
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled,
+                              cache_enabled=not self.graph_wanted)
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """The trained k groups' columns of a store batch."""
         return x.index_select(1, self.columns) if self.subset else x
 
-    def train_step(self, x: torch.Tensor, beta: float) -> None:
-        x = self.select(x)
+    def step_body(self, x: torch.Tensor, graphed: bool = False) -> torch.Tensor:
+        """One optimisation step on device tensors only (no host values, no syncs), so that it
+        can be captured. Under DDP a captured step averages gradients itself (DDP's hooks do
+        it for the eager step). Returns the loss."""
         with self.autocast():
-            recon, mu, log_var = self.net(x, self.noise_for_step())
-        loss, sums = vae_loss(x, recon, mu, log_var, beta, self.groups, self.weights)
+            recon, mu, log_var = (self.model if graphed else self.net)(x, self.eps)
+        loss, sums = vae_loss(x, recon, mu, log_var, self.beta_t, self.groups, self.weights)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if graphed and self.ctx.active:
+            grads = [p.grad for p in self.model.parameters()]
+            flat = all_reduce(torch.cat([g.flatten() for g in grads])) / self.ctx.world_size
+            torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)])
         self.opt.step()
         self.epoch_sums += sums
         self.window_sums += sums
-        self.first_bad = torch.where(torch.isfinite(loss), self.first_bad,
-                                     torch.minimum(self.first_bad, torch.full_like(self.first_bad, self.step)))
+        self.first_bad.copy_(torch.where(torch.isfinite(loss), self.first_bad,
+                                         torch.minimum(self.first_bad, self.step_t)))
+        self.step_t += 1
+        return loss.detach()
+
+    def train_step(self, x: torch.Tensor) -> None:
+        """One step on a batch of the trained columns, on the device: replayed from the
+        captured graph once there is one, else eager."""
+        self.draw_noise()
+        if self.graph_wanted and self.graph is None and self.eager_steps >= WARMUP_STEPS:
+            self.graph = self.capture(x)
+        if self.graph is not None:
+            self.static_x.copy_(x)
+            self.graph.replay()
+            return
+        with self._eager_stream():
+            self.step_body(x)
+        self.eager_steps += 1
+
+    @contextmanager
+    def _eager_stream(self):
+        """Eager steps before a capture run on a side stream, as CUDA graph capture requires."""
+        if not (self.graph_wanted and self.graph is None and self.ctx.device.type == "cuda"):
+            yield
+            return
+        side = self._side_stream
+        side.wait_stream(torch.cuda.current_stream(self.ctx.device))
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream(self.ctx.device).wait_stream(side)
+
+    def step_state(self) -> list[torch.Tensor]:
+        """Every tensor a step changes; the parameters first."""
+        opt_state = [t for st in self.opt.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+        return [*self.model.parameters(), *self.model.buffers(), *opt_state,
+                self.epoch_sums, self.window_sums, self.first_bad, self.step_t]
+
+    def capture(self, x: torch.Tensor):
+        """Capture the step on this batch and check it against the eager step; the graph, or
+        None (eager from here on) with one line saying why. Every rank takes the same way."""
+        graph, problem = self.graph_class(), None
+        try:
+            self.static_x = x.detach().clone()
+            self.opt.zero_grad(set_to_none=True)
+            graph.capture(lambda: self.step_body(self.static_x, graphed=True))
+            problem = check_capture(graph, lambda: self.step_body(self.static_x), self.step_state(),
+                                    list(self.model.parameters()), self.opt)
+        except RuntimeError as e:
+            problem = f"capture failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ok = all_reduce(torch.tensor([0 if problem else 1], device=self.ctx.device), torch.distributed.ReduceOp.MIN)
+        if int(ok.item()):
+            self.log(f"CUDA graph: captured at step {self.step + 1}; replay matches the eager step")
+            return graph
+        self.graph_wanted = False
+        self.log(f"CUDA graph: not used ({problem or 'another rank could not capture'}); eager steps from here")
+        return None
+
+    def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's (batch of trained columns on the device, store rows), from the current
+        batch on: gathered from the row cache once it holds all of this rank's rows, else
+        streamed (filling the cache, and completing it at the epoch's end)."""
+        cache, device = self.cache, self.ctx.device
+        if cache is not None and cache.complete:
+            yield from cache.batches(self.train_stream.plan(self.epoch), self.train_stream.mine, self.batch, device)
+            return
+        for x, rows in self.train_loader:
+            on_device = x.to(device, non_blocking=True)
+            if cache is not None:
+                cache.put(rows, on_device if cache.data.device == on_device.device else x)
+            yield self.select(on_device), rows
+        if cache is not None:
+            array = zarr.open_array(store=self.cfg.data, path=CLR, mode="r")
+            read = cache.fill(lambda a, b: array[a:b])
+            self.log(f"cache: holds this rank's {len(cache.data):,} training rows ({read:,} re-read from the "
+                     "store to complete it); the next epochs gather from it")
 
     def publish_window(self, beta: float) -> None:
         """At a log point (already a sync): reduce the window's train sums and gather per-rank
@@ -287,7 +424,7 @@ class Trainer:
         self.window_sums.zero_()
         self.window = {"rows": 0, "wait": 0.0, "start": now}
         if self.metrics is not None and window["rows"]:
-            self.metrics.set_train(window, beta, self.opt.param_groups[0]["lr"], self.epoch)
+            self.metrics.set_train(window, beta, self.lr, self.epoch)
             self.metrics.set_ranks(per_rank)
 
     @torch.no_grad()
@@ -312,21 +449,23 @@ class Trainer:
         if start is not None:
             self.restore(start)
             self.log(f"resuming from {start}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
-        self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=ctx.device)
+        self.first_bad.fill_(NO_STEP)
+        self.step_t.fill_(self.step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         while self.epoch < cfg.epochs:
             beta = beta_at(cfg, self.epoch)
             if self.epoch == warmup_end_epoch(cfg) and self.batch == 0 and self.epoch > 0:
                 self.best = self._no_best()
-                lr = self.opt.param_groups[0]["lr"]
+                lr = self.lr
                 self.plateau = self._new_plateau()
                 self.log(f"β warm-up over: best-checkpoint and plateau tracking restart at epoch {self.epoch + 1} (lr {lr:g})")
             self.train_stream.set_epoch(self.epoch, start_batch=self.batch)
+            self.beta_t.fill_(beta)
             bar = Progress(self.batches, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batches",
                            quiet=not ctx.is_main)
             bar.update(self.batch)
             rows, t0 = 0, time.perf_counter()
-            batches, t_prev = iter(self.train_loader), time.perf_counter()
+            batches, t_prev = self.train_batches(), time.perf_counter()
             while True:
                 t_wait = time.perf_counter()
                 try:
@@ -334,8 +473,7 @@ class Trainer:
                 except StopIteration:
                     break
                 wait = time.perf_counter() - t_wait
-                x = x.to(ctx.device, non_blocking=True)
-                self.train_step(x, beta)
+                self.train_step(x)
                 self.step += 1
                 self.batch += 1
                 rows += len(x) * ctx.world_size
@@ -368,14 +506,14 @@ class Trainer:
                 self.export("best")
             rate = rows / max(seconds, 1e-9)
             if self.metrics is not None:
-                self.metrics.set_train(train, beta, self.opt.param_groups[0]["lr"], self.epoch)
+                self.metrics.set_train(train, beta, self.lr, self.epoch)
                 if val is not None:
                     self.metrics.set_val(val)
                 if latent is not None:
                     self.metrics.set_latent(latent)
             if ctx.is_main:
                 self.log(epoch_line(self.epoch, cfg.epochs, beta, train, val, rate, latent, cfg.latent))
-                self.history.append({"epoch": self.epoch + 1, "beta": beta, "lr": self.opt.param_groups[0]["lr"],
+                self.history.append({"epoch": self.epoch + 1, "beta": beta, "lr": self.lr,
                                      "seconds": seconds, "samples_per_s": rate, "best": improved,
                                      **{f"train_{k}": v for k, v in train.items()},
                                      **({f"val_{k}": v for k, v in val.items()} if val else {}),

@@ -125,10 +125,10 @@ def test_checkpoints_and_exports_load_with_weights_only(train_store, tmp_path):
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
 
 
-def _assert_stopped_cleanly(proc, out: Path, what: str) -> int:
+def _assert_stopped_cleanly(proc, out: Path, *what: str) -> int:
     assert proc.returncode == 3, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"non-finite {what} at epoch 1, step" in lines[0], proc.stderr
+    assert len(lines) == 1 and any(f"non-finite {w} at epoch 1, step" in lines[0] for w in what), proc.stderr
     bad_step = int(lines[0].split("step ")[1].split()[0])
     for path in (out / "checkpoints").glob("*.pt"):
         state = torch.load(path, weights_only=True)
@@ -142,7 +142,26 @@ def test_exploding_weights_stop_the_run_and_keep_good_checkpoints(train_store, t
     store, _ = train_store
     proc = run("train", *train_args(store, tmp_path, "--epochs", 5, "--lr", "1e6", "--checkpoint-every", 1,
                                     "--log-every", 1, *TINY))
-    _assert_stopped_cleanly(proc, tmp_path, "weights")
+    _assert_stopped_cleanly(proc, tmp_path, "weights", "loss")  # whichever overflows first
+
+
+def test_weights_gone_non_finite_stop_the_run_even_while_the_loss_is_finite(train_store, tmp_path):
+    """Training losses use batch statistics, so a BatchNorm running variance can overflow
+    unseen by the loss: the check covers weights and buffers too."""
+    from kmervae_core.config import TrainConfig
+    from kmervae_core.distributed import DistContext
+    from kmervae_core.training import NonFiniteLoss, Trainer
+    cfg = TrainConfig(data=train_store[0], out=str(tmp_path), batch_size=48, workers=0, hidden=[64, 32], latent=8,
+                      metrics_port=0, latent_sample=0, epochs=1)
+    trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lambda line: None)
+    x, _ = next(trainer.train_batches())
+    for _ in range(2):
+        trainer.train_step(x)
+        trainer.step += 1
+    trainer.check_finite()  # all finite so far
+    trainer.model.encoder.body[1].running_var[0] = float("inf")
+    with pytest.raises(NonFiniteLoss, match="non-finite weights at epoch 1, step 2 "):
+        trainer.check_finite()
 
 
 def test_non_finite_loss_names_its_step(train_store, tmp_path):

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from kmervae_core.config import BETA_SCHEDULES, PRECISIONS, SELECT_BY, TrainConfig, load_config
+from kmervae_core.config import (BETA_SCHEDULES, CACHE_TIERS, GRAPH_MODES, PRECISIONS, SELECT_BY, TrainConfig,
+                                 load_config)
 from kmervae_core.errors import KmervaeError
 
 EXIT_BAD_INPUT, EXIT_NON_FINITE = 2, 3
@@ -40,6 +41,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms: bitwise-repeatable runs")
     p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocast on CUDA (default fp32)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--cuda-graphs", choices=GRAPH_MODES,
+                   help="capture the training step as a CUDA graph and replay it (one launch per step): auto "
+                        "(default) does on a single CUDA device; on also tries under DDP; every capture is "
+                        "checked against the eager step, and falls back to it with one line")
+    p.add_argument("--cache", choices=CACHE_TIERS,
+                   help="keep this rank's training rows resident after the first epoch, later epochs gather "
+                        "from them in the stream's order: device (GPU memory), host (pinned RAM), none "
+                        "(stream every epoch); auto (default) takes the first that fits --cache-fraction")
+    p.add_argument("--cache-fraction", type=float,
+                   help=f"share of free GPU memory (device tier) or of available RAM per rank on the host "
+                        f"(host tier) the cache may take (default {d.cache_fraction})")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port on global rank 0 (default 9400; 0 = off)")
     p.add_argument("--metrics-addr", help="address to bind /metrics to (default 0.0.0.0)")
     p.add_argument("--pushgateway", help="Pushgateway URL to push a final summary to when the run ends")
@@ -76,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             (trainer.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
             log(f"config ({ctx.world_size} process(es) on {ctx.device.type}, {trainer.batches} batches/epoch): "
                 + json.dumps(cfg.to_dict()))
+            log(trainer.step_mode)
+            log(trainer.cache_message)
             if trainer.metrics_url:
                 log(f"metrics: {trainer.metrics_url} (Prometheus scrape target; see deploy/README.md)")
         summary = trainer.run()

@@ -1,0 +1,170 @@
+"""Tiered residency (`--cache`): which tier a rank takes and says it takes, and that cached
+epochs give exactly the batches (row ids and values) and the losses that streaming gives."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from kmervae_core import KmerStream
+from kmervae_core.cache import RowCache, choose_tier, rank_ranges
+from kmervae_core.config import TrainConfig
+from kmervae_core.distributed import DistContext
+from kmervae_core.training import Trainer
+from tests.conftest import run
+
+GiB = 2**30
+CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
+
+
+def make_trainer(store: str, out: Path, **settings) -> Trainer:
+    cfg = TrainConfig(data=store, out=str(out), batch_size=48, workers=0, hidden=[64, 32], latent=8,
+                      metrics_port=0, latent_sample=0, epochs=3, **settings)
+    return Trainer(cfg, DistContext(0, 1, 0, CPU), log=lambda line: None)
+
+
+def epoch(trainer: Trainer, number: int, start: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(store rows, values) of every batch the trainer feeds its step in an epoch."""
+    trainer.epoch, trainer.batch = number, start
+    trainer.train_stream.set_epoch(number, start_batch=start)
+    return [(rows.numpy().copy(), x.numpy().copy()) for x, rows in trainer.train_batches()]
+
+
+def assert_same_batches(a: list, b: list) -> None:
+    assert len(a) == len(b) > 0
+    for (rows_a, x_a), (rows_b, x_b) in zip(a, b):
+        np.testing.assert_array_equal(rows_a, rows_b)
+        np.testing.assert_array_equal(x_a, x_b)
+
+
+class Unreadable:
+    def __iter__(self):
+        raise AssertionError("a cached epoch read the stream")
+
+
+def test_cached_epochs_feed_the_streamed_batches_row_for_row(train_store, tmp_path):
+    store, _ = train_store
+    streamed = make_trainer(store, tmp_path / "none", cache="none")
+    cached = make_trainer(store, tmp_path / "host", cache="host")
+    assert cached.cache is not None and streamed.cache is None
+    first = epoch(cached, 0)
+    assert cached.cache.complete  # the first epoch filled it (and read the rows it did not yield)
+    assert_same_batches(first, epoch(streamed, 0))
+    cached.train_loader = Unreadable()
+    for number in (1, 2):
+        again = epoch(cached, number)
+        assert_same_batches(again, epoch(streamed, number))
+    clr = zarr.open_group(store, mode="r")["clr"][:]
+    for rows, x in again:  # and the values are the store's rows, read independently
+        np.testing.assert_array_equal(x, clr[rows])
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_each_rank_caches_only_its_own_rows_and_feeds_its_streamed_batches(train_store, world):
+    store, _ = train_store
+    clr = zarr.open_group(store, mode="r")["clr"]
+    held = []
+    for rank in range(world):
+        stream = KmerStream(store, batch_size=48, seed=42, rank=rank, world_size=world)
+        cache = RowCache(rank_ranges(stream.plan(0), stream.mine), 2772, None, torch.float32, CPU)
+        for x, rows in stream:  # epoch 0 streams and fills
+            cache.put(rows, x)
+        cache.fill(lambda a, b: clr[a:b])
+        held.append(np.concatenate([np.arange(a, a + n) for a, n in zip(cache.starts, cache.lengths)]))
+        for number in (1, 2):
+            stream.set_epoch(number)
+            got = list(cache.batches(stream.plan(number), stream.mine, 0, CPU))
+            assert_same_batches([(r.numpy(), x.numpy()) for x, r in got], [(r.numpy(), x.numpy()) for x, r in stream])
+    rows = np.concatenate(held)
+    assert len(np.unique(rows)) == len(rows)  # disjoint across ranks
+    assert len(rows) == int(stream.split.train_counts.sum())  # together: every training row
+
+
+def test_a_run_resumed_mid_epoch_completes_the_cache_and_then_feeds_the_same_batches(train_store, tmp_path):
+    store, _ = train_store
+    streamed = make_trainer(store, tmp_path / "none", cache="none")
+    cached = make_trainer(store, tmp_path / "host", cache="host")
+    tail = epoch(cached, 0, start=7)  # as after a restart at batch 7: rows before it never streamed
+    assert_same_batches(tail, epoch(streamed, 0, start=7))
+    assert cached.cache.complete
+    cached.train_loader = Unreadable()
+    assert_same_batches(epoch(cached, 1), epoch(streamed, 1))
+    assert_same_batches(epoch(cached, 2, start=3), epoch(streamed, 2, start=3))
+
+
+def test_some_kmer_groups_are_cached_as_the_columns_trained(train_store, tmp_path):
+    store, _ = train_store
+    streamed = make_trainer(store, tmp_path / "none", cache="none", kmers=[3, 2, 1])
+    cached = make_trainer(store, tmp_path / "host", cache="host", kmers=[3, 2, 1])
+    assert cached.cache.data.shape[1] == 32 + 10 + 2
+    epoch(cached, 0)
+    later = epoch(cached, 1)
+    assert_same_batches(later, epoch(streamed, 1))
+    clr = zarr.open_group(store, mode="r")["clr"][:]
+    for rows, x in later:
+        np.testing.assert_array_equal(x, clr[rows][:, 2728:2772])  # the 3-, 2- and 1-mer columns
+
+
+def test_a_float16_store_is_cached_in_float16_and_fed_as_float32(train_store, tmp_path):
+    store, _ = train_store
+    half = tmp_path / "half.zarr"
+    run("ingest", Path(store).parent / "all_kmers.npy", half, "--chunk-rows", 40, "--dtype", "float16", check=True)
+    streamed = make_trainer(str(half), tmp_path / "none", cache="none")
+    cached = make_trainer(str(half), tmp_path / "host", cache="host")
+    assert cached.cache.data.dtype == torch.float16
+    epoch(cached, 0)
+    later = epoch(cached, 1)
+    assert later[0][1].dtype == np.float32
+    assert_same_batches(later, epoch(streamed, 1))
+
+
+def test_the_tier_is_the_highest_that_fits_and_the_line_says_why():
+    need = 10 * GiB
+    device = choose_tier("auto", need, GPU, 0.8, device_free=20 * GiB, host_free=100 * GiB)
+    assert device.tier == "device" and "10.00 GiB" in device.message and "20.00 GiB free" in device.message
+    host = choose_tier("auto", need, GPU, 0.8, device_free=12 * GiB, host_free=100 * GiB)
+    assert host.tier == "host" and "pinned" in host.message and "does not fit 0.8 x 12.00 GiB free" in host.message
+    shared = choose_tier("auto", need, GPU, 0.8, ranks_per_host=8, device_free=1 * GiB, host_free=96 * GiB)
+    assert shared.tier == "none" and "/ 8 ranks" in shared.message  # 0.8 x 96 GiB / 8 ranks < 10 GiB
+    assert choose_tier("host", need, GPU, 0.8, device_free=80 * GiB, host_free=100 * GiB).tier == "host"
+    assert choose_tier("none", 1, GPU, 0.8, device_free=80 * GiB, host_free=100 * GiB).tier == "none"
+    cpu = choose_tier("auto", need, CPU, 0.8, host_free=100 * GiB)
+    assert cpu.tier == "host" and "pinned" not in cpu.message
+    asked = choose_tier("device", need, CPU, 0.8, host_free=100 * GiB)
+    assert asked.tier == "host" and "no CUDA device" in asked.message
+    with pytest.raises(ValueError, match="cache must be one of"):
+        choose_tier("disk", need, CPU, 0.8)
+
+
+@pytest.mark.slow
+def test_cached_and_streamed_runs_train_identically(train_store, tmp_path):
+    store, _ = train_store
+    common = ["--data", store, "--batch-size", "48", "--workers", "1", "--deterministic", "--metrics-port", "0",
+              "--epochs", "3", "--hidden", "64,32", "--latent", "8"]
+    outputs = {}
+    for tier in ("none", "host"):
+        proc = run("train", *common, "--out", tmp_path / tier, "--cache", tier, check=True)
+        outputs[tier] = proc.stdout
+    assert "cache: off (--cache none)" in outputs["none"]
+    assert "cache: host tier" in outputs["host"] and "600 rows" not in outputs["host"]  # a rank's training rows only
+    assert "holds this rank's" in outputs["host"]
+    runs = [json.loads((tmp_path / tier / "history.json").read_text()) for tier in ("none", "host")]
+    for a, b in zip(*runs, strict=True):
+        assert {k: v for k, v in a.items() if "second" not in k and "samples" not in k} == \
+               {k: v for k, v in b.items() if "second" not in k and "samples" not in k}
+    w = [torch.load(tmp_path / tier / "vae_multi_final.pt", weights_only=True) for tier in ("none", "host")]
+    assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
+
+
+@pytest.mark.slow
+def test_a_cache_that_does_not_fit_falls_back_to_streaming_with_one_line(train_store, tmp_path):
+    store, _ = train_store
+    proc = run("train", "--data", store, "--out", tmp_path, "--batch-size", "48", "--workers", "0", "--epochs", "2",
+               "--metrics-port", "0", "--hidden", "64,32", "--latent", "8", "--cache-fraction", "1e-9", check=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("cache:")]
+    assert len(lines) == 1 and lines[0].startswith("cache: none") and "does not fit" in lines[0], proc.stdout
+    assert "Epoch 2/2" in proc.stdout

@@ -1,0 +1,112 @@
+"""The captured training step (`--cuda-graphs`): where it is used, that replaying it computes
+what the eager step computes, and that a capture which does not is refused with one line.
+
+There is no GPU here, so a stand-in records the step function and replays it by calling it:
+like a CUDA graph it runs only on the fixed tensors (batch, noise, β, step counter, learning
+rate) captured once, so these tests check that plumbing and the capture check, not CUDA itself.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kmervae_core.config import TrainConfig
+from kmervae_core.distributed import DistContext
+from kmervae_core.step_graph import graph_decision, set_lr
+from kmervae_core.training import Trainer
+
+
+class Replay:
+    """Capture records the step without running it; replay runs it on the fixed tensors."""
+
+    def __init__(self) -> None:
+        self.output = None
+
+    def capture(self, fn) -> None:
+        self.fn = fn
+
+    def replay(self) -> None:
+        self.output = self.fn()
+
+
+class DoesNothing(Replay):
+    def replay(self) -> None:
+        self.output = torch.zeros(())
+
+
+def train(store: str, out, graph_class=None, epochs: int = 2) -> tuple[Trainer, list[str]]:
+    cfg = TrainConfig(data=store, out=str(out), batch_size=48, workers=0, hidden=[64, 32], latent=8, epochs=epochs,
+                      metrics_port=0, latent_sample=0, cache="none", deterministic=True, resume="never")
+    lines: list[str] = []
+    trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lines.append)
+    if graph_class is not None:  # what --cuda-graphs does on a GPU, with the stand-in
+        trainer.graph_wanted = True
+        trainer.graph_class = graph_class if isinstance(graph_class, type) else graph_class(trainer)
+    trainer.run()
+    return trainer, lines
+
+
+def losses(trainer: Trainer) -> list[tuple[float, float]]:
+    return [(h["train_loss"], h["val_loss"]) for h in trainer.history]
+
+
+def same_weights(a: Trainer, b: Trainer) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+@pytest.fixture(scope="module")
+def eager(train_store, tmp_path_factory):
+    return train(train_store[0], tmp_path_factory.mktemp("eager"))[0]
+
+
+def test_replayed_steps_train_exactly_like_eager_steps(train_store, tmp_path, eager):
+    graphed, lines = train(train_store[0], tmp_path, Replay)
+    assert graphed.graph is not None
+    assert "CUDA graph: captured at step 4; replay matches the eager step" in lines
+    assert losses(graphed) == losses(eager)
+    assert same_weights(graphed, eager)
+    assert graphed.step == eager.step and int(graphed.step_t) == graphed.step
+
+
+def test_a_capture_that_differs_from_the_eager_step_is_refused_and_training_goes_on_eagerly(train_store, tmp_path, eager):
+    refused, lines = train(train_store[0], tmp_path, DoesNothing)
+    notes = [line for line in lines if line.startswith("CUDA graph")]
+    assert len(notes) == 1 and "not used (the captured step's loss 0 differs" in notes[0], notes
+    assert refused.graph is None and not refused.graph_wanted
+    assert losses(refused) == losses(eager) and same_weights(refused, eager)  # the check left no trace
+
+
+def test_a_learning_rate_baked_into_the_capture_is_caught(train_store, tmp_path, eager):
+    """A replay must use the learning rate of the moment (ReduceLROnPlateau changes it)."""
+    def baked(trainer):
+        class BakedLr(Replay):
+            def capture(self, fn) -> None:
+                super().capture(fn)
+                self.lr = [float(g["lr"]) for g in trainer.opt.param_groups]
+
+            def replay(self) -> None:
+                now = [float(g["lr"]) for g in trainer.opt.param_groups]
+                set_lr(trainer.opt, self.lr)
+                super().replay()
+                set_lr(trainer.opt, now)
+        return BakedLr
+
+    refused, lines = train(train_store[0], tmp_path, baked)
+    notes = [line for line in lines if line.startswith("CUDA graph")]
+    assert len(notes) == 1 and "weights differ from the eager step's" in notes[0], notes
+    assert same_weights(refused, eager)
+
+
+def test_where_the_step_is_captured_and_what_the_line_says():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert graph_decision("auto", gpu, 1, False)[0]
+    assert graph_decision("on", gpu, 8, False)[0]
+    off = {mode: graph_decision(*mode) for mode in [("auto", cpu, 1, False), ("on", cpu, 1, False),
+                                                   ("off", gpu, 1, False), ("auto", gpu, 8, False),
+                                                   ("on", gpu, 1, True)]}
+    assert not any(wanted for wanted, _ in off.values())
+    assert "no CUDA device: --cuda-graphs on needs one" in off[("on", cpu, 1, False)][1]
+    assert "under DDP" in off[("auto", gpu, 8, False)][1] and "--cuda-graphs on" in off[("auto", gpu, 8, False)][1]
+    assert "--compile" in off[("on", gpu, 1, True)][1]
+    with pytest.raises(ValueError, match="cuda_graphs must be one of"):
+        graph_decision("always", gpu, 1, False)
