@@ -43,14 +43,14 @@ def make_input(path: Path, rows: int, template: np.ndarray) -> None:
             f.write(template[: min(len(template), rows - s)].tobytes())
 
 
-def ingested_store(work: Path, rows: int, chunk_rows: int, codec: str = "zstd:1") -> str:
+def ingested_store(work: Path, rows: int, chunk_rows: int, codec: str = "zstd:1", dtype: str = "float32") -> str:
     """A store of `rows` rows ingested from copies of a 2,000-contig synthetic sample."""
     template = work / "template.npy"
     write_sample(str(template), 2000, seed=0)
     npy = work / "input.npy"
     make_input(npy, rows, np.load(template))
-    url = str(work / "ingested.zarr")
-    ingest(IngestPlan(source=open_npy(str(npy)), url=url, chunk_rows=chunk_rows, codec=codec),
+    url = str(work / f"ingested-{codec.replace(':', '')}-{dtype}.zarr")
+    ingest(IngestPlan(source=open_npy(str(npy)), url=url, chunk_rows=chunk_rows, codec=codec, dtype=dtype),
            workers=os.cpu_count() or 2)
     npy.unlink()
     return url

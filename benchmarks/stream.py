@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core import KmerStream  # noqa: E402
+from kmervae_core.cache import RowCache, rank_ranges  # noqa: E402
 from kmervae_core.stream import make_loader  # noqa: E402
 
 
@@ -91,6 +92,18 @@ def in_ram_rate(url: str, batch: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def cache_rate(url: str, batch: int) -> float:
+    """Samples/s of an epoch gathered from the host-tier row cache (what later epochs get)."""
+    s = KmerStream(url, batch_size=batch, val_fraction=0.0, lanes=2, partitions=1)
+    plan, array = s.plan(1), zarr.open_array(store=url, path="clr", mode="r")
+    cache = RowCache(rank_ranges(plan, s.mine), array.shape[1], None, torch.float32, torch.device("cpu"))
+    cache.fill(lambda a, b: array[a:b])
+    n, start = 0, time.perf_counter()
+    for x, _ in cache.batches(plan, s.mine, 0, torch.device("cpu")):
+        n += len(x)
+    return n / (time.perf_counter() - start)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=60000)
@@ -120,6 +133,8 @@ def main() -> None:
                 how = "ring of reused buffers (the trainer's setting)" if reuse else "a fresh buffer per batch"
                 print(f"KmerStream, {w} worker(s), {how}: {rate:,.0f} samples/s = {rate / w / ceil:.2f}x ceiling "
                       f"per worker; peak worker RSS {rss:,.0f} MiB (shuffle buffer <= {buffer:,.0f} MiB)")
+        cached = cache_rate(url, args.batch)
+        print(f"row cache, host tier (--cache host, epochs after the first): {cached:,.0f} samples/s")
         today = in_ram_rate(url, args.batch)
         print(f"today (shuffled DataLoader over an in-RAM TensorDataset): {today:,.0f} samples/s")
     finally:
