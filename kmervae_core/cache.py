@@ -5,6 +5,7 @@ epoch has streamed them from the store a rank can keep them: on the GPU (the `de
 in pinned host memory (`host`), or not at all (`none`: every epoch streams and decodes again).
 Later epochs gather their batches from the cache in exactly the order the stream would give
 them (the plan's `order`), so a run's batches, and hence its losses, do not depend on the tier.
+A rank's validation rows (fixed chunks) are kept the same way after the first validation pass.
 """
 from __future__ import annotations
 
@@ -160,6 +161,16 @@ class RowCache:
             else:
                 x = self.data.index_select(0, index[j]).to(device, non_blocking=True)
             yield x.to(dtype), torch.from_numpy(rows[j])
+
+    def in_store_order(self, batch: int, device: torch.device,
+                       dtype: torch.dtype = torch.float32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each range in store order cut into batches of at most `batch` rows: validation's
+        order (KmerStream's, read by one worker). Slices, so nothing is gathered."""
+        for start, length, base in zip(self.starts.tolist(), self.lengths.tolist(), self.bases.tolist()):
+            for s in range(0, length, batch):
+                n = min(batch, length - s)
+                x = self.data[base + s: base + s + n].to(device, non_blocking=True)
+                yield x.to(dtype), torch.arange(start + s, start + s + n)
 
 
 def rank_ranges(plan: EpochPlan, partitions: range) -> list[tuple[int, int]]:

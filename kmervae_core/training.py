@@ -22,6 +22,7 @@ from .atomic import atomic_file
 from .cache import RowCache, choose_tier, gib, rank_ranges, ranks_per_host
 from .config import TrainConfig, beta_at, warmup_end_epoch
 from .distributed import DistContext, all_reduce, gather
+from .epoch_plan import validation_chunks
 from .errors import KmervaeError
 from .evaluate import active_units, distance_spearman, knn_accuracy, sample_pairs
 from .kmers import KMER_GROUPS, N_FEATURES, selected_groups
@@ -124,7 +125,8 @@ class Trainer:
         self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=ctx.device)
         self.graph, self.graph_class, self.eager_steps = None, CudaGraphStep, 0
         self._side_stream = torch.cuda.Stream(ctx.device) if self.graph_wanted else None
-        self.cache, self.cache_message = self._make_cache(columns if self.subset else None, len(columns))
+        self.cache, self.val_cache, self.cache_message = self._make_cache(columns if self.subset else None, len(columns))
+        self.cache_tier = "none" if self.cache is None else ("device" if self.cache.data.is_cuda else "host")
         self.epoch, self.batch, self.step = 0, 0, 0
         self.best = self._no_best()
         self.epoch_sums = torch.zeros(N_SUMS, device=ctx.device, dtype=torch.float64)
@@ -135,7 +137,8 @@ class Trainer:
         if ctx.is_main and (cfg.metrics_port or cfg.pushgateway):
             self.metrics = TrainMetrics(self.run_dir.resolve().name, {
                 "world_size": str(ctx.world_size), "config_hash": cfg.digest(), "version": __version__,
-                "device": ctx.device.type})
+                "device": ctx.device.type, "cache": self.cache_tier,
+                "cuda_graphs": "wanted" if self.graph_wanted else "off"})
             if cfg.metrics_port:
                 self.metrics_url = self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
 
@@ -156,27 +159,32 @@ class Trainer:
     def lr(self) -> float:
         return float(self.opt.param_groups[0]["lr"])
 
-    def _make_cache(self, columns: np.ndarray | None, n_columns: int) -> tuple[RowCache | None, str]:
-        """The row cache for this rank's training rows, in the highest tier `--cache` allows
-        that fits; (None, why) where none is used. Allocated now, so it cannot run out later."""
+    def _make_cache(self, columns: np.ndarray | None, n_columns: int) -> tuple[RowCache | None, RowCache | None, str]:
+        """Row caches for this rank's training and validation rows, in the highest tier
+        `--cache` allows that holds both; (None, None, why) where none is used. Allocated now,
+        so that they cannot run out later."""
         cfg, ctx, stream = self.cfg, self.ctx, self.train_stream
-        ranges = rank_ranges(stream.plan(0), stream.mine)
-        rows = sum(b - a for a, b in ranges)
+        split = stream.split
+        train = rank_ranges(stream.plan(0), stream.mine)
+        val = [(int(r[0]), int(r[-1]) + 1) for r in
+               (split.val_rows_of(int(c)) for c in validation_chunks(split, ctx.rank, ctx.world_size))]
+        rows = [sum(b - a for a, b in ranges) for ranges in (train, val)]
         dtype = torch.float16 if stream.info.dtype == np.float16 else torch.float32
-        need = RowCache.bytes_needed(rows, n_columns, dtype, stream.local_batch)
-        sizes = f"{rows:,} rows x {n_columns:,} columns {str(dtype).removeprefix('torch.')}"
+        need = RowCache.bytes_needed(sum(rows), n_columns, dtype, stream.local_batch)
+        sizes = f"{rows[0]:,} training + {rows[1]:,} validation rows x {n_columns:,} columns {str(dtype).removeprefix('torch.')}"
         if cfg.cache == "auto" and cfg.epochs == 1:
-            return None, "cache: none (a single epoch reads every row once)"
+            return None, None, "cache: none (a single epoch reads every row once)"
         residency = choose_tier(cfg.cache, need, ctx.device, cfg.cache_fraction, ranks_per_host())
         if residency.tier == "none":
-            return None, f"{residency.message}; this rank: {sizes}"
+            return None, None, f"{residency.message}; this rank: {sizes}"
         storage = ctx.device if residency.tier == "device" else torch.device("cpu")
         try:
-            cache = RowCache(ranges, N_FEATURES, columns, dtype, storage, pin=ctx.device.type == "cuda")
+            train_cache, val_cache = (RowCache(ranges, N_FEATURES, columns, dtype, storage, pin=ctx.device.type == "cuda")
+                                      if ranges else None for ranges in (train, val))
         except (torch.OutOfMemoryError, RuntimeError) as e:
-            return None, f"cache: none, allocating {gib(need)} ({residency.tier} tier) failed: {str(e).splitlines()[0]}"
-        return cache, (f"{residency.message}; this rank: {sizes}; the first epoch streams and fills it, "
-                       "later epochs gather from it")
+            return None, None, f"cache: none, allocating {gib(need)} ({residency.tier} tier) failed: {str(e).splitlines()[0]}"
+        return train_cache, val_cache, (f"{residency.message}; this rank: {sizes}; the first epoch streams and "
+                                        "fills it, later epochs gather from it")
 
     def _no_best(self) -> dict:
         worst = math.inf if self.cfg.select_by == "val_loss" else -math.inf
@@ -393,6 +401,22 @@ class Trainer:
         self.log(f"CUDA graph: not used ({problem or 'another rank could not capture'}); eager steps from here")
         return None
 
+    def _streamed(self, loader, cache: RowCache | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A loader's (batch of trained columns on the device, store rows), kept in `cache`."""
+        for x, rows in loader:
+            on_device = x.to(self.ctx.device, non_blocking=True)
+            if cache is not None:
+                cache.put(rows, on_device if cache.data.device == on_device.device else x)
+            yield self.select(on_device), rows
+
+    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's validation batches on the device: from the cache once a validation pass
+        has filled it (in the order one loader worker streams them), else streamed."""
+        if self.val_cache is not None and self.val_cache.complete:
+            yield from self.val_cache.in_store_order(self.val_stream.local_batch, self.ctx.device)
+        else:
+            yield from self._streamed(self.val_loader, self.val_cache)
+
     def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's (batch of trained columns on the device, store rows), from the current
         batch on: gathered from the row cache once it holds all of this rank's rows, else
@@ -401,11 +425,7 @@ class Trainer:
         if cache is not None and cache.complete:
             yield from cache.batches(self.train_stream.plan(self.epoch), self.train_stream.mine, self.batch, device)
             return
-        for x, rows in self.train_loader:
-            on_device = x.to(device, non_blocking=True)
-            if cache is not None:
-                cache.put(rows, on_device if cache.data.device == on_device.device else x)
-            yield self.select(on_device), rows
+        yield from self._streamed(self.train_loader, cache)
         if cache is not None:
             array = zarr.open_array(store=self.cfg.data, path=CLR, mode="r")
             read = cache.fill(lambda a, b: array[a:b])
@@ -432,8 +452,7 @@ class Trainer:
         """Validation reconstructs from z_mean (deterministic, the same on any world size)."""
         self.model.eval()
         sums = torch.zeros(N_SUMS, device=self.ctx.device, dtype=torch.float64)
-        for x, _ in self.val_loader:
-            x = self.select(x.to(self.ctx.device, non_blocking=True))
+        for x, _ in self.val_batches():
             with self.autocast():
                 recon, mu, log_var = self.model(x, torch.zeros(len(x), self.cfg.latent, device=self.ctx.device))
             sums += vae_loss(x, recon, mu, log_var, beta, self.groups, self.weights)[1]

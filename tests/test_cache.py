@@ -63,6 +63,20 @@ def test_cached_epochs_feed_the_streamed_batches_row_for_row(train_store, tmp_pa
         np.testing.assert_array_equal(x, clr[rows])
 
 
+def test_validation_passes_after_the_first_come_from_the_cache_in_the_same_order(train_store, tmp_path):
+    store, _ = train_store
+    cached = make_trainer(store, tmp_path / "host", cache="host")
+    first = [(rows.numpy().copy(), x.numpy().copy()) for x, rows in cached.val_batches()]
+    assert cached.val_cache.complete
+    cached.val_loader = Unreadable()
+    again = [(rows.numpy().copy(), x.numpy().copy()) for x, rows in cached.val_batches()]
+    assert_same_batches(again, first)
+    rows = np.concatenate([r for r, _ in again])
+    assert len(rows) == int(cached.val_stream.split.val_counts.sum())  # every validation row once
+    clr = zarr.open_group(store, mode="r")["clr"][:]
+    np.testing.assert_array_equal(np.concatenate([x for _, x in again]), clr[rows])
+
+
 @pytest.mark.parametrize("world", [2, 4])
 def test_each_rank_caches_only_its_own_rows_and_feeds_its_streamed_batches(train_store, world):
     store, _ = train_store

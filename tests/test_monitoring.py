@@ -115,6 +115,7 @@ def test_prometheus_scrapes_per_kmer_series_and_a_sample_rate(scraped):
     assert sorted(s["metric"]["rank"] for s in ranks) == ["0", "1"]
     info = scraped.query("kmervae_run_info")[0]["metric"]
     assert info["world_size"] == "2" and info["run"] == "monrun" and len(info["config_hash"]) == 12
+    assert info["cache"] == "host" and info["cuda_graphs"] == "off"  # the feed the run uses (CPU here)
     labels = {k for s in scraped.query('{__name__=~"kmervae_.*"}') for k in s["metric"]}
     assert not [k for k in labels if k.startswith("exported_")]  # no label set twice
 

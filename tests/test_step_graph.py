@@ -7,6 +7,8 @@ rate) captured once, so these tests check that plumbing and the capture check, n
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -110,3 +112,43 @@ def test_where_the_step_is_captured_and_what_the_line_says():
     assert "--compile" in off[("on", gpu, 1, True)][1]
     with pytest.raises(ValueError, match="cuda_graphs must be one of"):
         graph_decision("always", gpu, 1, False)
+
+
+DDP_SCRIPT = '''
+import json, sys, torch
+from kmervae_core.config import TrainConfig
+from kmervae_core.distributed import init_distributed, shutdown
+from kmervae_core.training import Trainer
+from tests.test_step_graph import Replay
+store, out, replay = sys.argv[1], sys.argv[2], sys.argv[3] == "replay"
+ctx = init_distributed()
+cfg = TrainConfig(data=store, out=out, batch_size=48, workers=0, hidden=[64, 32], latent=8, epochs=2,
+                  metrics_port=0, latent_sample=0, cache="none", deterministic=True, resume="never")
+lines = []
+trainer = Trainer(cfg, ctx, log=lines.append)
+if replay:
+    trainer.graph_wanted, trainer.graph_class = True, Replay
+trainer.run()
+if ctx.is_main:
+    print(json.dumps({"losses": [(h["train_loss"], h["val_loss"]) for h in trainer.history], "lines": lines,
+                      "captured": trainer.graph is not None}))
+shutdown()
+'''
+
+
+@pytest.mark.slow
+def test_under_ddp_a_replayed_step_averages_gradients_like_ddp(train_store, tmp_path):
+    """`--cuda-graphs on` under DDP: the captured step cannot use DDP's hooks, so it all-reduces
+    the gradients itself; it must train as the eager DDP step does (here on gloo)."""
+    from tests.test_train import torchrun
+    script = tmp_path / "ddp_replay.py"
+    script.write_text(DDP_SCRIPT)
+    results = {}
+    for mode in ("eager", "replay"):
+        proc = torchrun(script, train_store[0], tmp_path / mode, mode, module=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results["replay"]["captured"] and not results["eager"]["captured"]
+    assert "CUDA graph: captured at step 4; replay matches the eager step" in results["replay"]["lines"]
+    for a, b in zip(results["eager"]["losses"], results["replay"]["losses"], strict=True):
+        assert a == pytest.approx(b, rel=1e-6)

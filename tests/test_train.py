@@ -27,9 +27,10 @@ def train_args(store: str, out: Path, *extra) -> list[str]:
             "--deterministic", "--metrics-port", "0", *map(str, extra)]
 
 
-def torchrun(*args, nproc: int = 2, restarts: int = 0, popen: bool = False):
+def torchrun(*args, nproc: int = 2, restarts: int = 0, popen: bool = False, module: bool = True):
+    """torchrun a module (`-m`), or a script where module=False."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           f"--max-restarts={restarts}", "-m", *map(str, args)]
+           f"--max-restarts={restarts}", *(["-m"] if module else []), *map(str, args)]
     env = child_env(OMP_NUM_THREADS="1")
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

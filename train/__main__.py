@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default) does on a single CUDA device; on also tries under DDP; every capture is "
                         "checked against the eager step, and falls back to it with one line")
     p.add_argument("--cache", choices=CACHE_TIERS,
-                   help="keep this rank's training rows resident after the first epoch, later epochs gather "
-                        "from them in the stream's order: device (GPU memory), host (pinned RAM), none "
+                   help="keep this rank's training and validation rows resident after the first epoch, later "
+                        "epochs gather from them in the stream's order: device (GPU memory), host (pinned RAM), none "
                         "(stream every epoch); auto (default) takes the first that fits --cache-fraction")
     p.add_argument("--cache-fraction", type=float,
                    help=f"share of free GPU memory (device tier) or of available RAM per rank on the host "
