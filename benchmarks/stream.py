@@ -68,9 +68,10 @@ class PeakChildRSS:
         self._thread.join()
 
 
-def stream_rate(url: str, batch: int, workers: int, lanes: int, reuse: bool) -> tuple[float, float]:
+def stream_rate(url: str, batch: int, workers: int, lanes: int, reuse: bool,
+                dtype: torch.dtype = torch.float32) -> tuple[float, float]:
     """(samples/s over the second epoch, peak worker RSS MiB)."""
-    s = KmerStream(url, batch_size=batch, val_fraction=0.0, lanes=lanes, partitions=1)
+    s = KmerStream(url, batch_size=batch, val_fraction=0.0, lanes=lanes, partitions=1, dtype=dtype)
     loader = make_loader(s, num_workers=workers, prefetch_factor=4, reuse_buffers=reuse)
     with PeakChildRSS() as rss:
         for _ in loader:  # epoch 0 starts the workers
@@ -133,6 +134,13 @@ def main() -> None:
                 how = "ring of reused buffers (the trainer's setting)" if reuse else "a fresh buffer per batch"
                 print(f"KmerStream, {w} worker(s), {how}: {rate:,.0f} samples/s = {rate / w / ceil:.2f}x ceiling "
                       f"per worker; peak worker RSS {rss:,.0f} MiB (shuffle buffer <= {buffer:,.0f} MiB)")
+        half = ingested_store(work, args.rows, args.chunk_rows, "lz4", "float16")
+        half_ceil, w = ceiling(half), args.workers[0]
+        for dtype in (torch.float32, torch.float16):
+            rate, _ = stream_rate(half, args.batch, w, args.lanes, True, dtype)
+            print(f"float16 lz4 store (ceiling {half_ceil:,.0f} samples/s), KmerStream, {w} worker(s), ring, "
+                  f"{str(dtype).removeprefix('torch.')} batches: {rate:,.0f} samples/s = {rate / w / half_ceil:.2f}x "
+                  "ceiling per worker")
         cached = cache_rate(url, args.batch)
         print(f"row cache, host tier (--cache host, epochs after the first): {cached:,.0f} samples/s")
         today = in_ram_rate(url, args.batch)

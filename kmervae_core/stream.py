@@ -21,6 +21,7 @@ from .epoch_plan import EpochPlan, make_split, validation_chunks, worker_batches
 from .store import CLR, open_store
 
 SPLITS = ("train", "val")
+TRANSPORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _distributed_rank_world() -> tuple[int, int]:
@@ -45,7 +46,9 @@ class KmerStream(IterableDataset):
         lanes: interleaved streams in time; worker counts dividing it read each chunk once.
         partitions: the fixed split of every global batch; world sizes dividing it see the
             same global batches (so 1 GPU and 8 GPUs train on the same sequence).
-        dtype: torch.float32, or torch.bfloat16 to halve host-to-device traffic.
+        dtype: what batches hold: torch.float32; torch.float16, which halves what workers hand
+            over and what crosses to a GPU, exact for a float16 store (a float32 store's values
+            would be rounded); or torch.bfloat16.
     """
 
     def __init__(self, path: str, split: str = "train", batch_size: int = 1024, seed: int = 42,
@@ -55,8 +58,8 @@ class KmerStream(IterableDataset):
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        if dtype not in TRANSPORT_DTYPES:
+            raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
         self.info = open_store(path)
         default_rank, default_world = _distributed_rank_world()
         self.rank = default_rank if rank is None else rank
@@ -113,15 +116,16 @@ class KmerStream(IterableDataset):
         reaches the main process without another copy."""
         n = sum(len(idx) for _, idx in pieces)
         shape = (n, pieces[0][0].shape[1])
-        if get_worker_info() is None or self.dtype != torch.float32:
-            x = torch.empty(shape, dtype=torch.float32)
+        gathered = torch.float32 if self.dtype == torch.bfloat16 else self.dtype  # numpy has no bfloat16
+        if get_worker_info() is None or gathered != self.dtype:
+            x = torch.empty(shape, dtype=gathered)
         elif self.ring_slots:
             x = self._ring_slot(shape[1])[:n]
         else:
-            x = _shared_empty((n, shape[1]))
+            x = _shared_empty((n, shape[1]), gathered)
         out, pos = x.numpy(), 0
         for data, idx in pieces:
-            if data.dtype == np.float32:
+            if data.dtype == out.dtype:
                 np.take(data, idx, axis=0, out=out[pos:pos + len(idx)])
             else:
                 out[pos:pos + len(idx)] = data[idx]
@@ -132,7 +136,7 @@ class KmerStream(IterableDataset):
         """The next of `ring_slots` shared buffers, allocated once per worker: refilling mapped
         pages costs a fifth of what a fresh shared segment per batch does."""
         if self._ring is None:
-            self._ring = [_shared_empty((self.local_batch, columns)) for _ in range(self.ring_slots)]
+            self._ring = [_shared_empty((self.local_batch, columns), self.dtype) for _ in range(self.ring_slots)]
         slot = self._ring[self._ring_next % self.ring_slots]
         self._ring_next += 1
         return slot
@@ -186,11 +190,12 @@ class KmerStream(IterableDataset):
                 yield self._gather([(data, pick)]), torch.from_numpy(rows[pick])
 
 
-def _shared_empty(shape: tuple[int, int]) -> torch.Tensor:
-    """A float32 tensor in shared memory, made there (as torch's default_collate does) so the
+def _shared_empty(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """A tensor in shared memory, made there (as torch's default_collate does) so the
     DataLoader passes it to the main process without another copy."""
-    storage = torch.UntypedStorage._new_shared(shape[0] * shape[1] * 4)
-    return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
+    item = torch.empty(0, dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(shape[0] * shape[1] * item)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
 def make_loader(stream: KmerStream, num_workers: int = 4, pin_memory: bool | None = None,

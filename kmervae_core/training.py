@@ -30,7 +30,7 @@ from .losses import N_SUMS, summarise, vae_loss
 from .metrics import TrainMetrics
 from .model import VAE
 from .progress import Progress
-from .store import CLR, LABELS
+from .store import CLR, LABELS, open_store
 from .step_graph import WARMUP_STEPS, CudaGraphStep, check_capture, graph_decision
 from .stream import KmerStream, make_loader
 
@@ -90,7 +90,9 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         stream_args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
                            val_fraction=cfg.val_fraction, val_split=cfg.val_split,
-                           window_chunks=cfg.window_chunks, lanes=cfg.lanes, partitions=cfg.partitions)
+                           window_chunks=cfg.window_chunks, lanes=cfg.lanes, partitions=cfg.partitions,
+                           dtype=torch.float16 if ctx.device.type == "cuda" and open_store(cfg.data).dtype == np.float16
+                           else torch.float32)  # a float16 store crosses to the GPU as is: exact, half the bytes
         try:
             self.train_stream = KmerStream(cfg.data, "train", **stream_args)
             self.val_stream = KmerStream(cfg.data, "val", **stream_args)
@@ -407,7 +409,7 @@ class Trainer:
             on_device = x.to(self.ctx.device, non_blocking=True)
             if cache is not None:
                 cache.put(rows, on_device if cache.data.device == on_device.device else x)
-            yield self.select(on_device), rows
+            yield self.select(on_device).float(), rows
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's validation batches on the device: from the cache once a validation pass
