@@ -103,8 +103,7 @@ def measure(trainer: Trainer, batches, steps: int, warmup: int) -> tuple[float, 
 def fed(trainer: Trainer):
     """The trainer's own batches (stream, or cache once filled), epoch after epoch."""
     while True:
-        trainer.train_stream.set_epoch(trainer.epoch)
-        for x, _ in trainer.train_batches():
+        for x, _ in trainer.feed.train(trainer.epoch):
             yield x
         trainer.epoch += 1
 
@@ -152,9 +151,8 @@ def main() -> None:
                                   cache=cache if device.type == "cuda" or cache == "none" else "host")
                 trainer = Trainer(cfg, DistContext(0, 1, 0, device), log=lines.append)
                 trainer.beta_t.fill_(0.1)
-                if trainer.cache is not None:  # the first epoch fills the cache; time the later ones
-                    trainer.train_stream.set_epoch(0)
-                    for _ in trainer.train_batches():
+                if trainer.feed.cache is not None:  # the first epoch fills the cache; time the later ones
+                    for _ in trainer.feed.train(0):
                         pass
                     trainer.epoch = 1
                 sources = {"ceiling": resident(trainer, batch), "fed": fed(trainer)}
@@ -168,8 +166,8 @@ def main() -> None:
                 label = mode if trainer.graph is not None or graphs == "off" else f"{mode} (eager: no graph)"
                 print(f"{batch:>6} {label:<32} {ceiling:>15,.0f} {rate:>12,.0f} {rate / ceiling:>6.2f} {wait:>9.1%}", flush=True)
                 notes = [line for line in lines if line.startswith("CUDA graph: not used")]
-                if trainer.cache is None and cache != "none":
-                    notes.append(trainer.cache_message)
+                if trainer.feed.cache is None and cache != "none":
+                    notes.append(trainer.feed.message)
                 for note in notes:
                     print(f"{'':>6}   {note}")
                 del trainer, sources

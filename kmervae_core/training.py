@@ -1,6 +1,6 @@
-"""The training loop: the reference VAE on a KmerStream, one process or DDP, with exact
-mid-epoch resume, the step captured as a CUDA graph (step_graph.py) and the rank's rows kept
-resident after the first epoch (cache.py). Read it top to bottom: `Trainer.run` is the whole story."""
+"""The training loop: the reference VAE, one process or DDP, with exact mid-epoch resume; fed
+by feed.py (the stream, or the row cache after the first epoch), its step captured as a CUDA
+graph where possible (step_graph.py). Read it top to bottom: `Trainer.run` is the whole story."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,6 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -19,20 +18,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import __version__
 from . import checkpoint as ckpt
 from .atomic import atomic_file
-from .cache import RowCache, choose_tier, gib, rank_ranges, ranks_per_host
 from .config import TrainConfig, beta_at, warmup_end_epoch
 from .distributed import DistContext, all_reduce, gather
-from .epoch_plan import validation_chunks
 from .errors import KmervaeError
 from .evaluate import active_units, distance_spearman, knn_accuracy, sample_pairs
+from .feed import Feed
 from .kmers import KMER_GROUPS, N_FEATURES, selected_groups
 from .losses import N_SUMS, summarise, vae_loss
 from .metrics import TrainMetrics
 from .model import VAE
 from .progress import Progress
-from .store import CLR, LABELS, open_store
+from .store import CLR, LABELS
 from .step_graph import WARMUP_STEPS, CudaGraphStep, check_capture, graph_decision
-from .stream import KmerStream, make_loader
 
 NO_STEP = 2**62
 
@@ -88,24 +85,10 @@ class Trainer:
         if ctx.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        stream_args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
-                           val_fraction=cfg.val_fraction, val_split=cfg.val_split,
-                           window_chunks=cfg.window_chunks, lanes=cfg.lanes, partitions=cfg.partitions,
-                           dtype=torch.float16 if ctx.device.type == "cuda" and open_store(cfg.data).dtype == np.float16
-                           else torch.float32)  # a float16 store crosses to the GPU as is: exact, half the bytes
-        try:
-            self.train_stream = KmerStream(cfg.data, "train", **stream_args)
-            self.val_stream = KmerStream(cfg.data, "val", **stream_args)
-        except ValueError as e:
-            raise KmervaeError(str(e)) from None
-        self.train_loader = make_loader(self.train_stream, cfg.workers, reuse_buffers=True)
-        self.val_loader = make_loader(self.val_stream, cfg.workers, reuse_buffers=True)
-        self.batches = self.train_stream.plan(0).batches
-
         columns, self.groups = selected_groups(cfg.kmers)
-        self.columns = torch.as_tensor(columns, device=ctx.device)
+        self.feed = Feed(cfg, ctx, columns if len(columns) < N_FEATURES else None, log)
+        self.batches = self.feed.batches
         self.heldout = self._heldout(columns) if ctx.is_main and cfg.latent_sample else None
-        self.subset = len(columns) < N_FEATURES
         self.weights = cfg.weights_by_k()
         torch.manual_seed(cfg.seed)
         self.model = VAE(len(columns), tuple(cfg.hidden), cfg.latent, torch.as_tensor(columns)).to(ctx.device)
@@ -127,8 +110,6 @@ class Trainer:
         self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=ctx.device)
         self.graph, self.graph_class, self.eager_steps = None, CudaGraphStep, 0
         self._side_stream = torch.cuda.Stream(ctx.device) if self.graph_wanted else None
-        self.cache, self.val_cache, self.cache_message = self._make_cache(columns if self.subset else None, len(columns))
-        self.cache_tier = "none" if self.cache is None else ("device" if self.cache.data.is_cuda else "host")
         self.epoch, self.batch, self.step = 0, 0, 0
         self.best = self._no_best()
         self.epoch_sums = torch.zeros(N_SUMS, device=ctx.device, dtype=torch.float64)
@@ -139,7 +120,7 @@ class Trainer:
         if ctx.is_main and (cfg.metrics_port or cfg.pushgateway):
             self.metrics = TrainMetrics(self.run_dir.resolve().name, {
                 "world_size": str(ctx.world_size), "config_hash": cfg.digest(), "version": __version__,
-                "device": ctx.device.type, "cache": self.cache_tier,
+                "device": ctx.device.type, "cache": self.feed.tier,
                 "cuda_graphs": "wanted" if self.graph_wanted else "off"})
             if cfg.metrics_port:
                 self.metrics_url = self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
@@ -161,33 +142,6 @@ class Trainer:
     def lr(self) -> float:
         return float(self.opt.param_groups[0]["lr"])
 
-    def _make_cache(self, columns: np.ndarray | None, n_columns: int) -> tuple[RowCache | None, RowCache | None, str]:
-        """Row caches for this rank's training and validation rows, in the highest tier
-        `--cache` allows that holds both; (None, None, why) where none is used. Allocated now,
-        so that they cannot run out later."""
-        cfg, ctx, stream = self.cfg, self.ctx, self.train_stream
-        split = stream.split
-        train = rank_ranges(stream.plan(0), stream.mine)
-        val = [(int(r[0]), int(r[-1]) + 1) for r in
-               (split.val_rows_of(int(c)) for c in validation_chunks(split, ctx.rank, ctx.world_size))]
-        rows = [sum(b - a for a, b in ranges) for ranges in (train, val)]
-        dtype = torch.float16 if stream.info.dtype == np.float16 else torch.float32
-        need = RowCache.bytes_needed(sum(rows), n_columns, dtype, stream.local_batch)
-        sizes = f"{rows[0]:,} training + {rows[1]:,} validation rows x {n_columns:,} columns {str(dtype).removeprefix('torch.')}"
-        if cfg.cache == "auto" and cfg.epochs == 1:
-            return None, None, "cache: none (a single epoch reads every row once)"
-        residency = choose_tier(cfg.cache, need, ctx.device, cfg.cache_fraction, ranks_per_host())
-        if residency.tier == "none":
-            return None, None, f"{residency.message}; this rank: {sizes}"
-        storage = ctx.device if residency.tier == "device" else torch.device("cpu")
-        try:
-            train_cache, val_cache = (RowCache(ranges, N_FEATURES, columns, dtype, storage, pin=ctx.device.type == "cuda")
-                                      if ranges else None for ranges in (train, val))
-        except (torch.OutOfMemoryError, RuntimeError) as e:
-            return None, None, f"cache: none, allocating {gib(need)} ({residency.tier} tier) failed: {str(e).splitlines()[0]}"
-        return train_cache, val_cache, (f"{residency.message}; this rank: {sizes}; the first epoch streams and "
-                                        "fills it, later epochs gather from it")
-
     def _no_best(self) -> dict:
         worst = math.inf if self.cfg.select_by == "val_loss" else -math.inf
         return {"by": self.cfg.select_by, "value": worst, "epoch": -1}
@@ -195,7 +149,7 @@ class Trainer:
     def _heldout(self, columns: np.ndarray) -> dict | None:
         """A fixed seeded sample of validation rows (CLR, labels, distance pairs) for the
         latent metrics; None where the split holds no validation rows."""
-        cfg, split = self.cfg, self.val_stream.split
+        cfg, split = self.cfg, self.feed.val_stream.split
         rows = np.concatenate([split.val_rows_of(int(c)) for c in np.flatnonzero(split.val_counts > 0)] or [[]])
         if len(rows) <= 5:
             if cfg.select_by != "val_loss":
@@ -326,10 +280,6 @@ class Trainer:
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled,
                               cache_enabled=not self.graph_wanted)
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
-        """The trained k groups' columns of a store batch."""
-        return x.index_select(1, self.columns) if self.subset else x
-
     def step_body(self, x: torch.Tensor, graphed: bool = False) -> torch.Tensor:
         """One optimisation step on device tensors only (no host values, no syncs), so that it
         can be captured. Under DDP a captured step averages gradients itself (DDP's hooks do
@@ -403,37 +353,6 @@ class Trainer:
         self.log(f"CUDA graph: not used ({problem or 'another rank could not capture'}); eager steps from here")
         return None
 
-    def _streamed(self, loader, cache: RowCache | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """A loader's (batch of trained columns on the device, store rows), kept in `cache`."""
-        for x, rows in loader:
-            on_device = x.to(self.ctx.device, non_blocking=True)
-            if cache is not None:
-                cache.put(rows, on_device if cache.data.device == on_device.device else x)
-            yield self.select(on_device).float(), rows
-
-    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's validation batches on the device: from the cache once a validation pass
-        has filled it (in the order one loader worker streams them), else streamed."""
-        if self.val_cache is not None and self.val_cache.complete:
-            yield from self.val_cache.in_store_order(self.val_stream.local_batch, self.ctx.device)
-        else:
-            yield from self._streamed(self.val_loader, self.val_cache)
-
-    def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This epoch's (batch of trained columns on the device, store rows), from the current
-        batch on: gathered from the row cache once it holds all of this rank's rows, else
-        streamed (filling the cache, and completing it at the epoch's end)."""
-        cache, device = self.cache, self.ctx.device
-        if cache is not None and cache.complete:
-            yield from cache.batches(self.train_stream.plan(self.epoch), self.train_stream.mine, self.batch, device)
-            return
-        yield from self._streamed(self.train_loader, cache)
-        if cache is not None:
-            array = zarr.open_array(store=self.cfg.data, path=CLR, mode="r")
-            read = cache.fill(lambda a, b: array[a:b])
-            self.log(f"cache: holds this rank's {len(cache.data):,} training rows ({read:,} re-read from the "
-                     "store to complete it); the next epochs gather from it")
-
     def publish_window(self, beta: float) -> None:
         """At a log point (already a sync): reduce the window's train sums and gather per-rank
         throughput, data wait and memory to rank 0's exporter."""
@@ -454,7 +373,7 @@ class Trainer:
         """Validation reconstructs from z_mean (deterministic, the same on any world size)."""
         self.model.eval()
         sums = torch.zeros(N_SUMS, device=self.ctx.device, dtype=torch.float64)
-        for x, _ in self.val_batches():
+        for x, _ in self.feed.val():
             with self.autocast():
                 recon, mu, log_var = self.model(x, torch.zeros(len(x), self.cfg.latent, device=self.ctx.device))
             sums += vae_loss(x, recon, mu, log_var, beta, self.groups, self.weights)[1]
@@ -480,13 +399,12 @@ class Trainer:
                 lr = self.lr
                 self.plateau = self._new_plateau()
                 self.log(f"β warm-up over: best-checkpoint and plateau tracking restart at epoch {self.epoch + 1} (lr {lr:g})")
-            self.train_stream.set_epoch(self.epoch, start_batch=self.batch)
             self.beta_t.fill_(beta)
             bar = Progress(self.batches, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batches",
                            quiet=not ctx.is_main)
             bar.update(self.batch)
             rows, t0 = 0, time.perf_counter()
-            batches, t_prev = self.train_batches(), time.perf_counter()
+            batches, t_prev = self.feed.train(self.epoch, self.batch), time.perf_counter()
             while True:
                 t_wait = time.perf_counter()
                 try:

@@ -1,5 +1,5 @@
 """Tiered residency (`--cache`): which tier a rank takes and says it takes, and that cached
-epochs give exactly the batches (row ids and values) and the losses that streaming gives."""
+epochs feed exactly the batches (row ids and values), and give the losses, that streaming does."""
 from __future__ import annotations
 
 import json
@@ -14,24 +14,23 @@ from kmervae_core import KmerStream
 from kmervae_core.cache import RowCache, choose_tier, rank_ranges
 from kmervae_core.config import TrainConfig
 from kmervae_core.distributed import DistContext
-from kmervae_core.training import Trainer
+from kmervae_core.feed import Feed
+from kmervae_core.kmers import selected_groups
 from tests.conftest import run
 
 GiB = 2**30
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 
 
-def make_trainer(store: str, out: Path, **settings) -> Trainer:
-    cfg = TrainConfig(data=store, out=str(out), batch_size=48, workers=0, hidden=[64, 32], latent=8,
-                      metrics_port=0, latent_sample=0, epochs=3, **settings)
-    return Trainer(cfg, DistContext(0, 1, 0, CPU), log=lambda line: None)
+def make_feed(store: str, kmers: list[int] | None = None, **settings) -> Feed:
+    cfg = TrainConfig(data=store, batch_size=48, workers=0, epochs=3, **settings)
+    columns = None if kmers is None else selected_groups(kmers)[0]
+    return Feed(cfg, DistContext(0, 1, 0, CPU), columns, log=lambda line: None)
 
 
-def epoch(trainer: Trainer, number: int, start: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(store rows, values) of every batch the trainer feeds its step in an epoch."""
-    trainer.epoch, trainer.batch = number, start
-    trainer.train_stream.set_epoch(number, start_batch=start)
-    return [(rows.numpy().copy(), x.numpy().copy()) for x, rows in trainer.train_batches()]
+def epoch(feed: Feed, number: int, start: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(store rows, values) of every batch fed to the step in an epoch."""
+    return [(rows.numpy().copy(), x.numpy().copy()) for x, rows in feed.train(number, start)]
 
 
 def assert_same_batches(a: list, b: list) -> None:
@@ -46,10 +45,10 @@ class Unreadable:
         raise AssertionError("a cached epoch read the stream")
 
 
-def test_cached_epochs_feed_the_streamed_batches_row_for_row(train_store, tmp_path):
+def test_cached_epochs_feed_the_streamed_batches_row_for_row(train_store):
     store, _ = train_store
-    streamed = make_trainer(store, tmp_path / "none", cache="none")
-    cached = make_trainer(store, tmp_path / "host", cache="host")
+    streamed = make_feed(store, cache="none")
+    cached = make_feed(store, cache="host")
     assert cached.cache is not None and streamed.cache is None
     first = epoch(cached, 0)
     assert cached.cache.complete  # the first epoch filled it (and read the rows it did not yield)
@@ -63,13 +62,13 @@ def test_cached_epochs_feed_the_streamed_batches_row_for_row(train_store, tmp_pa
         np.testing.assert_array_equal(x, clr[rows])
 
 
-def test_validation_passes_after_the_first_come_from_the_cache_in_the_same_order(train_store, tmp_path):
+def test_validation_passes_after_the_first_come_from_the_cache_in_the_same_order(train_store):
     store, _ = train_store
-    cached = make_trainer(store, tmp_path / "host", cache="host")
-    first = [(rows.numpy().copy(), x.numpy().copy()) for x, rows in cached.val_batches()]
+    cached = make_feed(store, cache="host")
+    first = [(rows.numpy().copy(), x.numpy().copy()) for x, rows in cached.val()]
     assert cached.val_cache.complete
     cached.val_loader = Unreadable()
-    again = [(rows.numpy().copy(), x.numpy().copy()) for x, rows in cached.val_batches()]
+    again = [(rows.numpy().copy(), x.numpy().copy()) for x, rows in cached.val()]
     assert_same_batches(again, first)
     rows = np.concatenate([r for r, _ in again])
     assert len(rows) == int(cached.val_stream.split.val_counts.sum())  # every validation row once
@@ -98,10 +97,10 @@ def test_each_rank_caches_only_its_own_rows_and_feeds_its_streamed_batches(train
     assert len(rows) == int(stream.split.train_counts.sum())  # together: every training row
 
 
-def test_a_run_resumed_mid_epoch_completes_the_cache_and_then_feeds_the_same_batches(train_store, tmp_path):
+def test_a_run_resumed_mid_epoch_completes_the_cache_and_then_feeds_the_same_batches(train_store):
     store, _ = train_store
-    streamed = make_trainer(store, tmp_path / "none", cache="none")
-    cached = make_trainer(store, tmp_path / "host", cache="host")
+    streamed = make_feed(store, cache="none")
+    cached = make_feed(store, cache="host")
     tail = epoch(cached, 0, start=7)  # as after a restart at batch 7: rows before it never streamed
     assert_same_batches(tail, epoch(streamed, 0, start=7))
     assert cached.cache.complete
@@ -110,10 +109,10 @@ def test_a_run_resumed_mid_epoch_completes_the_cache_and_then_feeds_the_same_bat
     assert_same_batches(epoch(cached, 2, start=3), epoch(streamed, 2, start=3))
 
 
-def test_some_kmer_groups_are_cached_as_the_columns_trained(train_store, tmp_path):
+def test_some_kmer_groups_are_cached_as_the_columns_trained(train_store):
     store, _ = train_store
-    streamed = make_trainer(store, tmp_path / "none", cache="none", kmers=[3, 2, 1])
-    cached = make_trainer(store, tmp_path / "host", cache="host", kmers=[3, 2, 1])
+    streamed = make_feed(store, cache="none", kmers=[3, 2, 1])
+    cached = make_feed(store, cache="host", kmers=[3, 2, 1])
     assert cached.cache.data.shape[1] == 32 + 10 + 2
     epoch(cached, 0)
     later = epoch(cached, 1)
@@ -127,8 +126,8 @@ def test_a_float16_store_is_cached_in_float16_and_fed_as_float32(train_store, tm
     store, _ = train_store
     half = tmp_path / "half.zarr"
     run("ingest", Path(store).parent / "all_kmers.npy", half, "--chunk-rows", 40, "--dtype", "float16", check=True)
-    streamed = make_trainer(str(half), tmp_path / "none", cache="none")
-    cached = make_trainer(str(half), tmp_path / "host", cache="host")
+    streamed = make_feed(str(half), cache="none")
+    cached = make_feed(str(half), cache="host")
     assert cached.cache.data.dtype == torch.float16
     epoch(cached, 0)
     later = epoch(cached, 1)

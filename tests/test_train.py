@@ -155,7 +155,7 @@ def test_weights_gone_non_finite_stop_the_run_even_while_the_loss_is_finite(trai
     cfg = TrainConfig(data=train_store[0], out=str(tmp_path), batch_size=48, workers=0, hidden=[64, 32], latent=8,
                       metrics_port=0, latent_sample=0, epochs=1)
     trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lambda line: None)
-    x, _ = next(trainer.train_batches())
+    x, _ = next(trainer.feed.train(0))
     for _ in range(2):
         trainer.train_step(x)
         trainer.step += 1

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"config ({ctx.world_size} process(es) on {ctx.device.type}, {trainer.batches} batches/epoch): "
                 + json.dumps(cfg.to_dict()))
             log(trainer.step_mode)
-            log(trainer.cache_message)
+            log(trainer.feed.message)
             if trainer.metrics_url:
                 log(f"metrics: {trainer.metrics_url} (Prometheus scrape target; see deploy/README.md)")
         summary = trainer.run()
