@@ -122,7 +122,8 @@ class RowCache:
     def put(self, rows: torch.Tensor, x: torch.Tensor) -> None:
         """Keep a streamed batch (store columns, on the cache's storage device)."""
         slots = self.slots(rows.numpy())
-        self.data.index_copy_(0, torch.from_numpy(slots).to(self.data.device), self._select(x).to(self.data.dtype))
+        # index_put_ (not index_copy_): deterministic on CUDA under --deterministic; slots are distinct
+        self.data.index_put_((torch.from_numpy(slots).to(self.data.device),), self._select(x).to(self.data.dtype))
         self.filled[slots] = True
 
     def fill(self, read: Callable[[int, int], np.ndarray]) -> int:
