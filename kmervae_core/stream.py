@@ -114,23 +114,22 @@ class KmerStream(IterableDataset):
         """One batch from (chunk data, row indices) pieces. In a DataLoader worker it is
         gathered straight into shared memory (as torch's default_collate does), so the batch
         reaches the main process without another copy."""
-        n = sum(len(idx) for _, idx in pieces)
-        shape = (n, pieces[0][0].shape[1])
-        gathered = torch.float32 if self.dtype == torch.bfloat16 else self.dtype  # numpy has no bfloat16
-        if get_worker_info() is None or gathered != self.dtype:
-            x = torch.empty(shape, dtype=gathered)
+        n, columns = sum(len(idx) for _, idx in pieces), pieces[0][0].shape[1]
+        if get_worker_info() is None:
+            x = torch.empty((n, columns), dtype=self.dtype)
         elif self.ring_slots:
-            x = self._ring_slot(shape[1])[:n]
+            x = self._ring_slot(columns)[:n]
         else:
-            x = _shared_empty((n, shape[1]), gathered)
-        out, pos = x.numpy(), 0
-        for data, idx in pieces:
-            if data.dtype == out.dtype:
-                np.take(data, idx, axis=0, out=out[pos:pos + len(idx)])
+            x = _shared_empty((n, columns), self.dtype)
+        pos = 0
+        for data, idx in pieces:  # torch's row gather runs 3-4x np.take's speed on one thread
+            rows, source, picks = x[pos:pos + len(idx)], torch.from_numpy(data), torch.from_numpy(idx)
+            if source.dtype == x.dtype:
+                torch.index_select(source, 0, picks, out=rows)
             else:
-                out[pos:pos + len(idx)] = data[idx]
+                rows.copy_(source.index_select(0, picks))
             pos += len(idx)
-        return x.to(self.dtype)
+        return x
 
     def _ring_slot(self, columns: int) -> torch.Tensor:
         """The next of `ring_slots` shared buffers, allocated once per worker: refilling mapped
