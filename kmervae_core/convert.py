@@ -22,7 +22,7 @@ from .errors import InputError, StoreError
 from .kmers import N_FEATURES
 from .npy_source import NpySource, bad_rows
 from .store import (ATTRS_KEY, CLR, COLUMN0, FORMAT_VERSION, LABELS, STORE_DTYPES, exists, layout_attrs,
-                    read_attrs, remove)
+                    read_attrs, remove, remove_partial_writes)
 
 DONE = "_ingest_done"
 DEFAULT_CHUNK_ROWS = 4096
@@ -233,6 +233,7 @@ def prepare(plan: IngestPlan, resume: bool, overwrite: bool) -> list[int]:
         if diff:
             raise StoreError(f"{plan.url}: cannot resume: the existing store differs in {', '.join(diff)}"
                              " (same input and options needed; or use --overwrite)")
+        remove_partial_writes(plan.url)  # a killed run's half-written chunk files
         done = zarr.open_group(store=plan.url, mode="r")[DONE][:]
         return [int(c) for c in np.flatnonzero(done == 0)]
     if exists(plan.url) and not (overwrite or resume):

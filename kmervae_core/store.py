@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zarr
@@ -70,6 +71,18 @@ def remove(url: str) -> None:
     fs, path = fsspec.core.url_to_fs(url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def remove_partial_writes(url: str) -> int:
+    """Delete the temporary `*.partial` files a killed writer left in a local store (zarr's
+    LocalStore writes each chunk to one, then renames it); returns how many. Nothing else
+    writes them, so with no writer running they are all debris."""
+    if not is_local(url):
+        return 0
+    debris = list(Path(url.removeprefix("file://")).rglob("*.partial"))
+    for path in debris:
+        path.unlink(missing_ok=True)
+    return len(debris)
 
 
 def read_attrs(url: str) -> dict | None:

@@ -174,6 +174,25 @@ def _files(store: Path) -> dict[str, bytes]:
     return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
 
 
+def test_resume_clears_half_written_chunk_files_of_an_interrupted_run(tmp_path):
+    """zarr writes each chunk to a `.partial` file and renames it; a kill can leave one behind."""
+    from kmervae_core.convert import IngestPlan, ingest_chunk, prepare
+    from kmervae_core.npy_source import open_npy
+    npy = write_npy(tmp_path / "x.npy", random_kmers(64, seed=4))
+    run("ingest", npy, tmp_path / "full.zarr", "--chunk-rows", "8", "--quiet", check=True)
+    out = tmp_path / "cut.zarr"
+    plan = IngestPlan(source=open_npy(str(npy)), url=str(out), chunk_rows=8)
+    prepare(plan, resume=False, overwrite=False)
+    for chunk in range(5):  # a run killed after 5 of 8 chunks, in the middle of writing the 6th
+        ingest_chunk(plan, chunk)
+    debris = out / "clr" / "c" / "5" / "0.5f3a9c.partial"
+    debris.parent.mkdir(parents=True, exist_ok=True)
+    debris.write_bytes(b"half a chunk")
+    run("ingest", npy, out, "--chunk-rows", "8", "--quiet", "--resume", check=True)
+    assert not list(out.rglob("*.partial"))
+    assert _files(out) == _files(tmp_path / "full.zarr")
+
+
 @pytest.mark.slow
 def test_killed_ingest_resumes_to_an_identical_store(tmp_path):
     npy = write_npy(tmp_path / "x.npy", np.tile(random_kmers(500, seed=9), (6, 1)))
