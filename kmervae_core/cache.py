@@ -19,9 +19,6 @@ import torch
 from .config import CACHE_TIERS
 from .epoch_plan import EpochPlan
 
-_RANK = {"none": 0, "host": 1, "device": 2}
-
-
 def gib(n: float) -> str:
     return f"{n / 2**30:,.2f} GiB"
 
@@ -43,12 +40,7 @@ class Residency:
     """The tier a rank uses and the line that says why."""
 
     tier: str
-    need: int
     message: str
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self.tier]
 
 
 def choose_tier(requested: str, need: int, device: torch.device, fraction: float,
@@ -60,7 +52,7 @@ def choose_tier(requested: str, need: int, device: torch.device, fraction: float
     if requested not in CACHE_TIERS:
         raise ValueError(f"cache must be one of {', '.join(CACHE_TIERS)}, got {requested!r}")
     if requested == "none":
-        return Residency("none", need, "cache: off (--cache none); every epoch streams from the store")
+        return Residency("none", "cache: off (--cache none); every epoch streams from the store")
     reasons = []
     if requested in ("auto", "device"):
         if device.type != "cuda":
@@ -69,7 +61,7 @@ def choose_tier(requested: str, need: int, device: torch.device, fraction: float
         else:
             free = torch.cuda.mem_get_info(device)[0] if device_free is None else device_free
             if need <= fraction * free:
-                return Residency("device", need, f"cache: device tier, {gib(need)} on {device} "
+                return Residency("device", f"cache: device tier, {gib(need)} on {device} "
                                                  f"(budget {fraction:g} x {gib(free)} free)")
             reasons.append(f"{gib(need)} does not fit {fraction:g} x {gib(free)} free on {device}")
     host = host_available() if host_free is None else host_free
@@ -78,10 +70,10 @@ def choose_tier(requested: str, need: int, device: torch.device, fraction: float
     why = "; ".join(reasons)
     if need <= fraction * share:
         pinned = " pinned" if device.type == "cuda" else ""
-        return Residency("host", need, f"cache: host tier,{pinned} {gib(need)} (budget {where})"
+        return Residency("host", f"cache: host tier,{pinned} {gib(need)} (budget {where})"
                                        + (f" [{why}]" if why else ""))
     reasons.append(f"{gib(need)} does not fit {where}")
-    return Residency("none", need, f"cache: none, every epoch streams from the store [{'; '.join(reasons)}]")
+    return Residency("none", f"cache: none, every epoch streams from the store [{'; '.join(reasons)}]")
 
 
 class RowCache:
@@ -104,7 +96,7 @@ class RowCache:
     @staticmethod
     def bytes_needed(rows: int, columns: int, dtype: torch.dtype, local_batch: int) -> int:
         """Rows, plus one epoch's gather index (int64 per row) and two staging batches."""
-        item = torch.empty(0, dtype=dtype).element_size()
+        item = dtype.itemsize
         return rows * (columns * item + 8) + 2 * local_batch * columns * item
 
     @property

@@ -192,8 +192,7 @@ class KmerStream(IterableDataset):
 def _shared_empty(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     """A tensor in shared memory, made there (as torch's default_collate does) so the
     DataLoader passes it to the main process without another copy."""
-    item = torch.empty(0, dtype=dtype).element_size()
-    storage = torch.UntypedStorage._new_shared(shape[0] * shape[1] * item)
+    storage = torch.UntypedStorage._new_shared(shape[0] * shape[1] * dtype.itemsize)
     return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
