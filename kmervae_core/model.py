@@ -37,12 +37,21 @@ class _SumAcrossRanks(torch.autograd.Function):
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose training statistics cover the batch of every rank."""
+    """BatchNorm1d whose training statistics cover the batch of every rank.
+
+    On one rank the global batch is this rank's batch, so torch's own fused kernel computes it
+    (two kernels a layer, forward and backward, instead of some forty small ones: this is most of
+    what a captured step at batch 1024 spends, docs/benchmarks.md). Across ranks the per-feature
+    sums are all-reduced (`global_stats_forward`), which gloo can do too."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps)
+        if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return self.global_stats_forward(x)
+        return super().forward(x)
+
+    def global_stats_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training-mode BatchNorm from per-feature sums, all-reduced where there are several
+        ranks; the same result as the fused kernel on the whole global batch."""
         xf = x.float()
         c = xf.shape[1]
         stats = torch.cat([xf.sum(0), (xf * xf).sum(0), xf.new_full((1,), xf.shape[0])])

@@ -126,17 +126,20 @@ class Trainer:
                 self.metrics_url = self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
 
     def _configure_adam(self) -> None:
-        """Where the step is captured, Adam runs `capturable` with its learning rate as a device
-        tensor (a replay must read the current rate, which the plateau schedule changes); plain
-        Adam otherwise. Also applied to a loaded checkpoint, whichever way it was written."""
-        capturable = self.graph_wanted
+        """Adam's implementation for this device. On CUDA the fused kernel (one launch where
+        foreach takes a dozen); where the step is captured, `capturable` with the learning rate
+        as a device tensor (a replay must read the current rate, which the plateau schedule
+        changes). Plain Adam on a CPU. Also applied to a loaded checkpoint, whichever way it
+        was written."""
+        capturable, fused = self.graph_wanted, self.ctx.device.type == "cuda"
         for group in self.opt.param_groups:
             lr = float(group["lr"])
-            group["capturable"] = capturable
+            group.update(capturable=capturable, fused=fused or None, foreach=None if fused else group.get("foreach"))
             group["lr"] = torch.tensor(lr, device=self.ctx.device) if capturable else lr
         for state in self.opt.state.values():
             if "step" in state:
-                state["step"] = state["step"].to(self.ctx.device if capturable else "cpu", torch.float32)
+                on_device = capturable or fused
+                state["step"] = state["step"].to(self.ctx.device if on_device else "cpu", torch.float32)
 
     @property
     def lr(self) -> float:

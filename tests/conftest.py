@@ -56,9 +56,9 @@ def child_env(**extra: str) -> dict:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def run(module: str, *args: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
-    """Run `python -m module args` as a user would, from the repository root."""
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=child_env(),
+def run(module: str, *args: str, check: bool = False, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m module args` as a user would, from the repository root (`env`: extra variables)."""
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=child_env(**(env or {})),
                           capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
