@@ -11,7 +11,8 @@
 
 Every variant steps on the same pre-made batches already on the device, so the figures are the
 step alone. Variants alternate in rounds so that drift of the machine hits all alike; rows/s
-are means. Per variant, also the operators (CPU) or kernels (CUDA) one eager step launches,
+are means. Each round builds (and captures) a variant afresh and frees it before the next: two
+captured graphs alive in one process crashed a replay on an H200 (illegal memory access). Per variant, also the operators (CPU) or kernels (CUDA) one eager step launches,
 counted with torch.profiler. `--profile` prints the profiler's table of the top kernels of one
 eager step of `ours` and `plain`.
 
@@ -21,6 +22,7 @@ eager step of `ours` and `plain`.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import shutil
@@ -156,10 +158,32 @@ def launches(step: Callable[[torch.Tensor], None], x: torch.Tensor, device: torc
     return count
 
 
+def build(variant: str, mode: str, cfg: TrainConfig, device: torch.device, batches: list[torch.Tensor],
+          warmup: int) -> Callable[[torch.Tensor], object]:
+    """A variant's step, warmed up (and captured, in graph mode)."""
+    trainer = Trainer(cfg, DistContext(0, 1, 0, device), log=lambda line: None)
+    step = plain_step(trainer, mode == "graph") if variant == "plain" else ours_step(trainer, variant == "ours, sum-stats")
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    if mode == "graph" and variant != "plain" and trainer.graph is None:
+        raise SystemExit(f"{variant}: the step was not captured")
+    return step
+
+
+def release(device: torch.device) -> None:
+    """Free a variant (its graph with it) before the next is built: one captured graph at a time."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batches", type=int, nargs="+", default=[256])
+    p.add_argument("--modes", nargs="+", default=["eager", "graph"], choices=("eager", "graph"),
+                   help="graph needs CUDA (skipped elsewhere)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=6, help="steps before timing (a graph is captured after 3)")
     p.add_argument("--rounds", type=int, default=3)
@@ -167,7 +191,7 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="print the top kernels of one eager step")
     args = p.parse_args()
     device = torch.device(args.device)
-    modes = ("eager", "graph") if device.type == "cuda" else ("eager",)
+    modes = [m for m in args.modes if m == "eager" or device.type == "cuda"]
     work = Path(tempfile.mkdtemp(prefix="kmervae-step-"))
     try:
         store = ingested_store(work, 2048, 1024)  # the Trainer needs a store; its rows are not used
@@ -179,35 +203,27 @@ def main() -> None:
             gen = torch.Generator(device=device).manual_seed(0)
             batches = [torch.randn(batch, N_FEATURES, device=device, generator=gen) for _ in range(8)]
             for mode in modes:
-                steps, counts = {}, {}
-                for variant in VARIANTS:
-                    cfg = TrainConfig(data=store, out=str(work / "run"), batch_size=batch, workers=0, val_fraction=0.0,
-                                      partitions=1, metrics_port=0, latent_sample=0, cache="none",
-                                      precision=args.precision, cuda_graphs="on" if mode == "graph" else "off")
-                    trainer = Trainer(cfg, DistContext(0, 1, 0, device), log=lambda line: None)
-                    step = plain_step(trainer, mode == "graph") if variant == "plain" else \
-                        ours_step(trainer, variant == "ours, sum-stats")
-                    for i in range(args.warmup):
-                        step(batches[i % len(batches)])
-                    if mode == "graph" and variant != "plain" and trainer.graph is None:
-                        raise SystemExit(f"{variant}: the step was not captured")
-                    counts[variant] = launches(step, batches[0], device) if mode == "eager" else 1
-                    steps[variant] = step
-                rates = {v: [] for v in VARIANTS}
-                for _ in range(args.rounds):
+                cfg = TrainConfig(data=store, out=str(work / "run"), batch_size=batch, workers=0, val_fraction=0.0,
+                                  partitions=1, metrics_port=0, latent_sample=0, cache="none",
+                                  precision=args.precision, cuda_graphs="on" if mode == "graph" else "off")
+                rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+                counts = {v: 1 for v in VARIANTS}  # a replay is one launch
+                for r in range(args.rounds):  # alternate, so that drift of the machine hits all alike
                     for variant in VARIANTS:
-                        rates[variant].append(timed(steps[variant], batches, args.steps, device))
+                        step = build(variant, mode, cfg, device, batches, args.warmup)
+                        if mode == "eager" and r == 0:
+                            counts[variant] = launches(step, batches[0], device)
+                        rates[variant].append(timed(step, batches, args.steps, device))
+                        if args.profile and mode == "eager" and batch == args.batches[0] and r == 0 \
+                                and variant in ("plain", "ours"):
+                            launches(step, batches[0], device, table=variant)
+                        del step
+                        release(device)
                 plain = float(np.mean(rates["plain"]))
                 for variant in VARIANTS:
                     rate = float(np.mean(rates[variant]))
                     print(f"{batch:>6} {mode:<6} {variant:<16} {counts[variant]:>9} {rate:>12,.0f} "
                           f"{1000 * batch / rate:>8.3f} {rate / plain:>8.2f}", flush=True)
-                if args.profile and mode == "eager" and batch == args.batches[0]:
-                    for variant in ("plain", "ours"):
-                        launches(steps[variant], batches[0], device, table=variant)
-                del steps
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

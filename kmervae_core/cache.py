@@ -137,7 +137,7 @@ class RowCache:
         the rows KmerStream would yield, in the same order."""
         rows = plan.order()[plan.batch_positions(partitions, start_batch)]
         index = torch.from_numpy(self.slots(rows.ravel()).reshape(rows.shape)).to(self.data.device)
-        staged = self.data.device != device and device.type == "cuda"
+        staged = self.data.device.type == "cpu" and device.type == "cuda"
         if staged:  # host tier feeding a GPU: gather into pinned buffers, copy asynchronously
             stage = [torch.empty((rows.shape[1], self.data.shape[1]), dtype=self.data.dtype, pin_memory=True)
                      for _ in range(2)]
