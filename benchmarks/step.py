@@ -194,7 +194,7 @@ def main() -> None:
     modes = [m for m in args.modes if m == "eager" or device.type == "cuda"]
     work = Path(tempfile.mkdtemp(prefix="kmervae-step-"))
     try:
-        store = ingested_store(work, 2048, 1024)  # the Trainer needs a store; its rows are not used
+        store = ingested_store(work, max(args.batches), 1024)  # the Trainer needs one; its rows are not used
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
         print(f"machine: {name}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; "
               f"{args.precision}; rows/s of the step alone, {args.rounds} alternating rounds of {args.steps} steps")
