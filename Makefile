@@ -9,7 +9,7 @@ SAMPLE_ROWS ?= 5000
 DEMO_EPOCHS ?= 15
 RUN ?= runs/demo
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench gpu-wheels clean
 
 setup: $(VENV)/.ready
 
@@ -41,6 +41,14 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/ingest.py
+
+# Wheels a GPU host with Python 3.12 and its own torch lacks (zarr, numcodecs, dask and their
+# needs), for `bash benchmarks/gpu_check.sh` there with .whl/ carried; see docs/benchmarks.md.
+GPU_WHEELS ?= zarr numcodecs donfig google-crc32c msgspec dask partd locket
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf Data/all_kmers.npy Data/all_kmers_labels.npy Data/kmers.zarr runs/demo
