@@ -1,4 +1,4 @@
-"""The Zarr v3 store contract between ingest and train (see DESIGN.md).
+"""The Zarr v3 store contract between ingest and train (docs/design.md, "The store").
 
 A group with `clr` (N x 2772, whole-row chunks), `column0` (N,) and, optionally, `labels`
 (N,) int64, and the attributes under `kmervae`; `complete: true` is written last, and a

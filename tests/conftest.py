@@ -1,4 +1,4 @@
-"""Shared fixtures and independent references (hand-written from DESIGN.md, not from the code)."""
+"""Shared fixtures and independent references (hand-written from docs/design.md, not from the code)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# DESIGN.md's table: k -> (first source column, end source column), half-open.
+# docs/design.md's table: k -> (first source column, end source column), half-open.
 DESIGN_SOURCE = {7: (1, 8193), 6: (8193, 10273), 5: (10273, 10785), 4: (10785, 10921),
                  3: (10921, 10953), 2: (10953, 10963), 1: (10963, 10965)}
 USED_KS = (6, 5, 4, 3, 2, 1)

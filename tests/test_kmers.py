@@ -1,4 +1,4 @@
-"""The k-mer column map: one table, equal to DESIGN.md's, and canonical k-mers really canonical."""
+"""The k-mer column map: one table, equal to docs/design.md's, and canonical k-mers really canonical."""
 import itertools
 
 import numpy as np
