@@ -3,6 +3,7 @@ epochs feed exactly the batches (row ids and values), and give the losses, that 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,9 @@ def test_cached_and_streamed_runs_train_identically(train_store, tmp_path):
         proc = run("train", *common, "--out", tmp_path / tier, "--cache", tier, check=True)
         outputs[tier] = proc.stdout
     assert "cache: off (--cache none)" in outputs["none"]
-    assert "cache: host tier" in outputs["host"] and "600 rows" not in outputs["host"]  # a rank's training rows only
+    held = re.search(r"cache: host tier, .*; this rank: ([\d,]+) training \+ ([\d,]+) validation rows", outputs["host"])
+    train_rows, val_rows = (int(n.replace(",", "")) for n in held.groups())
+    assert train_rows + val_rows == 600 and val_rows > 0  # one process holds every row of the store, once
     assert "holds this rank's" in outputs["host"]
     runs = [json.loads((tmp_path / tier / "history.json").read_text()) for tier in ("none", "host")]
     for a, b in zip(*runs, strict=True):

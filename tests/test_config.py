@@ -1,0 +1,56 @@
+"""Settings and checkpoint files: the TOML file, flags over it, and which checkpoints a run keeps."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from kmervae_core import checkpoint as ckpt
+from kmervae_core.config import TrainConfig, load_config
+from kmervae_core.errors import KmervaeError
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_toml_file_overrides_the_reference_defaults_and_flags_override_the_file(tmp_path):
+    toml = write(tmp_path / "run.toml", 'epochs = 7\nlr = 3e-4\nhidden = [256, 128]\nval_split = "tail"\n')
+    cfg = load_config(toml, {"epochs": 9, "seed": None})
+    assert cfg.epochs == 9  # the flag wins
+    assert cfg.lr == 3e-4 and cfg.hidden == [256, 128] and cfg.val_split == "tail"  # the file wins
+    assert cfg.seed == 42 and cfg.batch_size == 1024  # a flag not given (None) keeps the default
+
+
+def test_no_file_gives_the_reference_recipe():
+    assert load_config(None, {}) == TrainConfig()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs = 3\nlearning_rate = 1e-3\n", "unknown settings learning_rate"),
+    ("epochs = \n", "not valid TOML"),
+    ("epochs = 0\n", "epochs must be at least 1"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_problem(tmp_path, text, message):
+    with pytest.raises(KmervaeError, match=message) as e:
+        load_config(write(tmp_path / "bad.toml", text), {})
+    assert "\n" not in str(e.value)
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    with pytest.raises(KmervaeError, match="absent.toml: no such config file"):
+        load_config(str(tmp_path / "absent.toml"), {})
+
+
+def test_pruning_keeps_the_newest_checkpoints_by_step_and_leaves_other_files(tmp_path):
+    steps = [(0, 5), (0, 10), (1, 1000), (1, 999), (2, 20000)]
+    for epoch, step in steps:
+        ckpt.atomic_save({"step": step}, ckpt.checkpoint_path(tmp_path, epoch, step))
+    other = tmp_path / "checkpoints" / "notes.txt"
+    other.write_text("mine")
+    ckpt.prune(tmp_path, keep=2)
+    kept = [torch.load(p, weights_only=True)["step"] for p in ckpt.list_checkpoints(tmp_path)]
+    assert kept == [1000, 20000]
+    assert other.read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "ckpt-e0001-s000001000.pt", "ckpt-e0002-s000020000.pt", "notes.txt"]
