@@ -15,7 +15,7 @@ from .distributed import DistContext
 from .epoch_plan import validation_chunks
 from .errors import KmervaeError
 from .kmers import N_FEATURES
-from .store import CLR, open_store
+from .store import CLR, open_store, read_rows
 from .stream import KmerStream, make_loader
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (x on the device, store rows)
@@ -29,10 +29,12 @@ class Feed:
                  log: Callable[[str], None] = print) -> None:
         self.cfg, self.device, self.log = cfg, ctx.device, log
         # a float16 store crosses to the GPU as it is: exact, half the bytes; converted there
-        half = ctx.device.type == "cuda" and open_store(cfg.data).dtype == np.float16
+        info = open_store(cfg.data)
+        half = ctx.device.type == "cuda" and info.dtype == np.float16
         stream_args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
                            val_fraction=cfg.val_fraction, val_split=cfg.val_split, window_chunks=cfg.window_chunks,
-                           lanes=cfg.lanes, partitions=cfg.partitions, dtype=torch.float16 if half else torch.float32)
+                           lanes=cfg.lanes, partitions=cfg.partitions, dtype=torch.float16 if half else torch.float32,
+                           info=info)
         try:
             self.train_stream = KmerStream(cfg.data, "train", **stream_args)
             self.val_stream = KmerStream(cfg.data, "val", **stream_args)
@@ -99,7 +101,7 @@ class Feed:
         yield from self._streamed(self.train_loader, cache)
         if cache is not None:
             array = zarr.open_array(store=self.cfg.data, path=CLR, mode="r")
-            read = cache.fill(lambda a, b: array[a:b])
+            read = cache.fill(lambda a, b: read_rows(self.cfg.data, array, slice(a, b)))
             self.log(f"cache: holds this rank's {len(cache.data):,} training rows ({read:,} re-read from the "
                      "store to complete it); the next epochs gather from it")
 

@@ -18,7 +18,7 @@ import zarr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .epoch_plan import EpochPlan, make_split, validation_chunks, worker_batches
-from .store import CLR, open_store
+from .store import CLR, StoreInfo, open_store, read_rows
 
 SPLITS = ("train", "val")
 TRANSPORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -36,6 +36,8 @@ class KmerStream(IterableDataset):
 
     Args:
         path: a complete kmervae store (checked here, with one clear line if it is not).
+        info: the store as open_store gave it, where the caller has opened it already (opening
+            lists every chunk, once is enough).
         split: "train" (shuffled, equal batch counts on every rank) or "val" (store order,
             disjoint across ranks, every row once, the last batch of a chunk may be short).
         batch_size: the global batch, over all ranks.
@@ -54,13 +56,13 @@ class KmerStream(IterableDataset):
     def __init__(self, path: str, split: str = "train", batch_size: int = 1024, seed: int = 42,
                  rank: int | None = None, world_size: int | None = None, val_fraction: float = 0.1,
                  val_split: str = "random", window_chunks: int = 1, lanes: int = 4,
-                 partitions: int = 8, dtype: torch.dtype = torch.float32) -> None:
+                 partitions: int = 8, dtype: torch.dtype = torch.float32, info: StoreInfo | None = None) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if dtype not in TRANSPORT_DTYPES:
             raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
-        self.info = open_store(path)
+        self.info = open_store(path) if info is None else info
         default_rank, default_world = _distributed_rank_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
@@ -176,14 +178,14 @@ class KmerStream(IterableDataset):
         """Window w: its rows' values (whole-chunk reads), store rows, and the shuffle."""
         rows, shuffle = plan.window_rows(w)
         array = self._clr()
-        parts = [array[a:b] for a, b in plan.windows[w]]
+        parts = [read_rows(self.info.url, array, slice(a, b)) for a, b in plan.windows[w]]
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)), rows, shuffle
 
     def _validation(self, worker: int, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         array, b = self._clr(), self.local_batch
         for chunk in validation_chunks(self.split, self.rank, self.world_size)[worker::num_workers]:
             rows = self.split.val_rows_of(int(chunk))
-            data = array[int(rows[0]): int(rows[-1]) + 1]
+            data = read_rows(self.info.url, array, slice(int(rows[0]), int(rows[-1]) + 1))
             for s in range(0, len(rows), b):
                 pick = np.arange(s, min(s + b, len(rows)))
                 yield self._gather([(data, pick)]), torch.from_numpy(rows[pick])
