@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import resource
 import sys
 
 from kmervae_core.clr import ClrSpec
 from kmervae_core.convert import CODEC_LEVELS, DEFAULT_CHUNK_ROWS, IngestPlan, find_bad_rows, ingest
 from kmervae_core.errors import KmervaeError
+from kmervae_core.limits import usable_cpus
 from kmervae_core.npy_source import open_npy
 from kmervae_core.progress import Progress
 from kmervae_core.store import STORE_DTYPES, open_store
@@ -36,8 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--codec", default="zstd:1",
                    help=f"compression, NAME[:LEVEL] with NAME in {', '.join(CODEC_LEVELS)}")
     p.add_argument("--dtype", choices=STORE_DTYPES, default="float32", help="dtype of the stored CLR values")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="threads of the local scheduler (memory is about 100 MB per worker at 4,096 rows a chunk)")
+    p.add_argument("--workers", type=int, default=usable_cpus(),
+                   help="threads of the local scheduler (memory is about 100 MB per worker at 4,096 rows a chunk); "
+                        "the default is the CPUs this job may use (CPU affinity and cgroup CPU quota)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run on a dask.distributed cluster (e.g. tcp://host:8786); input and output must be reachable from its workers")
     p.add_argument("--labels", default=None,

@@ -22,3 +22,6 @@ class DamagedChunk(StoreError):
         last = message.rstrip().splitlines()[-1] if message.strip() else message
         super().__init__(last.removeprefix(f"{DamagedChunk.__module__}.{DamagedChunk.__qualname__}: "))
 
+
+class LoaderWorkerDied(KmervaeError):
+    """A DataLoader worker was killed (the OOM killer, a signal): the run stops, checkpoints kept."""
