@@ -1,7 +1,9 @@
-"""What a run leaves when things go wrong: a killed loader worker is one line (rank, signal, what
-to try) with the checkpoints kept and no process left behind."""
+"""What a run leaves when things go wrong or are shared: a killed loader worker is one line (rank,
+signal, what to try) with the checkpoints kept and no process left behind; every file a run
+writes has the permissions the user's umask asks for."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,9 +20,10 @@ pytestmark = pytest.mark.slow
 TINY = ["--hidden", "64,32", "--latent", "8", "--batch-size", "48", "--metrics-port", "0"]
 
 
-def start(*args) -> subprocess.Popen:
+def start(*args, umask: int | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-u", *map(str, args)], cwd=ROOT, env=child_env(OMP_NUM_THREADS="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
 def loader_workers(rank: psutil.Process) -> list[psutil.Process]:
@@ -56,3 +59,21 @@ def test_a_loader_worker_killed_mid_epoch_stops_the_run_with_one_line(train_stor
         time.sleep(0.2)
     assert not left, [p.cmdline() for p in left]
 
+
+def test_everything_a_run_writes_follows_the_umask(train_store, tmp_path):
+    store, _ = train_store
+    run_dir, latents = tmp_path / "run", tmp_path / "latents.zarr"
+    for args in (["-m", "train", "--data", store, "--out", run_dir, "--epochs", 2, "--workers", 0, *TINY],
+                 ["-m", "train.encode", "--checkpoint", run_dir / "vae_multi_encoder_best.pt", "--data", store,
+                  "--out", latents],
+                 ["-m", "train.report", run_dir]):
+        proc = start(*args, umask=0o027)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    written = [p for root in (run_dir, latents) for p in [root, *root.rglob("*")]]
+    names = {p.name for p in written}
+    assert {"history.json", "config.json", "heldout_latents.npz", "vae_multi_encoder_best.pt"} <= names
+    assert any(p.parent.name == "checkpoints" for p in written) and any(p.suffix == ".png" for p in written)
+    wrong = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written
+             if p.stat().st_mode & 0o777 != (0o750 if p.is_dir() else 0o640)}
+    assert not wrong
