@@ -7,11 +7,14 @@ import json
 import shutil
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import torch
 import zarr
 
+from kmervae_core.errors import StoreError
+from kmervae_core.store import open_store
 from kmervae_core.stream import KmerStream
 from tests.conftest import random_kmers, run, store_attrs
 
@@ -179,3 +182,16 @@ def test_verify_refuses_a_lost_label_chunk_and_a_wrong_row_count(store, tmp_path
 def test_ingest_still_needs_input_and_output():
     proc = run("ingest", "only_one.npy")
     assert proc.returncode == 2 and "give INPUT and OUTPUT" in proc.stderr
+
+
+def test_a_missing_chunk_is_found_on_an_fsspec_store_too(store):
+    """The presence check is one listing through fsspec: object storage, here its in-memory store."""
+    fs = fsspec.filesystem("memory")
+    fs.put(str(store), "/integrity/s.zarr", recursive=True)
+    try:
+        assert open_store("memory://integrity/s.zarr").n_chunks == 6
+        fs.rm("/integrity/s.zarr/clr/c/4/0")
+        with pytest.raises(StoreError, match=r"^memory://integrity/s.zarr: clr chunk 4 \(rows 160-199\) is missing"):
+            open_store("memory://integrity/s.zarr")
+    finally:
+        fs.rm("/integrity", recursive=True)
