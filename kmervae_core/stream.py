@@ -41,8 +41,6 @@ class KmerStream(IterableDataset):
 
     Args:
         path: a complete kmervae store (checked here, with one clear line if it is not).
-        info: the store as open_store gave it, where the caller has opened it already (opening
-            lists every chunk, once is enough).
         split: "train" (shuffled, equal batch counts on every rank) or "val" (store order,
             disjoint across ranks, every row once, the last batch of a chunk may be short).
         batch_size: the global batch, over all ranks.
@@ -56,6 +54,8 @@ class KmerStream(IterableDataset):
         dtype: what batches hold: torch.float32; torch.float16, which halves what workers hand
             over and what crosses to a GPU, exact for a float16 store (a float32 store's values
             would be rounded); or torch.bfloat16.
+        info: the store as open_store gave it, where the caller has opened it already (opening
+            lists every chunk, once is enough).
     """
 
     def __init__(self, path: str, split: str = "train", batch_size: int = 1024, seed: int = 42,
