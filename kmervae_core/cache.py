@@ -63,6 +63,8 @@ def choose_tier(requested: str, need: int, device: torch.device, fraction: float
         return Residency("host", f"cache: host tier,{pinned} {gib(need)} (budget {where})"
                                        + (f" [{why}]" if why else ""))
     reasons.append(f"{gib(need)} does not fit {where}")
+    if share <= 0:
+        reasons.append("the loader workers alone may not fit: fewer --workers (0 decodes in this process)")
     return Residency("none", f"cache: none, every epoch streams from the store [{'; '.join(reasons)}]")
 
 

@@ -153,6 +153,9 @@ def test_the_tier_is_the_highest_that_fits_and_the_line_says_why():
     assert limited.tier == "host" and "0.8 x (cgroup v2 memory.max - 2.00 GiB for loader workers)" in limited.message
     workers = choose_tier("auto", need, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), loader_bytes=4 * GiB)
     assert workers.tier == "none"  # 0.8 x (16 - 4) GiB < 10 GiB: the loader workers' memory counts
+    assert "fewer --workers" not in workers.message
+    crowded = choose_tier("auto", need, CPU, 0.8, host_free=(1 * GiB, "cgroup v2 memory.max"), loader_bytes=2 * GiB)
+    assert crowded.tier == "none" and "the loader workers alone may not fit: fewer --workers" in crowded.message
     with pytest.raises(ValueError, match="cache must be one of"):
         choose_tier("disk", need, CPU, 0.8)
 
