@@ -1,28 +1,34 @@
 """python -m ingest all_kmers.npy out.zarr: convert an N x 10,965 k-mer matrix, out of core,
-into a chunked, compressed Zarr v3 store of the 2,772 CLR-transformed 6..1-mer columns."""
+into a chunked, compressed Zarr v3 store of the 2,772 CLR-transformed 6..1-mer columns.
+python -m ingest --verify out.zarr: read every chunk of a store (after copying it) and check it."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import resource
 import sys
 
 from kmervae_core.clr import ClrSpec
 from kmervae_core.convert import CODEC_LEVELS, DEFAULT_CHUNK_ROWS, IngestPlan, find_bad_rows, ingest
 from kmervae_core.errors import KmervaeError
+from kmervae_core.limits import usable_cpus
 from kmervae_core.npy_source import open_npy
 from kmervae_core.progress import Progress
-from kmervae_core.store import STORE_DTYPES
+from kmervae_core.store import STORE_DTYPES, open_store
+from kmervae_core.verify import verify_store
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m ingest", description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Exit status: 0 done, 2 bad input or store (one line on stderr, no store marked complete).")
-    p.add_argument("input", help="all_kmers.npy: float32/float64, N x 10,965 (column 0, then 7..1-mers)")
-    p.add_argument("output", help="the Zarr store to write: a local path or an fsspec URL")
+        epilog="Exit status: 0 done (with --verify: the store is sound), 2 bad input or store (one line on "
+               "stderr, no store marked complete).")
+    p.add_argument("input", nargs="?", help="all_kmers.npy: float32/float64, N x 10,965 (column 0, then 7..1-mers)")
+    p.add_argument("output", nargs="?", help="the Zarr store to write: a local path or an fsspec URL")
+    p.add_argument("--verify", metavar="STORE", default=None,
+                   help="instead of ingesting: read every chunk of STORE, check its checksums and row count, "
+                        "print a summary; run it after copying a store")
     p.add_argument("--clr", choices=("global", "per-k"), default="global",
                    help="CLR over all 2,772 columns (the reference, pseudocount 1e-6) or per k group (0.5/|group|)")
     p.add_argument("--pseudocount", type=float, default=None, help="override the scope's pseudocount")
@@ -30,8 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--codec", default="zstd:1",
                    help=f"compression, NAME[:LEVEL] with NAME in {', '.join(CODEC_LEVELS)}")
     p.add_argument("--dtype", choices=STORE_DTYPES, default="float32", help="dtype of the stored CLR values")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="threads of the local scheduler (memory is about 100 MB per worker at 4,096 rows a chunk)")
+    p.add_argument("--workers", type=int, default=usable_cpus(),
+                   help="threads of the local scheduler (memory is about 100 MB per worker at 4,096 rows a chunk); "
+                        "the default is the CPUs this job may use (CPU affinity and cgroup CPU quota)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run on a dask.distributed cluster (e.g. tcp://host:8786); input and output must be reachable from its workers")
     p.add_argument("--labels", default=None,
@@ -43,11 +50,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--resume", action="store_true", help="finish an interrupted ingest into OUTPUT, keeping its written chunks")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.verify is None) != (args.input is not None and args.output is not None):
+        p.error("give INPUT and OUTPUT to ingest, or --verify STORE alone")
+    return args
+
+
+def verify(url: str, quiet: bool) -> int:
+    try:
+        info = open_store(url)
+        bar = Progress(info.rows, "verify", quiet=quiet)
+        verified = verify_store(info, bar.update)
+        bar.close()
+    except KmervaeError as e:
+        print(f"ingest: error: {e}", file=sys.stderr)
+        return 2
+    if not quiet:
+        print(verified.summary())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.verify is not None:
+        return verify(args.verify, args.quiet)
     if args.workers < 1:
         print("ingest: error: --workers must be at least 1", file=sys.stderr)
         return 2

@@ -1,9 +1,12 @@
 """Files that appear whole or not at all: written to a temp file beside the target, flushed
-to disk, then renamed over it, so a crash leaves the previous file (or none), never half."""
+to disk, then renamed over it, so a crash leaves the previous file (or none), never half.
+The temp file is created with mode 0666 less the process umask, as open() would, so the file a
+run leaves (checkpoints, history, exports) is as readable by the group as the user asked;
+tempfile.mkstemp's 0600 would make a shared project folder unreadable to the team."""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -14,7 +17,8 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file object whose content replaces `path` when the block ends without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -18,21 +18,7 @@ import torch
 
 from .config import CACHE_TIERS
 from .epoch_plan import EpochPlan
-
-def gib(n: float) -> str:
-    return f"{n / 2**30:,.2f} GiB"
-
-
-def host_available() -> int:
-    """Bytes the kernel reports it can give without swapping (MemAvailable)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+from .limits import gib, host_memory
 
 
 @dataclass(frozen=True)
@@ -43,12 +29,15 @@ class Residency:
     message: str
 
 
-def choose_tier(requested: str, need: int, device: torch.device, fraction: float,
-                ranks_per_host: int = 1, device_free: int | None = None, host_free: int | None = None) -> Residency:
+def choose_tier(requested: str, need: int, device: torch.device, fraction: float, ranks_per_host: int = 1,
+                device_free: int | None = None, host_free: tuple[int, str] | None = None,
+                loader_bytes: int = 0) -> Residency:
     """Pick the highest tier allowed by `requested` whose budget holds `need` bytes: the device
-    tier within `fraction` of the GPU's free memory, the host tier within `fraction` of
-    MemAvailable shared by this host's ranks. Where the request cannot be met, the result is
-    the next tier down and its message says why."""
+    tier within `fraction` of the GPU's free memory; the host tier within `fraction` of what
+    this host can still give (host_free: bytes and where the figure comes from; by default the
+    smaller of MemAvailable and the job's cgroup allowance) shared by this host's ranks, less
+    `loader_bytes` that this rank's loader workers will take once started. Where the request
+    cannot be met, the result is the next tier down and its message says why."""
     if requested not in CACHE_TIERS:
         raise ValueError(f"cache must be one of {', '.join(CACHE_TIERS)}, got {requested!r}")
     if requested == "none":
@@ -64,15 +53,18 @@ def choose_tier(requested: str, need: int, device: torch.device, fraction: float
                 return Residency("device", f"cache: device tier, {gib(need)} on {device} "
                                                  f"(budget {fraction:g} x {gib(free)} free)")
             reasons.append(f"{gib(need)} does not fit {fraction:g} x {gib(free)} free on {device}")
-    host = host_available() if host_free is None else host_free
-    share = host / max(1, ranks_per_host)
-    where = f"{fraction:g} x {gib(host)} available host memory" + (f" / {ranks_per_host} ranks" if ranks_per_host > 1 else "")
+    host, source = host_memory() if host_free is None else host_free
+    share = host / max(1, ranks_per_host) - loader_bytes
+    where = (f"{fraction:g} x ({source}" + (f" / {ranks_per_host} ranks" if ranks_per_host > 1 else "")
+             + (f" - {gib(loader_bytes)} for loader workers" if loader_bytes else "") + ")")
     why = "; ".join(reasons)
     if need <= fraction * share:
         pinned = " pinned" if device.type == "cuda" else ""
         return Residency("host", f"cache: host tier,{pinned} {gib(need)} (budget {where})"
                                        + (f" [{why}]" if why else ""))
     reasons.append(f"{gib(need)} does not fit {where}")
+    if share <= 0:
+        reasons.append("the loader workers alone may not fit: fewer --workers (0 decodes in this process)")
     return Residency("none", f"cache: none, every epoch streams from the store [{'; '.join(reasons)}]")
 
 

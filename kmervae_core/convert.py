@@ -3,7 +3,8 @@
 Each task reads one output chunk's rows with positioned reads, computes the CLR in bounded
 sub-blocks, and writes exactly one Zarr chunk of `clr` and of `column0` (task height equals
 chunk height, so no two tasks ever touch one chunk: dask #12583, zarr-python #3682), then
-sets that chunk's marker in `_ingest_done`. Memory is chunk size x concurrency, never N.
+sets that chunk's marker in `_ingest_done`. Every chunk ends in a CRC-32C (the last codec) and
+is written even where it holds only zeros, so a reader can tell lost and damaged chunks. Memory is chunk size x concurrency, never N.
 `complete: true` is written last, after the markers are removed; --resume redoes only the
 chunks whose marker is unset, so a resumed store is identical to an uninterrupted one.
 """
@@ -21,7 +22,7 @@ from .clr import ClrSpec, clr
 from .errors import InputError, StoreError
 from .kmers import N_FEATURES
 from .npy_source import NpySource, bad_rows
-from .store import (ATTRS_KEY, CLR, COLUMN0, FORMAT_VERSION, LABELS, STORE_DTYPES, exists, layout_attrs,
+from .store import (ATTRS_KEY, CHECKSUM, CLR, COLUMN0, FORMAT_VERSION, LABELS, STORE_DTYPES, exists, layout_attrs,
                     read_attrs, remove, remove_partial_writes)
 
 DONE = "_ingest_done"
@@ -89,7 +90,7 @@ class IngestPlan:
     def attrs(self) -> dict:
         return {"format_version": FORMAT_VERSION, "source": self.source.describe(), **layout_attrs(),
                 "transform": self.clr.to_attrs(), "rows": self.rows, "chunk_rows": self.chunk_rows,
-                "codec": codec_name(self.codec), "dtype": self.dtype, "on_bad_rows": self.on_bad_rows,
+                "codec": codec_name(self.codec), "checksum": CHECKSUM, "dtype": self.dtype, "on_bad_rows": self.on_bad_rows,
                 "dropped_rows": list(self.dropped),
                 "labels": None if self.labels is None else os.path.abspath(self.labels), "complete": False}
 
@@ -167,12 +168,10 @@ def ingest_chunk(plan: IngestPlan, chunk: int) -> dict:
     """One Dask task: transform a chunk, write it, then mark it done."""
     data, col0 = transform_chunk(plan, chunk)
     o0, o1, i0, i1 = plan.source_span(chunk)
-    group = zarr.open_group(store=plan.url, mode="r+")
-    group[CLR][o0:o1] = data
-    group[COLUMN0][o0:o1] = col0
-    if plan.labels is not None:
-        group[LABELS][o0:o1] = read_labels(plan, i0, i1)
-    group[DONE][chunk] = 1
+    arrays = [(CLR, data), (COLUMN0, col0)] + ([(LABELS, read_labels(plan, i0, i1))] if plan.labels else [])
+    for name, values in arrays:  # even an all-zero chunk gets its object: a missing one is a lost one
+        zarr.open_array(store=plan.url, path=name, mode="r+").with_config({"write_empty_chunks": True})[o0:o1] = values
+    zarr.open_group(store=plan.url, mode="r+")[DONE][chunk] = 1
     return {"rows": o1 - o0, "bytes_in": (i1 - i0) * plan.source.row_bytes}
 
 
@@ -243,7 +242,7 @@ def prepare(plan: IngestPlan, resume: bool, overwrite: bool) -> list[int]:
         remove(plan.url)
     try:
         group = zarr.open_group(store=plan.url, mode="w")
-        kwargs = dict(compressors=parse_codec(plan.codec), fill_value=0)
+        kwargs = dict(compressors=[*parse_codec(plan.codec), zarr.codecs.Crc32cCodec()], fill_value=0)
         group.create_array(CLR, shape=(plan.rows, N_FEATURES), chunks=(plan.chunk_rows, N_FEATURES),
                            dtype=plan.dtype, **kwargs)
         group.create_array(COLUMN0, shape=(plan.rows,), chunks=(plan.chunk_rows,),

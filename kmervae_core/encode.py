@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from .distributed import DistContext
 from .errors import KmervaeError
 from .model import Encoder, architecture
-from .store import CLR, StoreInfo, exists, remove
+from .store import CLR, StoreInfo, exists, read_rows, remove
 
 LATENTS_KEY = "kmervae_latents"
 
@@ -57,7 +57,7 @@ def encode_chunks(encoder: Encoder, info: StoreInfo, out: str, ctx: DistContext,
     written = 0
     for chunk in range(ctx.rank, info.n_chunks, ctx.world_size):
         r0, r1 = chunk * info.chunk_rows, min(info.rows, (chunk + 1) * info.chunk_rows)
-        x = torch.from_numpy(np.asarray(clr[r0:r1], dtype=np.float32)).to(ctx.device)
+        x = torch.from_numpy(np.asarray(read_rows(info.url, clr, slice(r0, r1)), dtype=np.float32)).to(ctx.device)
         if len(encoder.columns) != x.shape[1]:  # an encoder trained on some k groups
             x = x.index_select(1, encoder.columns)
         mu, lv = encoder(x)

@@ -13,10 +13,10 @@ from .cache import RowCache, choose_tier, gib, rank_ranges, ranks_per_host
 from .config import TrainConfig
 from .distributed import DistContext
 from .epoch_plan import validation_chunks
-from .errors import KmervaeError
+from .errors import KmervaeError, LoaderWorkerDied
 from .kmers import N_FEATURES
-from .store import CLR, open_store
-from .stream import KmerStream, make_loader
+from .store import CLR, open_store, read_rows
+from .stream import KmerStream, make_loader, worker_death
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (x on the device, store rows)
 
@@ -27,12 +27,14 @@ class Feed:
 
     def __init__(self, cfg: TrainConfig, ctx: DistContext, columns: np.ndarray | None,
                  log: Callable[[str], None] = print) -> None:
-        self.cfg, self.device, self.log = cfg, ctx.device, log
+        self.cfg, self.device, self.log, self.rank = cfg, ctx.device, log, ctx.rank
         # a float16 store crosses to the GPU as it is: exact, half the bytes; converted there
-        half = ctx.device.type == "cuda" and open_store(cfg.data).dtype == np.float16
+        info = open_store(cfg.data)
+        half = ctx.device.type == "cuda" and info.dtype == np.float16
         stream_args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
                            val_fraction=cfg.val_fraction, val_split=cfg.val_split, window_chunks=cfg.window_chunks,
-                           lanes=cfg.lanes, partitions=cfg.partitions, dtype=torch.float16 if half else torch.float32)
+                           lanes=cfg.lanes, partitions=cfg.partitions, dtype=torch.float16 if half else torch.float32,
+                           info=info)
         try:
             self.train_stream = KmerStream(cfg.data, "train", **stream_args)
             self.val_stream = KmerStream(cfg.data, "val", **stream_args)
@@ -61,7 +63,8 @@ class Feed:
                  f"{str(dtype).removeprefix('torch.')}")
         if cfg.cache == "auto" and cfg.epochs == 1:
             return None, None, "cache: none (a single epoch reads every row once)"
-        residency = choose_tier(cfg.cache, need, ctx.device, cfg.cache_fraction, ranks_per_host())
+        loaders = max(1, cfg.workers) * sum(s.worker_memory(cfg.workers) for s in (stream, self.val_stream))
+        residency = choose_tier(cfg.cache, need, ctx.device, cfg.cache_fraction, ranks_per_host(), loader_bytes=loaders)
         if residency.tier == "none":
             return None, None, f"{residency.message}; this rank: {sizes}"
         storage = ctx.device if residency.tier == "device" else torch.device("cpu")
@@ -80,13 +83,20 @@ class Feed:
 
     def _streamed(self, loader, cache: RowCache | None) -> Batches:
         """A loader's batches on the device, trained columns as float32, kept in `cache`."""
-        for x, rows in loader:
-            on_device = x.to(self.device, non_blocking=True)
-            if cache is not None:
-                cache.put(rows, on_device if cache.data.device == on_device.device else x)
-            if self.columns is not None:
-                on_device = on_device.index_select(1, self.columns)
-            yield on_device.float(), rows
+        try:
+            for x, rows in loader:
+                on_device = x.to(self.device, non_blocking=True)
+                if cache is not None:
+                    cache.put(rows, on_device if cache.data.device == on_device.device else x)
+                if self.columns is not None:
+                    on_device = on_device.index_select(1, self.columns)
+                yield on_device.float(), rows
+        except RuntimeError as e:
+            death = worker_death(loader)
+            if death is None:
+                raise
+            raise LoaderWorkerDied(f"rank {self.rank}: {death}; try fewer --workers, --cache none or a smaller "
+                                   "--cache-fraction (and see docs/memory.md to size the job's memory)") from None
 
     def train(self, epoch: int, start_batch: int = 0) -> Batches:
         """Batches start_batch.. of an epoch: gathered from the row cache once it holds all of
@@ -99,7 +109,7 @@ class Feed:
         yield from self._streamed(self.train_loader, cache)
         if cache is not None:
             array = zarr.open_array(store=self.cfg.data, path=CLR, mode="r")
-            read = cache.fill(lambda a, b: array[a:b])
+            read = cache.fill(lambda a, b: read_rows(self.cfg.data, array, slice(a, b)))
             self.log(f"cache: holds this rank's {len(cache.data):,} training rows ({read:,} re-read from the "
                      "store to complete it); the next epochs gather from it")
 

@@ -2,7 +2,10 @@
 
 A group with `clr` (N x 2772, whole-row chunks), `column0` (N,) and, optionally, `labels`
 (N,) int64, and the attributes under `kmervae`; `complete: true` is written last, and a
-store without it is never read for training.
+store without it is never read for training. Stores record `checksum: crc32c` where every chunk
+ends in a CRC-32C (Zarr's `crc32c` codec), so damage is caught where a chunk is decoded; older
+stores have none and still open. Opening checks that every `clr` chunk exists (one listing):
+Zarr would read a missing chunk as zeros.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 import zarr
 
 from .clr import ClrSpec
-from .errors import StoreError
+from .errors import DamagedChunk, StoreError
 from .kmers import KMER_GROUPS, N_FEATURES, USED_SOURCE
 
 FORMAT_VERSION = 1
@@ -24,6 +27,7 @@ CLR = "clr"
 COLUMN0 = "column0"
 LABELS = "labels"
 STORE_DTYPES = ("float32", "float16")
+CHECKSUM = "crc32c"  # the `checksum` attribute of stores whose chunks carry one
 
 
 def layout_attrs() -> dict:
@@ -47,6 +51,10 @@ class StoreInfo:
     @property
     def n_chunks(self) -> int:
         return -(-self.rows // self.chunk_rows)
+
+    @property
+    def checksum(self) -> str | None:
+        return self.attrs.get("checksum")
 
 
 def is_local(url: str) -> bool:
@@ -85,6 +93,64 @@ def remove_partial_writes(url: str) -> int:
     return len(debris)
 
 
+def chunk_span(chunk: int, chunk_rows: int, rows: int) -> tuple[int, int]:
+    """Store rows [start, stop) of a chunk."""
+    return chunk * chunk_rows, min(rows, (chunk + 1) * chunk_rows)
+
+
+def chunk_name(url: str, array: zarr.Array, chunk: int) -> str:
+    """`URL: clr chunk 3 (rows 120-159)`, how every message names a chunk."""
+    a, b = chunk_span(chunk, array.chunks[0], array.shape[0])
+    return f"{url}: {array.path} chunk {chunk} (rows {a:,}-{b - 1:,})"
+
+
+def missing_chunks(url: str, array: zarr.Array) -> list[int]:
+    """Chunks of a row-chunked array with no object in the store, from one listing of the
+    array's prefix (a directory walk on local disk, one LIST on object storage)."""
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(url)
+    prefix = f"{root.rstrip('/')}/{array.path}/"
+    found = {p.removeprefix(prefix) for p in fs.find(prefix)}
+    n = -(-array.shape[0] // array.chunks[0])
+    rest = (0,) * (array.ndim - 1)
+    return [c for c in range(n) if array.metadata.encode_chunk_key((c, *rest)) not in found]
+
+
+def check_present(url: str, array: zarr.Array) -> None:
+    """Raise DamagedChunk naming the first missing chunk (and how many are missing)."""
+    missing = missing_chunks(url, array)
+    if missing:
+        more = f" (and {len(missing) - 1:,} more)" if len(missing) > 1 else ""
+        raise DamagedChunk(f"{chunk_name(url, array, missing[0])} is missing{more}: the store is incomplete "
+                           "(an interrupted copy?); copy it again or re-run ingest")
+
+
+def damaged_chunk(url: str, array: zarr.Array, start: int, stop: int, error: Exception) -> Exception:
+    """After `error` reading rows [start, stop): DamagedChunk naming the first chunk there that
+    fails to read on its own, or `error` itself where none does."""
+    step = array.chunks[0]
+    for chunk in range(start // step, -(-stop // step)):
+        a, b = chunk_span(chunk, step, array.shape[0])
+        try:
+            array[a:b]
+        except Exception as e:  # noqa: BLE001 - codecs raise ValueError, RuntimeError, zlib.error...
+            text = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = "CRC-32C checksum mismatch" if "checksum" in text else text
+            return DamagedChunk(f"{chunk_name(url, array, chunk)} is damaged ({reason}); copy the store "
+                                "again or re-run ingest")
+    return error
+
+
+def read_rows(url: str, array: zarr.Array, rows: slice | np.ndarray) -> np.ndarray:
+    """array[rows] for a slice of rows or sorted row indices; a chunk that cannot be read
+    raises DamagedChunk naming it."""
+    try:
+        return array[rows] if isinstance(rows, slice) else array.oindex[rows]
+    except Exception as e:  # noqa: BLE001 - see damaged_chunk
+        lo, hi = (rows.start, rows.stop) if isinstance(rows, slice) else (int(rows[0]), int(rows[-1]) + 1)
+        raise damaged_chunk(url, array, lo, hi, e) from None
+
+
 def read_attrs(url: str) -> dict | None:
     """The `kmervae` attributes of the group at url, or None where there is no such group."""
     try:
@@ -96,7 +162,8 @@ def read_attrs(url: str) -> dict | None:
 
 
 def open_store(url: str) -> StoreInfo:
-    """Validate a store for reading; raise StoreError with one line naming the problem."""
+    """Validate a store for reading, every `clr` chunk present included; raise StoreError with
+    one line naming the problem."""
     if not exists(url):
         raise StoreError(f"{url}: no such store (make one with `python -m ingest all_kmers.npy {url}`)")
     attrs = read_attrs(url)
@@ -119,5 +186,6 @@ def open_store(url: str) -> StoreInfo:
         raise StoreError(f"{url}: array shapes {clr.shape}, {column0.shape} do not match {rows} rows")
     if clr.chunks != (attrs["chunk_rows"], N_FEATURES):
         raise StoreError(f"{url}: clr chunks {clr.chunks} are not whole rows of {attrs['chunk_rows']}")
+    check_present(url, clr)
     return StoreInfo(url=url, rows=rows, chunk_rows=int(attrs["chunk_rows"]), dtype=np.dtype(clr.dtype),
                      clr=ClrSpec.from_attrs(attrs["transform"]), has_labels=LABELS in group, attrs=attrs)

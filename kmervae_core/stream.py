@@ -8,6 +8,7 @@ sequence is the same with 0, 1 or 8 workers; `set_epoch(e, start_batch=k)` resum
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 from collections import OrderedDict
 from typing import Iterator
@@ -18,10 +19,14 @@ import zarr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .epoch_plan import EpochPlan, make_split, validation_chunks, worker_batches
-from .store import CLR, open_store
+from .kmers import N_FEATURES
+from .store import CLR, StoreInfo, open_store, read_rows
 
 SPLITS = ("train", "val")
 TRANSPORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# A started loader worker before it holds any rows (python, torch, numpy, zarr): 150-240 MiB
+# RSS measured here (docs/memory.md), rounded up.
+WORKER_BASE_BYTES = 256 * 2**20
 
 
 def _distributed_rank_world() -> tuple[int, int]:
@@ -49,18 +54,20 @@ class KmerStream(IterableDataset):
         dtype: what batches hold: torch.float32; torch.float16, which halves what workers hand
             over and what crosses to a GPU, exact for a float16 store (a float32 store's values
             would be rounded); or torch.bfloat16.
+        info: the store as open_store gave it, where the caller has opened it already (opening
+            lists every chunk, once is enough).
     """
 
     def __init__(self, path: str, split: str = "train", batch_size: int = 1024, seed: int = 42,
                  rank: int | None = None, world_size: int | None = None, val_fraction: float = 0.1,
                  val_split: str = "random", window_chunks: int = 1, lanes: int = 4,
-                 partitions: int = 8, dtype: torch.dtype = torch.float32) -> None:
+                 partitions: int = 8, dtype: torch.dtype = torch.float32, info: StoreInfo | None = None) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if dtype not in TRANSPORT_DTYPES:
             raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
-        self.info = open_store(path)
+        self.info = open_store(path) if info is None else info
         default_rank, default_world = _distributed_rank_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
@@ -101,6 +108,23 @@ class KmerStream(IterableDataset):
             return self.plan().batches - int(self._state[1])
         counts = self.split.val_counts[validation_chunks(self.split, self.rank, self.world_size)]
         return int(sum(-(-int(n) // self.local_batch) for n in counts))
+
+    def worker_memory(self, num_workers: int) -> int:
+        """The most bytes one of `num_workers` loader workers holds for this stream (with 0, what
+        the process itself holds for it): its base, the decoded rows it keeps (training: one window
+        per region it reads and one more, never more than this rank's rows; validation: one
+        chunk), one chunk being decoded, and its ring of batches."""
+        if self.split_name == "val":
+            rows = 0
+        else:
+            plan = self.plan(0)
+            window = max(sum(b - a for a, b in w) for w in plan.windows)
+            regions = len(self.mine) * -(-self.lanes // max(1, num_workers))
+            mine = sum(b - a for p in self.mine for a, b in plan.pieces[p])
+            rows = min((regions + 1) * window, mine)
+        held = (rows + self.info.chunk_rows) * N_FEATURES * self.info.dtype.itemsize
+        ring = self.ring_slots * self.local_batch * N_FEATURES * self.dtype.itemsize
+        return (WORKER_BASE_BYTES if num_workers else 0) + held + ring
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_array": None, "_ring": None}  # opened/allocated in each worker
@@ -176,14 +200,14 @@ class KmerStream(IterableDataset):
         """Window w: its rows' values (whole-chunk reads), store rows, and the shuffle."""
         rows, shuffle = plan.window_rows(w)
         array = self._clr()
-        parts = [array[a:b] for a, b in plan.windows[w]]
+        parts = [read_rows(self.info.url, array, slice(a, b)) for a, b in plan.windows[w]]
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)), rows, shuffle
 
     def _validation(self, worker: int, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         array, b = self._clr(), self.local_batch
         for chunk in validation_chunks(self.split, self.rank, self.world_size)[worker::num_workers]:
             rows = self.split.val_rows_of(int(chunk))
-            data = array[int(rows[0]): int(rows[-1]) + 1]
+            data = read_rows(self.info.url, array, slice(int(rows[0]), int(rows[-1]) + 1))
             for s in range(0, len(rows), b):
                 pick = np.arange(s, min(s + b, len(rows)))
                 yield self._gather([(data, pick)]), torch.from_numpy(rows[pick])
@@ -194,6 +218,20 @@ def _shared_empty(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     DataLoader passes it to the main process without another copy."""
     storage = torch.UntypedStorage._new_shared(shape[0] * shape[1] * dtype.itemsize)
     return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+def worker_death(loader: DataLoader) -> str | None:
+    """How a worker of `loader` ended, where one has (torch reports only "exited unexpectedly"
+    once it notices; the kernel's OOM killer sends SIGKILL); None where all still run."""
+    for w in getattr(getattr(loader, "_iterator", None), "_workers", []):  # torch keeps its Process objects there
+        code = w.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            why = " (what the kernel's OOM killer sends when the job runs out of memory)" if name == "SIGKILL" else ""
+            return f"a data loader worker (pid {w.pid}) was killed by {name}{why}"
+        if code is not None:
+            return f"a data loader worker (pid {w.pid}) exited with status {code}"
+    return None
 
 
 def make_loader(stream: KmerStream, num_workers: int = 4, pin_memory: bool | None = None,

@@ -138,18 +138,25 @@ def test_a_float16_store_is_cached_in_float16_and_fed_as_float32(train_store, tm
 
 def test_the_tier_is_the_highest_that_fits_and_the_line_says_why():
     need = 10 * GiB
-    device = choose_tier("auto", need, GPU, 0.8, device_free=20 * GiB, host_free=100 * GiB)
+    device = choose_tier("auto", need, GPU, 0.8, device_free=20 * GiB, host_free=(100 * GiB, "MemAvailable"))
     assert device.tier == "device" and "10.00 GiB" in device.message and "20.00 GiB free" in device.message
-    host = choose_tier("auto", need, GPU, 0.8, device_free=12 * GiB, host_free=100 * GiB)
+    host = choose_tier("auto", need, GPU, 0.8, device_free=12 * GiB, host_free=(100 * GiB, "MemAvailable"))
     assert host.tier == "host" and "pinned" in host.message and "does not fit 0.8 x 12.00 GiB free" in host.message
-    shared = choose_tier("auto", need, GPU, 0.8, ranks_per_host=8, device_free=1 * GiB, host_free=96 * GiB)
+    shared = choose_tier("auto", need, GPU, 0.8, ranks_per_host=8, device_free=1 * GiB, host_free=(96 * GiB, "MemAvailable"))
     assert shared.tier == "none" and "/ 8 ranks" in shared.message  # 0.8 x 96 GiB / 8 ranks < 10 GiB
-    assert choose_tier("host", need, GPU, 0.8, device_free=80 * GiB, host_free=100 * GiB).tier == "host"
-    assert choose_tier("none", 1, GPU, 0.8, device_free=80 * GiB, host_free=100 * GiB).tier == "none"
-    cpu = choose_tier("auto", need, CPU, 0.8, host_free=100 * GiB)
+    assert choose_tier("host", need, GPU, 0.8, device_free=80 * GiB, host_free=(100 * GiB, "MemAvailable")).tier == "host"
+    assert choose_tier("none", 1, GPU, 0.8, device_free=80 * GiB, host_free=(100 * GiB, "MemAvailable")).tier == "none"
+    cpu = choose_tier("auto", need, CPU, 0.8, host_free=(100 * GiB, "MemAvailable"))
     assert cpu.tier == "host" and "pinned" not in cpu.message
-    asked = choose_tier("device", need, CPU, 0.8, host_free=100 * GiB)
+    asked = choose_tier("device", need, CPU, 0.8, host_free=(100 * GiB, "MemAvailable"))
     assert asked.tier == "host" and "no CUDA device" in asked.message
+    limited = choose_tier("auto", need, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), loader_bytes=2 * GiB)
+    assert limited.tier == "host" and "0.8 x (cgroup v2 memory.max - 2.00 GiB for loader workers)" in limited.message
+    workers = choose_tier("auto", need, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), loader_bytes=4 * GiB)
+    assert workers.tier == "none"  # 0.8 x (16 - 4) GiB < 10 GiB: the loader workers' memory counts
+    assert "fewer --workers" not in workers.message
+    crowded = choose_tier("auto", need, CPU, 0.8, host_free=(1 * GiB, "cgroup v2 memory.max"), loader_bytes=2 * GiB)
+    assert crowded.tier == "none" and "the loader workers alone may not fit: fewer --workers" in crowded.message
     with pytest.raises(ValueError, match="cache must be one of"):
         choose_tier("disk", need, CPU, 0.8)
 

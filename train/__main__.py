@@ -8,9 +8,9 @@ import sys
 
 from kmervae_core.config import (BETA_SCHEDULES, CACHE_TIERS, GRAPH_MODES, PRECISIONS, SELECT_BY, TrainConfig,
                                  load_config)
-from kmervae_core.errors import KmervaeError
+from kmervae_core.errors import KmervaeError, LoaderWorkerDied
 
-EXIT_BAD_INPUT, EXIT_NON_FINITE = 2, 3
+EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_WORKER_KILLED = 2, 3, 4
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -19,7 +19,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m train", description=__doc__, argument_default=None,
         epilog="Defaults are the reference recipe; a --config TOML file (keys as the long flags, with "
                "underscores) overrides them and flags override the file. Exit status: 0 done, 2 bad input, "
-               "3 non-finite loss (the last good checkpoint is kept).")
+               "3 non-finite loss, 4 a data loader worker was killed (the last good checkpoint is kept).")
     p.add_argument("--config", help="TOML file of settings")
     p.add_argument("--data", help=f"the kmervae store (default {d.data})")
     p.add_argument("--out", help=f"run folder: checkpoints, history, exports (default {d.out})")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is not None:
             trainer.finish()
         print(f"train: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_WORKER_KILLED if isinstance(e, LoaderWorkerDied) else EXIT_BAD_INPUT
     finally:
         shutdown()
 

@@ -1,0 +1,108 @@
+"""How much memory one training process and its loader workers take, to size a job's --mem.
+
+Runs `python -m train` on a store of --rows rows (made like benchmarks/ingest.py's) in a new,
+unlimited child of this process's memory cgroup where one can be made (root, a writable v1 or
+v2 memory controller), and reports each process's peak RSS and USS (sampled every 0.25 s) and
+the cgroup's peak anonymous + shared memory: what a memory limit must hold, page cache aside.
+
+    python benchmarks/memory.py [--rows 60800] [--dir /tmp] -- --epochs 2 --cache none --workers 1
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.ingest import ingested_store  # noqa: E402
+from kmervae_core.limits import find_cgroup  # noqa: E402
+
+
+def child_cgroup() -> Path | None:
+    group = find_cgroup("memory")
+    if group is None:
+        return None
+    path = group.path / f"kmervae-memory-{os.getpid()}"
+    try:
+        path.mkdir()
+    except OSError:
+        return None
+    return path
+
+
+def role(p: psutil.Process, rank: int) -> str:
+    cmd = " ".join(p.cmdline())
+    if p.pid == rank:
+        return "rank"
+    if "resource_tracker" in cmd:
+        return "resource tracker"
+    return "forkserver" if p.ppid() == rank else "loader worker"
+
+
+def cgroup_anon_shmem(path: Path) -> int:
+    stat = dict(line.split() for line in (path / "memory.stat").read_text().splitlines())
+    if "total_rss" in stat:  # v1
+        return int(stat["total_rss"]) + int(stat["total_shmem"])
+    return int(stat["anon"]) + int(stat["shmem"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=60800)
+    p.add_argument("--dir", default=tempfile.gettempdir())
+    p.add_argument("train_args", nargs="*", help="after --: arguments for python -m train (not --data, --out)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as work:
+        store = ingested_store(Path(work), args.rows, 4096)
+        cgroup = child_cgroup()
+        enter = (lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))) if cgroup else None
+        cmd = [sys.executable, "-m", "train", "--data", store, "--out", f"{work}/run", "--metrics-port", "0",
+               *args.train_args]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, preexec_fn=enter)
+        peaks: dict[int, tuple[str, int, int]] = {}
+        group_peak = 0
+        rank = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                family = [rank, *rank.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for child in family:
+                try:
+                    mem = child.memory_full_info()
+                    name, rss, uss = peaks.get(child.pid, (role(child, rank.pid), 0, 0))
+                    peaks[child.pid] = (name, max(rss, mem.rss), max(uss, mem.uss))
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            if cgroup:
+                group_peak = max(group_peak, cgroup_anon_shmem(cgroup))
+            time.sleep(0.25)
+        output = proc.stdout.read()
+        if cgroup:
+            for _ in range(100):  # the last processes leave it a moment after the rank exits
+                try:
+                    cgroup.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+    print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}; {args.rows:,} rows; "
+          f"train {' '.join(args.train_args)} -> exit {proc.returncode}")
+    print("\n".join(line[:160] for line in output.splitlines() if line.startswith(("cache:", "Epoch", "train:"))))
+    for pid, (name, rss, uss) in sorted(peaks.items()):
+        print(f"  {name:16s} peak RSS {rss / 2**20:7,.0f} MiB  USS {uss / 2**20:7,.0f} MiB")
+    if cgroup:
+        print(f"  cgroup peak anonymous + shared memory: {group_peak / 2**20:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
