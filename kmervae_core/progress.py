@@ -1,51 +1,31 @@
-"""A progress line for long jobs: redrawn in place on a terminal, silent elsewhere."""
+"""Progress bars for long jobs, with tqdm (rate, ETA, works on terminals and in notebooks, the
+bar users know); silent where nobody watches it: off a terminal (logs, CI, Slurm output files),
+or when the caller asks for quiet (--quiet, ranks other than 0)."""
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
+
+from tqdm.auto import tqdm
 
 
 class Progress:
-    """Counts items (rows, samples) and bytes; shows rate, MB/s and an ETA on a terminal."""
+    """Counts items (rows, batches) and, where given, bytes, shown as MB/s beside the rate."""
 
     def __init__(self, total: int, label: str, unit: str = "rows", stream: TextIO | None = None,
-                 quiet: bool = False, min_interval: float = 0.2) -> None:
-        self.total, self.label, self.unit = total, label, unit
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = not quiet and self.stream.isatty()
-        self.done = 0
+                 quiet: bool = False) -> None:
         self.nbytes = 0
-        self.start = time.perf_counter()
-        self._last = 0.0
-        self._min_interval = min_interval
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        # disable=None: tqdm's own rule, off when the stream is not a terminal
+        self.bar = tqdm(total=total, desc=label, unit=f" {unit}", unit_scale=True, dynamic_ncols=True,
+                        mininterval=0.2, file=stream if stream is not None else sys.stderr,
+                        disable=True if quiet else None)
 
     def update(self, n: int, nbytes: int = 0) -> None:
-        self.done += n
-        self.nbytes += nbytes
-        now = time.perf_counter()
-        if self.enabled and (now - self._last >= self._min_interval or self.done >= self.total):
-            self._last = now
-            self.stream.write("\r" + self.line() + "\033[K")
-            self.stream.flush()
-
-    def line(self) -> str:
-        secs = max(self.elapsed, 1e-9)
-        rate = self.done / secs
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        text = f"{self.label} {self.done:,}/{self.total:,} {self.unit} {pct:5.1f}% | {rate:,.0f} {self.unit}/s"
-        if self.nbytes:
-            text += f" | {self.nbytes / secs / 1e6:,.0f} MB/s"
-        if eta != float("inf") and self.done < self.total:
-            text += f" | ETA {eta:,.0f} s"
-        return text
+        self.bar.update(n)
+        if nbytes and not self.bar.disable:
+            self.nbytes += nbytes
+            seconds = max(self.bar.format_dict["elapsed"], 1e-9)
+            self.bar.set_postfix_str(f"{self.nbytes / seconds / 1e6:,.0f} MB/s", refresh=False)
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + self.line() + "\033[K\n")
-            self.stream.flush()
+        self.bar.close()
