@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from .distributed import DistContext
 from .errors import KmervaeError
 from .model import Encoder, architecture
-from .store import CLR, StoreInfo, exists, read_rows, remove
+from .store import StoreInfo, exists, open_array, read_rows, remove
 
 LATENTS_KEY = "kmervae_latents"
 
@@ -52,7 +52,7 @@ def prepare_output(out: str, info: StoreInfo, latent: int, log_var: bool, overwr
 def encode_chunks(encoder: Encoder, info: StoreInfo, out: str, ctx: DistContext, log_var: bool,
                   progress: Callable[[int], None]) -> int:
     """Encode this rank's chunks; return the rows written."""
-    clr = zarr.open_array(store=info.url, path=CLR, mode="r")
+    clr = open_array(info.url)
     group = zarr.open_group(store=out, mode="r+")
     written = 0
     for chunk in range(ctx.rank, info.n_chunks, ctx.world_size):

@@ -7,7 +7,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import zarr
 
 from .cache import RowCache, choose_tier, gib, rank_ranges, ranks_per_host
 from .config import TrainConfig
@@ -15,7 +14,7 @@ from .distributed import DistContext
 from .epoch_plan import validation_chunks
 from .errors import KmervaeError, LoaderWorkerDied
 from .kmers import N_FEATURES
-from .store import CLR, open_store, read_rows
+from .store import open_array, open_store, read_rows
 from .stream import KmerStream, make_loader, worker_death
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (x on the device, store rows)
@@ -91,7 +90,7 @@ class Feed:
                 if self.columns is not None:
                     on_device = on_device.index_select(1, self.columns)
                 yield on_device.float(), rows
-        except RuntimeError as e:
+        except RuntimeError:
             death = worker_death(loader)
             if death is None:
                 raise
@@ -108,7 +107,7 @@ class Feed:
             return
         yield from self._streamed(self.train_loader, cache)
         if cache is not None:
-            array = zarr.open_array(store=self.cfg.data, path=CLR, mode="r")
+            array = open_array(self.cfg.data)
             read = cache.fill(lambda a, b: read_rows(self.cfg.data, array, slice(a, b)))
             self.log(f"cache: holds this rank's {len(cache.data):,} training rows ({read:,} re-read from the "
                      "store to complete it); the next epochs gather from it")

@@ -151,6 +151,12 @@ def read_rows(url: str, array: zarr.Array, rows: slice | np.ndarray) -> np.ndarr
         raise damaged_chunk(url, array, lo, hi, e) from None
 
 
+def open_array(url: str, name: str = CLR) -> zarr.Array:
+    """An array of the store at url, read-only: every reader opens it here and reads it with
+    read_rows, which names the chunk where a read fails."""
+    return zarr.open_array(store=url, path=name, mode="r")
+
+
 def read_attrs(url: str) -> dict | None:
     """The `kmervae` attributes of the group at url, or None where there is no such group."""
     try:

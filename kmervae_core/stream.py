@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .epoch_plan import EpochPlan, make_split, validation_chunks, worker_batches
 from .kmers import N_FEATURES
-from .store import CLR, StoreInfo, open_store, read_rows
+from .store import StoreInfo, open_array, open_store, read_rows
 
 SPLITS = ("train", "val")
 TRANSPORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -131,7 +131,7 @@ class KmerStream(IterableDataset):
 
     def _clr(self) -> zarr.Array:
         if self._array is None:
-            self._array = zarr.open_array(store=self.info.url, path=CLR, mode="r")
+            self._array = open_array(self.info.url)
         return self._array
 
     def _gather(self, pieces: list[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import __version__
@@ -28,7 +27,7 @@ from .losses import N_SUMS, summarise, vae_loss
 from .metrics import TrainMetrics
 from .model import VAE
 from .progress import Progress
-from .store import CLR, LABELS, read_rows
+from .store import LABELS, open_array, read_rows
 from .step_graph import WARMUP_STEPS, CudaGraphStep, check_capture, graph_decision
 
 NO_STEP = 2**62
@@ -160,11 +159,10 @@ class Trainer:
             return None
         rng = np.random.default_rng([cfg.seed, 0x1A7])
         rows = np.sort(rng.choice(rows, min(len(rows), cfg.latent_sample), replace=False)).astype(np.int64)
-        group = zarr.open_group(store=cfg.data, mode="r")
-        labels = read_rows(cfg.data, group[LABELS], rows) if LABELS in group else None
+        labels = read_rows(cfg.data, open_array(cfg.data, LABELS), rows) if self.feed.train_stream.info.has_labels else None
         if labels is None and cfg.select_by == "knn":
-            raise KmervaeError(f"--select-by knn needs a store with labels (python -m ingest ... --labels LABELS.npy)")
-        x = np.asarray(read_rows(cfg.data, group[CLR], rows), dtype=np.float32)[:, columns]
+            raise KmervaeError("--select-by knn needs a store with labels (python -m ingest ... --labels LABELS.npy)")
+        x = np.asarray(read_rows(cfg.data, open_array(cfg.data), rows), dtype=np.float32)[:, columns]
         return {"rows": rows, "x": x, "labels": labels, "pairs": sample_pairs(len(rows), cfg.latent_pairs, cfg.seed)}
 
     @torch.no_grad()
