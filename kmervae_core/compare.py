@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import KmervaeError
 from .kmers import USED_KS
-from .losses import KL_BLOCK_PREFIX
+from .config import KL_BLOCK_PREFIX
 from .report import _series
 
 IGNORED_SETTINGS = ("out",)  # differs between any two runs by construction

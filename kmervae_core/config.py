@@ -17,6 +17,7 @@ CACHE_TIERS = ("auto", "device", "host", "none")  # see cache.py
 GRAPH_MODES = ("auto", "on", "off")  # see step_graph.py
 PRIOR_KINDS = ("normal", "mog", "vamp")  # see priors.py
 DEFAULT_BLOCK_KMERS = [[6], [5], [4, 3, 2, 1]]  # per-scale latents: 6-mers, 5-mers, the rest
+KL_BLOCK_PREFIX = "kl_block_"  # summary key of one latent block's KL (+ its name); metrics.py labels it `block`
 
 
 @dataclass
@@ -100,6 +101,8 @@ class TrainConfig:
         """Per-scale latents: one size per block, the sizes adding up to `latent`, and the blocks'
         k groups together exactly the trained ones."""
         if not self.latent_blocks:
+            if self.block_kmers != DEFAULT_BLOCK_KMERS:
+                raise KmervaeError("bad configuration: block_kmers needs latent_blocks (one latent size per block)")
             return
         flat = sorted(k for b in self.block_kmers for k in b)
         checks = [

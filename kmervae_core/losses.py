@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .config import KL_BLOCK_PREFIX
 from .kmers import KMER_GROUPS, USED_KS, KGroup
 from .priors import normal_kl
 
@@ -16,7 +17,6 @@ from .priors import normal_kl
 ROWS, RECON, KL, SSE = 0, 1, 2, 3
 KL_BLOCK = SSE + len(KMER_GROUPS)
 N_SUMS = KL_BLOCK + len(KMER_GROUPS)
-KL_BLOCK_PREFIX = "kl_block_"  # summary key of one block's KL; metrics.py labels it `block`
 
 
 def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor,

@@ -10,6 +10,7 @@ so each block's KL stays its own term.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -49,7 +50,7 @@ def mixture_log_density(z: torch.Tensor, means: torch.Tensor, log_vars: torch.Te
 
 
 @contextmanager
-def running_statistics(module: nn.Module):
+def running_statistics(module: nn.Module) -> Iterator[None]:
     """BatchNorm on running statistics (eval mode) inside the block, the previous mode after."""
     was = module.training
     module.train(False)

@@ -134,7 +134,8 @@ def test_block_settings_that_cannot_work_are_refused():
     for bad, message in [(dict(latent=8, latent_blocks=[4, 2, 1]), "add up to latent 8"),
                          (dict(latent=8, latent_blocks=[4, 4]), "2 sizes for 3 blocks"),
                          (dict(latent=8, latent_blocks=[4, 4], block_kmers=[[6, 5], [4, 3, 2]]), "share out"),
-                         (dict(latent=8, latent_blocks=[8], kmers=[5, 4], block_kmers=[[6]]), "share out")]:
+                         (dict(latent=8, latent_blocks=[8], kmers=[5, 4], block_kmers=[[6]]), "share out"),
+                         (dict(latent=8, block_kmers=[[6, 5], [4, 3, 2, 1]]), "block_kmers needs latent_blocks")]:
         with pytest.raises(KmervaeError, match=message):
             TrainConfig(**bad).validate()
 
