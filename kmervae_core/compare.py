@@ -97,7 +97,9 @@ def plot_latent_metrics(run_dirs: list[Path], path: Path) -> Path:
     for ax, (_, title) in zip(axes, LATENT_CURVES):
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    labelled = [ax for ax in axes if ax.lines]
+    if labelled:  # runs without latent metrics (--latent-sample 0) draw nothing
+        labelled[0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
