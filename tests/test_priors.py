@@ -149,3 +149,14 @@ def test_resuming_under_another_prior_or_latent_layout_is_refused():
     blocks = TrainConfig(latent=8, latent_blocks=[4, 2, 2]).to_dict()
     assert "per-scale latent run" in resume_mismatch(blocks, TrainConfig(latent=8, latent_blocks=[2, 4, 2]))
     assert resume_mismatch(blocks, TrainConfig(latent=8, latent_blocks=[4, 2, 2])) is None
+
+
+def test_one_block_holding_every_k_is_the_flat_model():
+    x, eps = torch.randn(6, 2772), torch.randn(6, 8)
+    outputs = []
+    for blocks in (None, [torch.arange(2772)]):
+        torch.manual_seed(6)
+        vae = VAE(hidden=(16,), latent=8, blocks=blocks, sizes=[8])
+        outputs.append(vae(x, eps))
+    for flat, one in zip(*outputs):
+        assert torch.equal(flat, one)
