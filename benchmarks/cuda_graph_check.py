@@ -8,6 +8,7 @@ captured. (Weights may differ more in a few places: a Linear bias feeding BatchN
 gradient, so Adam moves it on rounding noise.)
 
     python benchmarks/cuda_graph_check.py [--rows 20000] [--batch 1024] [--epochs 3]
+    python benchmarks/cuda_graph_check.py --prior vamp:16 --latent-blocks 128,64,64   # the variants
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class CutEachEpoch(torch.optim.lr_scheduler.ReduceLROnPlateau):
 def train(store: str, out: Path, graphs: str, args: argparse.Namespace, device: torch.device) -> tuple[Trainer, list[str]]:
     cfg = TrainConfig(data=store, out=str(out), batch_size=args.batch, epochs=args.epochs, workers=2,
                       beta_warmup_epochs=0, metrics_port=0, latent_sample=0, deterministic=True,
-                      cuda_graphs=graphs, cache=args.cache, resume="never")
+                      cuda_graphs=graphs, cache=args.cache, resume="never", prior=args.prior,
+                      latent_blocks=args.latent_blocks)
     lines: list[str] = []
     trainer = Trainer(cfg, DistContext(0, 1, 0, device), log=lines.append)
     trainer.plateau = CutEachEpoch(trainer.opt)
@@ -54,6 +56,9 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--cache", default="auto")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--prior", default="normal", help="the latent prior, as python -m train --prior (e.g. vamp:16)")
+    p.add_argument("--latent-blocks", type=lambda v: [int(s) for s in v.split(",")], default=[],
+                   help="per-scale latent sizes, as python -m train --latent-blocks (e.g. 128,64,64)")
     args = p.parse_args()
     device = torch.device(args.device)
     work = Path(tempfile.mkdtemp(prefix="kmervae-graph-check-"))

@@ -15,6 +15,9 @@ SELECT_BY = ("val_loss", "spearman", "knn")  # what the best checkpoint tracks
 PRECISIONS = ("fp32", "bf16")
 CACHE_TIERS = ("auto", "device", "host", "none")  # see cache.py
 GRAPH_MODES = ("auto", "on", "off")  # see step_graph.py
+PRIOR_KINDS = ("normal", "mog", "vamp")  # see priors.py
+DEFAULT_BLOCK_KMERS = [[6], [5], [4, 3, 2, 1]]  # per-scale latents: 6-mers, 5-mers, the rest
+KL_BLOCK_PREFIX = "kl_block_"  # summary key of one latent block's KL (+ its name); metrics.py labels it `block`
 
 
 @dataclass
@@ -58,6 +61,9 @@ class TrainConfig:
     select_by: str = "val_loss"  # val_loss (lowest, the reference), spearman or knn (highest)
     kmers: list[int] = field(default_factory=lambda: [6, 5, 4, 3, 2, 1])  # k groups to train on
     kmer_weights: list[float] = field(default_factory=list)  # per group of `kmers`; empty = all 1
+    prior: str = "normal"  # normal (the reference), mog:K or vamp:K (priors.py)
+    latent_blocks: list[int] = field(default_factory=list)  # per-scale latent sizes, adding up to latent; empty = flat
+    block_kmers: list[list[int]] = field(default_factory=lambda: [list(b) for b in DEFAULT_BLOCK_KMERS])
 
     def validate(self) -> None:
         """Raise KmervaeError with one line for a setting that cannot work."""
@@ -88,6 +94,36 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise KmervaeError(f"bad configuration: {message}")
+        parse_prior(self.prior)
+        self.check_blocks()
+
+    def check_blocks(self) -> None:
+        """Per-scale latents: one size per block, the sizes adding up to `latent`, and the blocks'
+        k groups together exactly the trained ones."""
+        if not self.latent_blocks:
+            if self.block_kmers != DEFAULT_BLOCK_KMERS:
+                raise KmervaeError("bad configuration: block_kmers needs latent_blocks (one latent size per block)")
+            return
+        flat = sorted(k for b in self.block_kmers for k in b)
+        checks = [
+            (len(self.latent_blocks) == len(self.block_kmers),
+             f"latent_blocks has {len(self.latent_blocks)} sizes for {len(self.block_kmers)} blocks of block_kmers"),
+            (min(self.latent_blocks) >= 1 and sum(self.latent_blocks) == self.latent,
+             f"latent_blocks {','.join(map(str, self.latent_blocks))} must be positive and add up to latent {self.latent}"),
+            (all(self.block_kmers) and flat == sorted(self.kmers),
+             "block_kmers must share out the trained kmers, each in one block"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise KmervaeError(f"bad configuration: {message}")
+
+    def block_sizes(self) -> list[int]:
+        """Latent sizes of the blocks: one block of `latent` in a flat model."""
+        return list(self.latent_blocks) or [self.latent]
+
+    def block_names(self) -> tuple[str, ...]:
+        """Names of the latent blocks for metrics (the block's k values, e.g. "4+3+2+1"); none when flat."""
+        return tuple("+".join(map(str, b)) for b in self.block_kmers) if self.latent_blocks else ()
 
     def weights_by_k(self) -> dict[int, float] | None:
         """Reconstruction weight of each trained k, or None for the reference's plain sum."""
@@ -104,6 +140,31 @@ class TrainConfig:
                    if k not in ("out", "resume", "metrics_port", "metrics_addr", "pushgateway", "log_every", "workers",
                               "cache", "cache_fraction", "cuda_graphs")}
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def parse_prior(spec: str) -> tuple[str, int]:
+    """("normal", 0), ("mog", K) or ("vamp", K) from a --prior setting; KmervaeError otherwise."""
+    kind, _, count = spec.partition(":")
+    if kind == "normal" and not count:
+        return kind, 0
+    if kind in PRIOR_KINDS[1:] and count.isdigit() and int(count) >= 1:
+        return kind, int(count)
+    raise KmervaeError(f"bad configuration: prior {spec!r}: use normal, mog:K or vamp:K with K at least 1")
+
+
+def resume_mismatch(saved: dict, cfg: TrainConfig) -> str | None:
+    """Why a checkpoint written under `saved` (its config) cannot continue under `cfg`, or None.
+    Checkpoints from before priors and blocks existed are flat runs under the normal prior."""
+    now = cfg.to_dict()
+    if any(saved[key] != now[key] for key in ("hidden", "latent", "kmers")):
+        return "checkpoint model shape differs from the configuration"
+    if saved.get("prior", "normal") != cfg.prior:
+        return f"checkpoint of a run with prior {saved.get('prior', 'normal')}, not {cfg.prior}"
+    blocks = (saved.get("latent_blocks", []), saved.get("block_kmers", DEFAULT_BLOCK_KMERS) if saved.get("latent_blocks") else [])
+    if blocks != (cfg.latent_blocks, cfg.block_kmers if cfg.latent_blocks else []):
+        flat = "a flat" if not blocks[0] else "a per-scale"
+        return f"checkpoint of {flat} latent run; its latent_blocks/block_kmers differ from the configuration"
+    return None
 
 
 def load_config(toml_path: str | None, overrides: dict) -> TrainConfig:

@@ -11,26 +11,27 @@ from typing import Callable
 import numpy as np
 import torch
 import zarr
+from torch import nn
 
 from . import checkpoint as ckpt
 from .distributed import DistContext
 from .errors import KmervaeError
-from .model import Encoder, architecture
+from .model import encoder_from_state
 from .store import StoreInfo, exists, open_array, read_rows, remove
 
 LATENTS_KEY = "kmervae_latents"
 
 
-def load_encoder(path: str, device: torch.device) -> Encoder:
-    """An Encoder rebuilt from an exported state dict (its shapes give the architecture)."""
+def load_encoder(path: str, device: torch.device) -> nn.Module:
+    """An Encoder (or a per-scale BlockEncoder) rebuilt from an exported state dict (its shapes
+    give the architecture)."""
     if not Path(path).is_file():
         raise KmervaeError(f"{path}: no such checkpoint")
     try:
         state = ckpt.load(Path(path), device)
-        features, hidden, latent = architecture(state)
+        enc = encoder_from_state(state).to(device)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing line
         raise KmervaeError(f"{path}: not an exported encoder state dict ({type(e).__name__})") from None
-    enc = Encoder(features, hidden, latent).to(device)
     enc.load_state_dict(state)
     return enc.eval()
 
@@ -49,7 +50,7 @@ def prepare_output(out: str, info: StoreInfo, latent: int, log_var: bool, overwr
 
 
 @torch.no_grad()
-def encode_chunks(encoder: Encoder, info: StoreInfo, out: str, ctx: DistContext, log_var: bool,
+def encode_chunks(encoder: nn.Module, info: StoreInfo, out: str, ctx: DistContext, log_var: bool,
                   progress: Callable[[int], None]) -> int:
     """Encode this rank's chunks; return the rows written."""
     clr = open_array(info.url)

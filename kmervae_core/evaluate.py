@@ -76,7 +76,28 @@ def knn_accuracy(z: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 102
         e = min(len(z), s + block)
         d = sq[s:e, None] - 2 * z[s:e] @ z.T + sq[None, :]
         d[np.arange(e - s), np.arange(s, e)] = np.inf  # leave the row itself out
-        nearest = np.argpartition(d, k, axis=1)[:, :k]
-        votes = np.apply_along_axis(np.bincount, 1, codes[nearest], minlength=codes.max() + 1)
-        hits += int((votes.argmax(axis=1) == codes[s:e]).sum())
+        hits += int((_majority(d, codes, k) == codes[s:e]).sum())
+    return hits / len(z)
+
+
+def _majority(distances: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
+    """Majority label code among each row's k nearest columns (ties to the smallest code)."""
+    nearest = np.argpartition(distances, k, axis=1)[:, :k]
+    votes = np.apply_along_axis(np.bincount, 1, codes[nearest], minlength=codes.max() + 1)
+    return votes.argmax(axis=1)
+
+
+def knn_cv_accuracy(z: np.ndarray, labels: np.ndarray, k: int = 5, folds: int = 5, seed: int = 0) -> float:
+    """k-fold cross-validated kNN accuracy: rows are dealt to `folds` seeded folds, and each fold's
+    rows get the majority label of their k nearest rows (Euclidean) among the other folds. Unlike
+    the leave-one-out figure, an embedding fitted on some rows can be judged on rows kept out."""
+    z = np.asarray(z, dtype=np.float64)
+    _, codes = np.unique(np.asarray(labels), return_inverse=True)
+    fold = np.random.default_rng([seed, 0xF01D]).permutation(len(z)) % folds
+    sq = (z * z).sum(axis=1)
+    hits = 0
+    for f in range(folds):
+        test, train = fold == f, fold != f
+        d = sq[test, None] - 2 * z[test] @ z[train].T + sq[None, train]
+        hits += int((_majority(d, codes[train], k) == codes[test]).sum())
     return hits / len(z)

@@ -93,3 +93,11 @@ def canonical_kmers(k: int) -> list[str]:
     index = canonical_index(k)
     first = np.unique(index, return_index=True)[1]
     return ["".join(BASES[(c >> (2 * (k - 1 - i))) & 3] for i in range(k)) for c in first]
+
+
+def block_columns(ks: list[int] | tuple[int, ...], blocks: list[list[int]]) -> list[np.ndarray]:
+    """For per-scale latents: each block's columns as positions among `selected_groups(ks)`'s
+    columns (the trained input), in store order."""
+    _, groups = selected_groups(ks)
+    local = {g.k: np.arange(g.local.start, g.local.stop) for g in groups}
+    return [np.concatenate([local[g.k] for g in groups if g.k in set(block)]) for block in blocks]

@@ -1,25 +1,31 @@
 """The VAEMulti loss and its metrics, kept as sums so that they reduce exactly across ranks.
 
 recon = squared error summed over the 2,772 features, averaged over the batch (= MSE x 2772);
-KL = batch mean of -1/2 sum(1 + lv - mu^2 - e^lv); total = recon + beta * KL.
+KL = batch mean of -1/2 sum(1 + lv - mu^2 - e^lv) (the reference's N(0, I) prior; a learned
+prior gives its own, priors.py), per latent block too; total = recon + beta * KL.
 """
 from __future__ import annotations
 
 import torch
 
+from .config import KL_BLOCK_PREFIX
 from .kmers import KMER_GROUPS, USED_KS, KGroup
+from .priors import normal_kl
 
-# Layout of the sums vector: rows, recon, KL, then squared error per k group (6..1; 0 if untrained).
+# Layout of the sums vector: rows, recon, KL, squared error per k group (6..1; 0 if untrained),
+# then KL per latent block (at most one block per k group; 0 where there are fewer blocks).
 ROWS, RECON, KL, SSE = 0, 1, 2, 3
-N_SUMS = SSE + len(KMER_GROUPS)
+KL_BLOCK = SSE + len(KMER_GROUPS)
+N_SUMS = KL_BLOCK + len(KMER_GROUPS)
 
 
 def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor,
              beta: float | torch.Tensor, groups: tuple[KGroup, ...] = KMER_GROUPS,
-             weights: dict[int, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             weights: dict[int, float] | None = None, kl: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss averaged over the batch, sums vector for the metrics; no device sync).
     `groups` locate the trained k groups in x's columns; `weights` scale each group's
-    reconstruction term (the metrics stay unweighted).
+    reconstruction term (the metrics stay unweighted); `kl` is the batch's KL per latent block
+    from the model's prior (default: the reference's N(0, I) over one block).
 
     Written for few kernels (a captured step at batch 1024 is bound by their count): the
     gradient flows through one sum of squares; the per-k sums come from the detached column
@@ -27,19 +33,23 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, log_var: to
     sq = (recon.float() - x.float()).square()
     weighted = sq if weights is None else sq * torch.cat([sq.new_full((g.size,), weights[g.k]) for g in groups])
     recon_sum = weighted.sum()
-    kl_sum = 0.5 * (mu.float().square() + log_var.float().exp() - log_var.float() - 1).sum()
+    kl = normal_kl(mu, log_var, [mu.shape[1]]) if kl is None else kl
+    kl_sum = kl.sum()
     total = (recon_sum + beta * kl_sum) / len(x)
     with torch.no_grad():
         running = torch.nn.functional.pad(sq.sum(0).double().cumsum(0), (1, 0))
         ends = {g.k: (g.local.start, g.local.stop) for g in groups}
         at = torch.stack([running[b] for k in USED_KS for b in ends.get(k, (0, 0))])
         head = torch.stack([recon_sum.new_full((), float(len(x))), recon_sum, kl_sum])
-        sums = torch.cat([head.double(), at[1::2] - at[0::2]])
+        blocks = torch.nn.functional.pad(kl.detach().double(), (0, N_SUMS - KL_BLOCK - len(kl)))
+        sums = torch.cat([head.double(), at[1::2] - at[0::2], blocks])
     return total, sums
 
 
-def summarise(sums: torch.Tensor, beta: float, groups: tuple[KGroup, ...] = KMER_GROUPS) -> dict[str, float]:
-    """Per-row means, and MSEs of the trained groups, from (all-reduced) sums."""
+def summarise(sums: torch.Tensor, beta: float, groups: tuple[KGroup, ...] = KMER_GROUPS,
+              blocks: tuple[str, ...] = ()) -> dict[str, float]:
+    """Per-row means, MSEs of the trained groups and, for per-scale latents, the KL of each
+    named block (`kl_block_<name>`), from (all-reduced) sums."""
     s = sums.double().tolist()
     n = max(s[ROWS], 1.0)
     out = {"rows": int(s[ROWS]), "recon": s[RECON] / n, "kl": s[KL] / n}
@@ -47,4 +57,6 @@ def summarise(sums: torch.Tensor, beta: float, groups: tuple[KGroup, ...] = KMER
     out["mse"] = sum(s[SSE + USED_KS.index(g.k)] for g in groups) / (n * sum(g.size for g in groups))
     for g in groups:
         out[f"mse_{g.k}mer"] = s[SSE + USED_KS.index(g.k)] / (n * g.size)
+    for i, name in enumerate(blocks):
+        out[f"{KL_BLOCK_PREFIX}{name}"] = s[KL_BLOCK + i] / n
     return out

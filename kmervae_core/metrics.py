@@ -13,6 +13,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, push_to_gateway, start_http_server
 
 from .kmers import KMER_GROUPS
+from .config import KL_BLOCK_PREFIX
 
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -35,6 +36,8 @@ class TrainMetrics:
         self.train_loss = gauge("kmervae_train_loss", "Train loss: reconstruction + beta * KL, last log window")
         self.train_mse = gauge("kmervae_train_mse", "Train mean squared error over all features, last log window")
         self.train_kmer_mse = gauge("kmervae_train_kmer_mse", "Train mean squared error of one k-mer group, last log window", "k")
+        self.train_kl_block = gauge("kmervae_train_kl_block_loss", "Train KL per row of one per-scale latent block, last log window", "block")
+        self.val_kl_block = gauge("kmervae_val_kl_block_loss", "Validation KL per row of one per-scale latent block", "block")
         self.val_loss = gauge("kmervae_val_loss", "Validation loss at the last epoch end")
         self.val_recon = gauge("kmervae_val_reconstruction_loss", "Validation reconstruction loss at the last epoch end")
         self.val_mse = gauge("kmervae_val_mse", "Validation mean squared error over all features")
@@ -92,6 +95,7 @@ class TrainMetrics:
         self.train_loss.labels(run=run).set(summary["loss"])
         self.train_mse.labels(run=run).set(summary["mse"])
         self._set_kmer_mse(self.train_kmer_mse, summary)
+        self._set_kl_blocks(self.train_kl_block, summary)
         self.beta.labels(run=run).set(beta)
         self.lr.labels(run=run).set(lr)
         self.epoch.labels(run=run).set(epoch + 1)
@@ -102,12 +106,19 @@ class TrainMetrics:
         self.val_recon.labels(run=run).set(summary["recon"])
         self.val_mse.labels(run=run).set(summary["mse"])
         self._set_kmer_mse(self.val_kmer_mse, summary)
+        self._set_kl_blocks(self.val_kl_block, summary)
 
     def _set_kmer_mse(self, gauge: Gauge, summary: dict) -> None:
         """Per-k MSE of the groups the summary holds (the trained ones)."""
         for g in KMER_GROUPS:
             if f"mse_{g.k}mer" in summary:
                 gauge.labels(run=self.run_id, k=str(g.k)).set(summary[f"mse_{g.k}mer"])
+
+    def _set_kl_blocks(self, gauge: Gauge, summary: dict) -> None:
+        """KL of each per-scale latent block the summary holds (none for a flat latent)."""
+        for key, value in summary.items():
+            if key.startswith(KL_BLOCK_PREFIX):
+                gauge.labels(run=self.run_id, block=key[len(KL_BLOCK_PREFIX):]).set(value)
 
     def set_latent(self, latent: dict) -> None:
         run = self.run_id

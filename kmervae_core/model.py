@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .kmers import N_FEATURES
+from .priors import make_prior
 
 LOG_VAR_RANGE = (-20.0, 2.0)
 KERAS_BN = dict(momentum=0.01, eps=1e-3)
@@ -92,9 +93,34 @@ class Encoder(nn.Module):
         self.z_log_var = nn.Linear(sizes[-1], latent)
         self.apply(_glorot)
 
+    @property
+    def latent(self) -> int:
+        return self.z_mean.out_features
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x)
         return self.z_mean(h), self.z_log_var(h).clamp(*LOG_VAR_RANGE)
+
+
+class BlockEncoder(nn.Module):
+    """Per-scale latents: one Encoder per block, each reading only its own k groups, their
+    (z_mean, z_log_var) concatenated in block order. `columns` are the store columns read, as in
+    Encoder; each block's own `columns` buffer holds its positions among them."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, ...], sizes: list[int], blocks: list[torch.Tensor],
+                 columns: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("columns", torch.arange(n_features) if columns is None else torch.as_tensor(columns))
+        self.blocks = nn.ModuleList(Encoder(len(cols), hidden, size, torch.as_tensor(cols))
+                                    for cols, size in zip(blocks, sizes))
+
+    @property
+    def latent(self) -> int:
+        return sum(block.latent for block in self.blocks)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [block(x.index_select(1, block.columns)) for block in self.blocks]
+        return torch.cat([mu for mu, _ in parts], 1), torch.cat([lv for _, lv in parts], 1)
 
 
 class Decoder(nn.Module):
@@ -110,18 +136,27 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256,
-                 columns: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.encoder = Encoder(n_features, hidden, latent, columns)
-        self.decoder = Decoder(n_features, hidden, latent)
+    """The reference by default; `prior` (priors.py) and `blocks` (per-scale latents: each
+    block's input positions, with `sizes` their latent sizes) give the variants. The decoder
+    always reads the whole concatenated z."""
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction, z_mean, z_log_var); eps is the reparameterisation noise, passed in so
-        that it can be drawn per global batch (the same on any world size)."""
+    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256,
+                 columns: torch.Tensor | None = None, prior: str = "normal",
+                 blocks: list[torch.Tensor] | None = None, sizes: list[int] | None = None) -> None:
+        super().__init__()
+        sizes = list(sizes) if blocks else [latent]
+        self.encoder = (BlockEncoder(n_features, hidden, sizes, blocks, columns) if blocks
+                        else Encoder(n_features, hidden, latent, columns))
+        self.decoder = Decoder(n_features, hidden, latent)
+        self.prior = make_prior(prior, sizes, n_features)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(reconstruction, z_mean, z_log_var, KL summed over the batch per latent block); eps is
+        the reparameterisation noise, passed in so that it can be drawn per global batch (the
+        same on any world size)."""
         mu, log_var = self.encoder(x)
         z = mu + torch.exp(0.5 * log_var) * eps
-        return self.decoder(z), mu, log_var
+        return self.decoder(z), mu, log_var, self.prior.kl(self.encoder, mu, log_var, z, eps)
 
 
 def keras_param_count(module: nn.Module) -> int:
@@ -129,6 +164,17 @@ def keras_param_count(module: nn.Module) -> int:
     bn = sum(m.running_mean.numel() + m.running_var.numel() for m in module.modules()
              if isinstance(m, nn.BatchNorm1d))
     return sum(p.numel() for p in module.parameters()) + bn
+
+
+def encoder_from_state(state: dict) -> nn.Module:
+    """An Encoder or BlockEncoder rebuilt from an exported state dict (shapes give the architecture)."""
+    if "blocks.0.columns" not in state:
+        features, hidden, latent = architecture(state)
+        return Encoder(features, hidden, latent)
+    n = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    subs = [{k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"blocks.{i}.")} for i in range(n)]
+    shapes = [architecture(sub) for sub in subs]
+    return BlockEncoder(len(state["columns"]), shapes[0][1], [s[2] for s in shapes], [sub["columns"] for sub in subs])
 
 
 def architecture(encoder_state: dict) -> tuple[int, tuple[int, ...], int]:

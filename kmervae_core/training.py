@@ -17,12 +17,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import __version__
 from . import checkpoint as ckpt
 from .atomic import atomic_file
-from .config import TrainConfig, beta_at, warmup_end_epoch
+from .config import TrainConfig, beta_at, resume_mismatch, warmup_end_epoch
 from .distributed import DistContext, all_reduce, gather
 from .errors import KmervaeError
 from .evaluate import active_units, distance_spearman, knn_accuracy, sample_pairs
 from .feed import Feed
-from .kmers import KMER_GROUPS, N_FEATURES, selected_groups
+from .kmers import KMER_GROUPS, N_FEATURES, block_columns, selected_groups
 from .losses import N_SUMS, summarise, vae_loss
 from .metrics import TrainMetrics
 from .model import VAE
@@ -90,7 +90,10 @@ class Trainer:
         self.heldout = self._heldout(columns) if ctx.is_main and cfg.latent_sample else None
         self.weights = cfg.weights_by_k()
         torch.manual_seed(cfg.seed)
-        self.model = VAE(len(columns), tuple(cfg.hidden), cfg.latent, torch.as_tensor(columns)).to(ctx.device)
+        self.blocks = cfg.block_names()
+        self.model = VAE(len(columns), tuple(cfg.hidden), cfg.latent, torch.as_tensor(columns), cfg.prior,
+                         [torch.as_tensor(c) for c in block_columns(cfg.kmers, cfg.block_kmers)] if self.blocks else None,
+                         cfg.block_sizes()).to(ctx.device)
         self.net = DDP(self.model) if ctx.active else self.model
         if cfg.compile:
             self.net = torch.compile(self.net)
@@ -203,8 +206,9 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         s = ckpt.load(path, self.ctx.device)
-        if any(s["config"][key] != self.cfg.to_dict()[key] for key in ("hidden", "latent", "kmers")):
-            raise KmervaeError(f"{path}: checkpoint model shape differs from the configuration")
+        mismatch = resume_mismatch(s["config"], self.cfg)
+        if mismatch:
+            raise KmervaeError(f"{path}: {mismatch}")
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
         self._configure_adam()
@@ -213,7 +217,7 @@ class Trainer:
         self.best = dict(s["best"])
         torch.set_rng_state(s["rng_cpu"])
         # rank 0 carries the reduced partial sums of the interrupted epoch; the others start at 0
-        sums = s["epoch_sums"].to(self.ctx.device)
+        sums = torch.nn.functional.pad(s["epoch_sums"], (0, N_SUMS - len(s["epoch_sums"]))).to(self.ctx.device)
         self.epoch_sums = sums if self.ctx.is_main else torch.zeros_like(sums)
         history = self.run_dir / "history.json"
         if history.exists():
@@ -286,8 +290,8 @@ class Trainer:
         can be captured. Under DDP a captured step averages gradients itself (DDP's hooks do
         it for the eager step). Returns the loss."""
         with self.autocast():
-            recon, mu, log_var = (self.model if graphed else self.net)(x, self.eps)
-        loss, sums = vae_loss(x, recon, mu, log_var, self.beta_t, self.groups, self.weights)
+            recon, mu, log_var, kl = (self.model if graphed else self.net)(x, self.eps)
+        loss, sums = vae_loss(x, recon, mu, log_var, self.beta_t, self.groups, self.weights, kl)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if graphed and self.ctx.active:
@@ -362,7 +366,7 @@ class Trainer:
         mine = torch.tensor([self.window["rows"] / elapsed, self.window["wait"] / elapsed,
                              memory_in_use(self.ctx.device)], dtype=torch.float64, device=self.ctx.device)
         per_rank = [t.tolist() for t in gather(mine)]
-        window = summarise(all_reduce(self.window_sums.clone()), beta, self.groups)
+        window = summarise(all_reduce(self.window_sums.clone()), beta, self.groups, self.blocks)
         self.window_sums.zero_()
         self.window = {"rows": 0, "wait": 0.0, "start": now}
         if self.metrics is not None and window["rows"]:
@@ -376,11 +380,11 @@ class Trainer:
         sums = torch.zeros(N_SUMS, device=self.ctx.device, dtype=torch.float64)
         for x, _ in self.feed.val():
             with self.autocast():
-                recon, mu, log_var = self.model(x, torch.zeros(len(x), self.cfg.latent, device=self.ctx.device))
-            sums += vae_loss(x, recon, mu, log_var, beta, self.groups, self.weights)[1]
+                recon, mu, log_var, kl = self.model(x, torch.zeros(len(x), self.cfg.latent, device=self.ctx.device))
+            sums += vae_loss(x, recon, mu, log_var, beta, self.groups, self.weights, kl)[1]
         self.model.train()
         all_reduce(sums)
-        return summarise(sums, beta, self.groups) if sums[0] > 0 else None
+        return summarise(sums, beta, self.groups, self.blocks) if sums[0] > 0 else None
 
     # ---- the run ----
 
@@ -432,7 +436,7 @@ class Trainer:
             bar.close()
             seconds = time.perf_counter() - t0
             self.check_finite()
-            train = summarise(all_reduce(self.epoch_sums.clone()), beta, self.groups)
+            train = summarise(all_reduce(self.epoch_sums.clone()), beta, self.groups, self.blocks)
             val = self.validate(beta)
             if val is not None and not math.isfinite(val["loss"]):
                 raise NonFiniteLoss(f"non-finite validation loss at epoch {self.epoch + 1}")

@@ -86,6 +86,22 @@ def test_knn_accuracy_matches_brute_force():
     assert knn_accuracy(z, labels, k=5, block=7) == pytest.approx(hits / 60)
 
 
+def test_cross_validated_knn_matches_brute_force():
+    from kmervae_core.evaluate import knn_cv_accuracy
+    rng = np.random.default_rng(5)
+    z, labels = rng.normal(size=(50, 3)), rng.choice(["a", "b", "c"], 50)
+    z[labels == "b"] += 1.5
+    fold = np.random.default_rng([7, 0xF01D]).permutation(50) % 5
+    hits = 0
+    for i in range(50):
+        d = sorted((np.sum((z[i] - z[j]) ** 2), j) for j in range(50) if fold[j] != fold[i])
+        near = [labels[j] for _, j in d[:5]]
+        counts = {c: near.count(c) for c in ("a", "b", "c")}
+        hits += int(max(counts, key=lambda c: (counts[c], -ord(c))) == labels[i])
+    assert knn_cv_accuracy(z, labels, k=5, folds=5, seed=7) == pytest.approx(hits / 50)
+    assert hits < 50  # the classes overlap: a wrong fold assignment would change the figure
+
+
 def test_latent_metrics_match_independent_computations():
     from scipy.stats import spearmanr
     from kmervae_core.evaluate import active_units, distance_spearman, sample_pairs, spearman

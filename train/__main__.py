@@ -64,6 +64,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="k groups to train on, e.g. 5,4,3,2,1 (default all six, 6..1)")
     p.add_argument("--kmer-weights", type=lambda v: [float(w) for w in v.split(",")],
                    help="weight of each --kmers group's reconstruction term, e.g. 1,1,0.5,0.5,0.5 (default 1 each)")
+    p.add_argument("--prior", help="latent prior: normal (default, the reference N(0, I)), mog:K (a learned mixture of K "
+                                   "Gaussians) or vamp:K (VampPrior with K learned pseudo-inputs)")
+    p.add_argument("--latent-blocks", type=lambda v: [int(s) for s in v.split(",")],
+                   help="per-scale latents: one latent size per --block-kmers block, adding up to --latent, "
+                        "e.g. 128,64,64 (default: one flat latent, the reference)")
+    p.add_argument("--block-kmers", type=lambda v: [[int(k) for k in b.split(",")] for b in v.split("/")],
+                   help="the k groups of each latent block, blocks separated by / (default 6/5/4,3,2,1)")
     p.add_argument("--log-every", type=int, help=f"steps between non-finite checks and metric updates (default {d.log_every})")
     return p.parse_args(argv)
 

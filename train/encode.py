@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         info = open_store(args.data)
         encoder = load_encoder(args.checkpoint, ctx.device)
         if ctx.is_main:
-            prepare_output(args.out, info, encoder.z_mean.out_features, args.log_var, args.overwrite)
+            prepare_output(args.out, info, encoder.latent, args.log_var, args.overwrite)
         if ctx.active:
             dist.barrier()
         start = time.perf_counter()
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             if int(written) != info.rows:
                 raise KmervaeError(f"wrote {int(written)} rows of {info.rows}; {args.out} left incomplete")
             finish_output(args.out)
-            print(f"wrote {args.out}: z_mean {info.rows:,} x {encoder.z_mean.out_features}"
+            print(f"wrote {args.out}: z_mean {info.rows:,} x {encoder.latent}"
                   f"{' and z_log_var' if args.log_var else ''} in {time.perf_counter() - start:.1f} s")
         return 0
     except KmervaeError as e:

@@ -1,0 +1,49 @@
+"""`python -m train.compare`: the table against hand-written run folders, CSV, the plot, errors."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from tests.conftest import run
+
+
+def fake_run(path: Path, config: dict, history: list[dict]) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"out": str(path), "epochs": 2, "lr": 1e-4, **config}))
+    (path / "history.json").write_text(json.dumps(history))
+    return path
+
+
+def epoch(n: int, val_loss: float, knn: float, **more) -> dict:
+    return {"epoch": n, "val_loss": val_loss, "val_kl": 2.5, "val_mse_6mer": 1.25, "val_mse_1mer": 0.125,
+            "latent_active_units": 7, "latent_spearman": 0.5, "latent_knn": knn, **more}
+
+
+def test_compare_tabulates_differing_settings_and_outcomes(tmp_path):
+    a = fake_run(tmp_path / "ref", {"prior": "normal"}, [epoch(1, 30.0, 0.5), epoch(2, 40.0, 0.75)])
+    b = fake_run(tmp_path / "mog", {"prior": "mog:8", "latent_blocks": [4, 4]},
+                 [epoch(1, 20.0, 0.25, val_kl_block_6=1.5), epoch(2, 10.0, 0.875, val_kl_block_6=2.0)])
+    plot = tmp_path / "figs" / "latent.png"
+    proc = run("train.compare", a, b, "--csv", "--plot", plot, check=True)
+    table = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert list(table[0])[:6] == ["run", "latent_blocks", "prior", "epochs run", "best val loss", "final val loss"]
+    assert "lr" not in table[0] and "epochs" not in table[0]  # the same in both runs
+    assert [r["run"] for r in table] == ["ref", "mog"] and [r["prior"] for r in table] == ["normal", "mog:8"]
+    assert [r["latent_blocks"] for r in table] == ["", "4,4"]
+    assert [r["best val loss"] for r in table] == ["30", "10"] and [r["final val loss"] for r in table] == ["40", "10"]
+    assert [r["kNN"] for r in table] == ["0.75", "0.875"] and table[0]["val MSE 6-mer"] == "1.25"
+    assert [r["val KL block 6"] for r in table] == ["", "2"]
+    assert "val MSE 5-mer" not in table[0]  # no run has it
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    md = run("train.compare", a, b, "--plot", plot, check=True).stdout.splitlines()
+    assert md[0].startswith("| run | latent_blocks | prior |") and md[1].startswith("|---|") and md[3].startswith("| mog |")
+
+
+def test_compare_refuses_a_folder_that_is_not_a_run_with_one_line(tmp_path):
+    a = fake_run(tmp_path / "ref", {}, [epoch(1, 3.0, 0.5)])
+    proc = run("train.compare", a, tmp_path / "nowhere", "--plot", tmp_path / "p.png")
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        f"train.compare: error: {tmp_path / 'nowhere'}: no config.json (not a training run folder, or no epoch finished)"
