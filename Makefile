@@ -20,10 +20,11 @@ $(VENV)/.ready: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# synth sample -> ingest -> 2-process DDP training (gloo on CPU) -> latents -> kNN on the genomes -> report
+# synth sample -> ingest -> verify -> 2-process DDP training (gloo on CPU) -> latents -> kNN on the genomes -> report
 demo: setup
 	$(PY) -m ingest.synth Data/all_kmers.npy --rows $(SAMPLE_ROWS) --seed 0
 	$(PY) -m ingest Data/all_kmers.npy Data/kmers.zarr --chunk-rows 512 --labels Data/all_kmers_labels.npy --overwrite
+	$(PY) -m ingest --verify Data/kmers.zarr
 	rm -rf $(RUN)
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node=2 -m train \
 		--data Data/kmers.zarr --out $(RUN) --epochs $(DEMO_EPOCHS) --batch-size 128 --workers 1
