@@ -2,12 +2,15 @@
 command-line flags override them. The resolved config is saved in the run folder."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
+from typing import Any
 
+from .epoch_plan import SPLIT_MODES
 from .errors import KmervaeError
 
 BETA_SCHEDULES = ("warmup", "cyclical")
@@ -20,70 +23,90 @@ DEFAULT_BLOCK_KMERS = [[6], [5], [4, 3, 2, 1]]  # per-scale latents: 6-mers, 5-m
 KL_BLOCK_PREFIX = "kl_block_"  # summary key of one latent block's KL (+ its name); metrics.py labels it `block`
 
 
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A TrainConfig field with what its command-line flag says about it: the one place a
+    setting's name, type, default, help and choices are written (train/__main__.py builds the
+    flags from these, `validate` checks the choices)."""
+    kind = {"default_factory": lambda: copy.deepcopy(default)} if isinstance(default, list) else {"default": default}
+    return field(**kind, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class TrainConfig:
-    data: str = "Data/kmers.zarr"
-    out: str = "runs/kmervae"
-    epochs: int = 100
-    batch_size: int = 1024  # global, over all ranks
-    lr: float = 1e-4
-    seed: int = 42
-    hidden: list[int] = field(default_factory=lambda: [1024, 512])
-    latent: int = 256
-    beta: float = 0.1
-    beta_schedule: str = "warmup"  # linear 0 -> beta over beta_warmup_epochs, or cyclical
-    beta_warmup_epochs: int = 5
-    beta_cycle_epochs: int = 10  # cyclical: ramp over the first half of each cycle, then hold
-    plateau_factor: float = 0.5
-    plateau_patience: int = 20
-    min_lr: float = 1e-6
-    val_fraction: float = 0.1
-    val_split: str = "random"
-    workers: int = 2  # DataLoader workers per rank
-    window_chunks: int = 1
-    lanes: int = 4
-    partitions: int = 8
-    resume: str = "auto"  # auto | never | PATH
-    checkpoint_every: int = 1000  # steps; checkpoints are also written at every epoch end
-    keep_checkpoints: int = 3
-    deterministic: bool = False
-    precision: str = "fp32"
-    compile: bool = False
-    cuda_graphs: str = "auto"  # capture the step as a CUDA graph (auto: on a single CUDA device)
-    cache: str = "auto"  # keep this rank's training rows resident after the first epoch: device, host or none
-    cache_fraction: float = 0.8  # of free GPU memory (device tier) or available host memory per rank (host)
-    metrics_port: int = 9400  # global rank 0 serves /metrics here; 0 turns it off
-    metrics_addr: str = "0.0.0.0"
-    pushgateway: str = ""  # push a final summary here when the run ends
-    log_every: int = 50
-    latent_sample: int = 5000  # held-out validation rows for the latent metrics each epoch; 0 = off
-    latent_pairs: int = 20000  # row pairs for the latent/input distance correlation
-    select_by: str = "val_loss"  # val_loss (lowest, the reference), spearman or knn (highest)
-    kmers: list[int] = field(default_factory=lambda: [6, 5, 4, 3, 2, 1])  # k groups to train on
-    kmer_weights: list[float] = field(default_factory=list)  # per group of `kmers`; empty = all 1
-    prior: str = "normal"  # normal (the reference), mog:K or vamp:K (priors.py)
-    latent_blocks: list[int] = field(default_factory=list)  # per-scale latent sizes, adding up to latent; empty = flat
-    block_kmers: list[list[int]] = field(default_factory=lambda: [list(b) for b in DEFAULT_BLOCK_KMERS])
+    data: str = setting("Data/kmers.zarr", "the kmervae store")
+    out: str = setting("runs/kmervae", "run folder: checkpoints, history, exports")
+    epochs: int = setting(100, "training epochs")
+    batch_size: int = setting(1024, "global batch, over all ranks")
+    lr: float = setting(1e-4, "Adam learning rate")
+    seed: int = setting(42, "seed of the model, the epoch plan and the noise")
+    hidden: list[int] = setting([1024, 512], "hidden layer sizes, e.g. 1024,512")
+    latent: int = setting(256, "latent size")
+    beta: float = setting(0.1, "final KL weight")
+    beta_schedule: str = setting("warmup", "linear warm-up from 0 over --beta-warmup-epochs, or cyclical",
+                                 BETA_SCHEDULES)
+    beta_warmup_epochs: int = setting(5, "epochs of the β warm-up")
+    beta_cycle_epochs: int = setting(10, "cyclical period: a ramp over its first half, then hold")
+    plateau_factor: float = setting(0.5, "learning-rate cut when validation loss plateaus")
+    plateau_patience: int = setting(20, "epochs without improvement before a cut")
+    min_lr: float = setting(1e-6, "the learning rate is never cut below this")
+    val_fraction: float = setting(0.1, "held-out share of the rows")
+    val_split: str = setting("random", "random: seeded whole chunks; tail: the last rows, as the reference",
+                             SPLIT_MODES)
+    workers: int = setting(2, "DataLoader workers per rank")
+    window_chunks: int = setting(1, "chunks whose rows are shuffled together (the shuffle window)")
+    lanes: int = setting(4, "regions a partition is read in, dealt to loader workers round-robin")
+    partitions: int = setting(8, "epoch plan partitions: every world size dividing it trains on the same batches")
+    resume: str = setting("auto", "auto (the newest checkpoint in --out), never, or a checkpoint path")
+    checkpoint_every: int = setting(1000, "steps between checkpoints (also written at each epoch end)")
+    keep_checkpoints: int = setting(3, "newest checkpoints kept")
+    deterministic: bool = setting(False, "deterministic algorithms: bitwise-repeatable runs")
+    precision: str = setting("fp32", "bf16: autocast on CUDA", PRECISIONS)
+    compile: bool = setting(False, "torch.compile the model")
+    cuda_graphs: str = setting("auto", "capture the training step as a CUDA graph and replay it (one launch a "
+                               "step): auto does on a single CUDA device, on also tries under DDP; every capture "
+                               "is checked against the eager step and falls back to it with one line", GRAPH_MODES)
+    cache: str = setting("auto", "keep this rank's training and validation rows resident after the first epoch, "
+                         "later epochs gather from them in the stream's order: device (GPU memory), host (pinned "
+                         "RAM), none (stream every epoch); auto takes the first that fits --cache-fraction",
+                         CACHE_TIERS)
+    cache_fraction: float = setting(0.8, "share of free GPU memory (device tier) or of this rank's share of "
+                                    "host memory within the job's limits (host tier) the cache may take")
+    metrics_port: int = setting(9400, "Prometheus /metrics port on global rank 0; 0 = off")
+    metrics_addr: str = setting("0.0.0.0", "address to bind /metrics to")
+    pushgateway: str = setting("", "Pushgateway URL to push a final summary to when the run ends")
+    log_every: int = setting(50, "steps between non-finite checks and metric updates")
+    latent_sample: int = setting(5000, "held-out validation rows for the per-epoch latent metrics; 0 = off")
+    latent_pairs: int = setting(20000, "row pairs for the latent/input distance correlation")
+    select_by: str = setting("val_loss", "what vae_multi_best.pt tracks: lowest val_loss (the reference), or "
+                             "highest latent/input distance correlation (spearman) or label kNN accuracy (knn, "
+                             "needs labels)", SELECT_BY)
+    kmers: list[int] = setting([6, 5, 4, 3, 2, 1], "k groups to train on, e.g. 5,4,3,2,1")
+    kmer_weights: list[float] = setting([], "weight of each --kmers group's reconstruction term, e.g. "
+                                        "1,1,0.5,0.5,0.5 (none: 1 each)")
+    prior: str = setting("normal", "latent prior: normal (the reference N(0, I)), mog:K (a learned mixture of K "
+                         "Gaussians) or vamp:K (VampPrior with K learned pseudo-inputs)")
+    latent_blocks: list[int] = setting([], "per-scale latents: one latent size per --block-kmers block, adding "
+                                       "up to --latent, e.g. 128,64,64 (none: one flat latent, the reference)")
+    block_kmers: list[list[int]] = setting([list(b) for b in DEFAULT_BLOCK_KMERS],
+                                           "the k groups of each latent block, blocks separated by /")
 
     def validate(self) -> None:
         """Raise KmervaeError with one line for a setting that cannot work."""
-        checks = [
+        checks = [(getattr(self, f.name) in f.metadata["choices"],
+                   f"{f.name} must be one of {', '.join(f.metadata['choices'])}")
+                  for f in dataclasses.fields(self) if f.metadata.get("choices")]
+        checks += [
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.lr > 0, "lr must be positive"),
             (self.latent >= 1 and len(self.hidden) >= 1 and min(self.hidden) >= 1, "hidden and latent sizes must be positive"),
             (self.beta >= 0, "beta must be non-negative"),
-            (self.beta_schedule in BETA_SCHEDULES, f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}"),
             (self.beta_warmup_epochs >= 0 and self.beta_cycle_epochs >= 1, "beta epochs must be non-negative"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-            (self.cuda_graphs in GRAPH_MODES, f"cuda_graphs must be one of {', '.join(GRAPH_MODES)}"),
-            (self.cache in CACHE_TIERS, f"cache must be one of {', '.join(CACHE_TIERS)}"),
             (0 < self.cache_fraction <= 1, "cache_fraction must be in (0, 1]"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be at least 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.workers >= 0, "workers must be non-negative"),
             (0 <= self.metrics_port < 65536, "metrics_port must be 0 (off) or a port number"),
-            (self.select_by in SELECT_BY, f"select_by must be one of {', '.join(SELECT_BY)}"),
             (self.latent_sample >= 0 and self.latent_pairs >= 1, "latent_sample and latent_pairs must be positive"),
             (self.select_by == "val_loss" or self.latent_sample > 0, "select_by spearman or knn needs latent_sample > 0"),
             (len(self.kmers) > 0 and set(self.kmers) <= {6, 5, 4, 3, 2, 1} and len(set(self.kmers)) == len(self.kmers),

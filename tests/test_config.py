@@ -1,4 +1,5 @@
 """Settings and checkpoint files: the TOML file, flags over it, and which checkpoints a run keeps."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,23 @@ def test_pruning_keeps_the_newest_checkpoints_by_step_and_leaves_other_files(tmp
     assert other.read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "ckpt-e0001-s000001000.pt", "ckpt-e0002-s000020000.pt", "notes.txt"]
+
+
+def test_every_setting_has_a_flag_and_the_flag_sets_it():
+    from train.__main__ import parse_args
+    args = vars(parse_args(["--hidden", "64,32", "--block-kmers", "6/5,4/3,2,1", "--kmer-weights", "1,0.5",
+                            "--deterministic", "--val-split", "tail", "--partitions", "4", "--min-lr", "1e-7"]))
+    assert set(args) - {"config"} == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert args["hidden"] == [64, 32] and args["block_kmers"] == [[6], [5, 4], [3, 2, 1]]
+    assert args["kmer_weights"] == [1.0, 0.5] and args["deterministic"] is True and args["val_split"] == "tail"
+    assert args["partitions"] == 4 and args["min_lr"] == 1e-7
+    assert args["epochs"] is None and args["compile"] is None  # not given: the file or the default decides
+
+
+def test_a_choice_outside_its_list_is_refused_by_flag_and_by_file(tmp_path, capsys):
+    from train.__main__ import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--cache", "disk"])
+    assert "invalid choice: 'disk'" in capsys.readouterr().err
+    with pytest.raises(KmervaeError, match="cache must be one of auto, device, host, none"):
+        load_config(write(tmp_path / "c.toml", 'cache = "disk"\n'), {})

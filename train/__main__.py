@@ -3,75 +3,50 @@ a kmervae store (DDP over nccl on CUDA, gloo on CPU), with checkpoints, exact re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from kmervae_core.config import (BETA_SCHEDULES, CACHE_TIERS, GRAPH_MODES, PRECISIONS, SELECT_BY, TrainConfig,
-                                 load_config)
+from kmervae_core.config import TrainConfig, load_config
 from kmervae_core.errors import KmervaeError, LoaderWorkerDied
 
 EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_WORKER_KILLED = 2, 3, 4
 
 
+def _list(item):
+    return lambda text: [item(v) for v in text.split(",")]
+
+
+# how a flag's text becomes a TrainConfig field of each annotated type
+PARSE = {"int": int, "float": float, "str": str, "list[int]": _list(int), "list[float]": _list(float),
+         "list[list[int]]": lambda text: [_list(int)(block) for block in text.split("/")]}
+
+
+def _shown(value) -> str:
+    """A default as a user would type it."""
+    if isinstance(value, list):
+        return "/".join(map(_shown, value)) if value and isinstance(value[0], list) else \
+            ",".join(map(str, value)) or "none"
+    return str(value) if value != "" else "none"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    d = TrainConfig()
+    """One flag per TrainConfig field, built from the field (name, type, default, help, choices);
+    a flag not given stays None, so that the TOML file's value or the default holds."""
     p = argparse.ArgumentParser(
         prog="python -m train", description=__doc__, argument_default=None,
         epilog="Defaults are the reference recipe; a --config TOML file (keys as the long flags, with "
                "underscores) overrides them and flags override the file. Exit status: 0 done, 2 bad input, "
                "3 non-finite loss, 4 a data loader worker was killed (the last good checkpoint is kept).")
     p.add_argument("--config", help="TOML file of settings")
-    p.add_argument("--data", help=f"the kmervae store (default {d.data})")
-    p.add_argument("--out", help=f"run folder: checkpoints, history, exports (default {d.out})")
-    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
-    p.add_argument("--batch-size", type=int, help=f"global batch over all ranks (default {d.batch_size})")
-    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
-    p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--hidden", type=lambda s: [int(v) for v in s.split(",")], help="hidden sizes, e.g. 1024,512")
-    p.add_argument("--latent", type=int, help=f"latent size (default {d.latent})")
-    p.add_argument("--beta", type=float, help=f"final KL weight (default {d.beta})")
-    p.add_argument("--beta-schedule", choices=BETA_SCHEDULES, help="linear warm-up (default) or cyclical")
-    p.add_argument("--beta-warmup-epochs", type=int, help=f"default {d.beta_warmup_epochs}")
-    p.add_argument("--beta-cycle-epochs", type=int, help=f"cyclical period (default {d.beta_cycle_epochs})")
-    p.add_argument("--val-fraction", type=float, help=f"held-out share (default {d.val_fraction})")
-    p.add_argument("--val-split", choices=("random", "tail"), help="seeded chunks (default) or the last rows")
-    p.add_argument("--workers", type=int, help=f"DataLoader workers per rank (default {d.workers})")
-    p.add_argument("--resume", help="auto (newest checkpoint in --out, the default), never, or a checkpoint path")
-    p.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints (default {d.checkpoint_every}; also at each epoch end)")
-    p.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms: bitwise-repeatable runs")
-    p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocast on CUDA (default fp32)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--cuda-graphs", choices=GRAPH_MODES,
-                   help="capture the training step as a CUDA graph and replay it (one launch per step): auto "
-                        "(default) does on a single CUDA device; on also tries under DDP; every capture is "
-                        "checked against the eager step, and falls back to it with one line")
-    p.add_argument("--cache", choices=CACHE_TIERS,
-                   help="keep this rank's training and validation rows resident after the first epoch, later "
-                        "epochs gather from them in the stream's order: device (GPU memory), host (pinned RAM), none "
-                        "(stream every epoch); auto (default) takes the first that fits --cache-fraction")
-    p.add_argument("--cache-fraction", type=float,
-                   help=f"share of free GPU memory (device tier) or of available RAM per rank on the host "
-                        f"(host tier) the cache may take (default {d.cache_fraction})")
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port on global rank 0 (default 9400; 0 = off)")
-    p.add_argument("--metrics-addr", help="address to bind /metrics to (default 0.0.0.0)")
-    p.add_argument("--pushgateway", help="Pushgateway URL to push a final summary to when the run ends")
-    p.add_argument("--select-by", choices=SELECT_BY,
-                   help="what vae_multi_best.pt tracks: lowest val_loss (default, the reference), or highest "
-                        "latent/input distance correlation (spearman) or label kNN accuracy (knn, needs labels)")
-    p.add_argument("--latent-sample", type=int,
-                   help=f"held-out validation rows for the per-epoch latent metrics (default {d.latent_sample}; 0 = off)")
-    p.add_argument("--kmers", type=lambda v: [int(k) for k in v.split(",")],
-                   help="k groups to train on, e.g. 5,4,3,2,1 (default all six, 6..1)")
-    p.add_argument("--kmer-weights", type=lambda v: [float(w) for w in v.split(",")],
-                   help="weight of each --kmers group's reconstruction term, e.g. 1,1,0.5,0.5,0.5 (default 1 each)")
-    p.add_argument("--prior", help="latent prior: normal (default, the reference N(0, I)), mog:K (a learned mixture of K "
-                                   "Gaussians) or vamp:K (VampPrior with K learned pseudo-inputs)")
-    p.add_argument("--latent-blocks", type=lambda v: [int(s) for s in v.split(",")],
-                   help="per-scale latents: one latent size per --block-kmers block, adding up to --latent, "
-                        "e.g. 128,64,64 (default: one flat latent, the reference)")
-    p.add_argument("--block-kmers", type=lambda v: [[int(k) for k in b.split(",")] for b in v.split("/")],
-                   help="the k groups of each latent block, blocks separated by / (default 6/5/4,3,2,1)")
-    p.add_argument("--log-every", type=int, help=f"steps between non-finite checks and metric updates (default {d.log_every})")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(flag, type=PARSE[f.type], choices=f.metadata["choices"],
+                           help=f"{text} (default {_shown(getattr(defaults, f.name))})")
     return p.parse_args(argv)
 
 
