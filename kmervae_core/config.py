@@ -39,7 +39,7 @@ class TrainConfig:
     workers: int = 2  # DataLoader workers per rank
     window_chunks: int = 1
     lanes: int = 4
-    partitions: int = 8
+    partitions: int = 0  # 0: epoch_plan.default_partitions(batch_size, world size), or a resumed run's
     resume: str = "auto"  # auto | never | PATH
     checkpoint_every: int = 1000  # steps; checkpoints are also written at every epoch end
     keep_checkpoints: int = 3
@@ -76,6 +76,7 @@ class TrainConfig:
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be at least 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.workers >= 0, "workers must be non-negative"),
+            (self.partitions >= 0, "partitions must be 0 (derived from the batch and world size) or positive"),
             (0 <= self.metrics_port < 65536, "metrics_port must be 0 (off) or a port number"),
             (self.select_by in SELECT_BY, f"select_by must be one of {', '.join(SELECT_BY)}"),
             (self.latent_sample >= 0 and self.latent_pairs >= 1, "latent_sample and latent_pairs must be positive"),

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 from kmervae_core.config import (BETA_SCHEDULES, CACHE_TIERS, GRAPH_MODES, PRECISIONS, SELECT_BY, TrainConfig,
                                  load_config)
 from kmervae_core.errors import KmervaeError
+from kmervae_core.workers import STOP_SIGNALS
 
 EXIT_BAD_INPUT, EXIT_NON_FINITE = 2, 3
+EXIT_STOPPED = 143  # 128 + SIGTERM, as schedulers expect of a terminated task (Kubeflow's ExitCode policy retries 128-255)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -19,7 +23,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m train", description=__doc__, argument_default=None,
         epilog="Defaults are the reference recipe; a --config TOML file (keys as the long flags, with "
                "underscores) overrides them and flags override the file. Exit status: 0 done, 2 bad input, "
-               "3 non-finite loss (the last good checkpoint is kept).")
+               "3 non-finite loss (the last good checkpoint is kept), 143 stopped by SIGTERM or SIGUSR1 (every rank "
+               "finished its step and a checkpoint was written; --resume auto continues exactly).")
     p.add_argument("--config", help="TOML file of settings")
     p.add_argument("--data", help=f"the kmervae store (default {d.data})")
     p.add_argument("--out", help=f"run folder: checkpoints, history, exports (default {d.out})")
@@ -35,6 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--beta-cycle-epochs", type=int, help=f"cyclical period (default {d.beta_cycle_epochs})")
     p.add_argument("--val-fraction", type=float, help=f"held-out share (default {d.val_fraction})")
     p.add_argument("--val-split", choices=("random", "tail"), help="seeded chunks (default) or the last rows")
+    p.add_argument("--partitions", type=int,
+                   help="epoch plan partitions (default 0: gcd(batch size, 48), or a multiple of the world size "
+                        "above that; a resumed run keeps its own): every world size dividing it trains on the same "
+                        "batches, and can resume the others' checkpoints")
     p.add_argument("--workers", type=int, help=f"DataLoader workers per rank (default {d.workers})")
     p.add_argument("--resume", help="auto (newest checkpoint in --out, the default), never, or a checkpoint path")
     p.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints (default {d.checkpoint_every}; also at each epoch end)")
@@ -77,12 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from kmervae_core.distributed import init_distributed, shutdown
-    from kmervae_core.training import NonFiniteLoss, Trainer
+    from kmervae_core.training import NonFiniteLoss, Stopped, Trainer
+    stop = threading.Event()  # set by a signal; the trainer stops all ranks at one step
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
     ctx = init_distributed()
     log = (lambda line: print(line, flush=True)) if ctx.is_main else (lambda line: None)
-    trainer = None
+    trainer, clean = None, False
     try:
-        trainer = Trainer(cfg, ctx, log)
+        trainer = Trainer(cfg, ctx, log, stop=stop.is_set)
+        cfg = trainer.cfg  # with the epoch plan's partitions settled
         if ctx.is_main:
             trainer.run_dir.mkdir(parents=True, exist_ok=True)
             (trainer.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -97,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         best = summary["best"]
         log(f"done: {summary['epochs']} epochs, {summary['steps']} steps; best {best['by']} "
             f"{best['value']:.4g} at epoch {best['epoch'] + 1}; exports in {cfg.out}")
+        clean = True
         return 0
+    except Stopped as e:
+        trainer.finish()
+        if ctx.is_main:
+            print(f"train: {e}", file=sys.stderr, flush=True)
+        clean = True
+        return EXIT_STOPPED
     except NonFiniteLoss as e:
         trainer.finish(failed=True)
         print(f"train: error: {e}", file=sys.stderr)
@@ -108,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
-        shutdown()
+        if trainer is not None:
+            trainer.close()  # loader workers and DDP go before the process group does
+        shutdown(clean)
 
 
 if __name__ == "__main__":
