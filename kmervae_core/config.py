@@ -55,7 +55,9 @@ class TrainConfig:
     workers: int = setting(2, "DataLoader workers per rank")
     window_chunks: int = setting(1, "chunks whose rows are shuffled together (the shuffle window)")
     lanes: int = setting(4, "regions a partition is read in, dealt to loader workers round-robin")
-    partitions: int = setting(8, "epoch plan partitions: every world size dividing it trains on the same batches")
+    partitions: int = setting(0, "epoch plan partitions: every world size dividing it trains on the same batches and "
+                               "can resume the others' checkpoints; 0: gcd(batch size, 48), or a multiple of the "
+                               "world size above that (epoch_plan.default_partitions); a resumed run keeps its own")
     resume: str = setting("auto", "auto (the newest checkpoint in --out), never, or a checkpoint path")
     checkpoint_every: int = setting(1000, "steps between checkpoints (also written at each epoch end)")
     keep_checkpoints: int = setting(3, "newest checkpoints kept")
@@ -106,6 +108,7 @@ class TrainConfig:
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be at least 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.workers >= 0, "workers must be non-negative"),
+            (self.partitions >= 0, "partitions must be 0 (derived from the batch and world size) or positive"),
             (0 <= self.metrics_port < 65536, "metrics_port must be 0 (off) or a port number"),
             (self.latent_sample >= 0 and self.latent_pairs >= 1, "latent_sample and latent_pairs must be positive"),
             (self.select_by == "val_loss" or self.latent_sample > 0, "select_by spearman or knn needs latent_sample > 0"),

@@ -1,8 +1,19 @@
-"""Process-group set-up for one process or torchrun (nccl on CUDA, gloo on CPU)."""
+"""Process-group set-up and teardown for one process or torchrun (nccl on CUDA, gloo on CPU).
+
+Teardown has one trap. A gloo group's worker threads drop each finished collective's tensors
+after the caller has seen it finish; where Python owns such a tensor, dropping it takes the GIL,
+and a thread that takes the GIL once the interpreter is finalizing is ended inside a C++
+destructor: std::terminate, "terminate called without an active exception", SIGABRT (seen as a
+rank failing after it trained). So no group may outlive `shutdown()` with work of ours on it:
+shutdown frees the default group (joining its threads) while the interpreter is alive, and DDP,
+which keeps its group alive to the end of the process, gets a group of its own (`ddp_group`)
+that carries only the buffers DDP allocates itself."""
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -49,6 +60,12 @@ def init_distributed() -> DistContext:
     return DistContext(rank, world, local, device)
 
 
+def ddp_group() -> dist.ProcessGroup | None:
+    """The group to give DDP: under gloo a group of its own (see the module's note), else the
+    default group (None)."""
+    return dist.new_group(backend="gloo") if dist.get_backend() == "gloo" else None
+
+
 def all_reduce(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
     """In-place all-reduce where a process group is active; the tensor itself otherwise."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -65,6 +82,49 @@ def gather(t: torch.Tensor) -> list[torch.Tensor]:
     return [t]
 
 
-def shutdown() -> None:
+class StopVote:
+    """Ranks agree to stop at the same step, though a signal may reach only some of them.
+
+    Every step each rank adds whether it was asked to stop (`asked()`) to an all-reduce on a
+    CPU (gloo) group of its own, started asynchronously and read at the next step: the step
+    never waits on it and no device sync is added, and every rank reads the same sum at the
+    same step. Where no process group is active, `asked()` is read directly."""
+
+    def __init__(self, asked: Callable[[], bool]) -> None:
+        self.asked = asked
+        self.group = dist.new_group(backend="gloo") if dist.is_initialized() and dist.get_world_size() > 1 else None
+        self.pending: tuple[dist.Work, torch.Tensor] | None = None
+
+    def poll(self) -> bool:
+        """Call once per step on every rank: True, on every rank at the same step, one step
+        after the first step at which some rank was asked."""
+        if self.group is None:
+            return self.asked()
+        agreed = self._result()
+        flag = torch.tensor([int(self.asked())])
+        self.pending = (dist.all_reduce(flag, group=self.group, async_op=True), flag)
+        return agreed
+
+    def _result(self) -> bool:
+        if self.pending is None:
+            return False
+        work, flag = self.pending
+        work.wait()
+        self.pending = None
+        return bool(flag.item())
+
+    def close(self) -> None:
+        """Wait for the vote in flight and let go of the group, so that shutdown() frees it."""
+        self._result()
+        self.group = None
+
+
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first meets the others at a
+    barrier, so that none tears down its connections while a peer still reads from them; after
+    an error it does not wait (a peer may be stuck in another collective, and torchrun ends it)."""
     if dist.is_available() and dist.is_initialized():
+        if clean and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
+        gc.collect()  # frees the groups (their threads joined) now, not during interpreter shutdown

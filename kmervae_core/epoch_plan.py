@@ -10,7 +10,9 @@ batch, and a resumed run can jump straight to batch k.
 Partitions are fixed for the whole run: the training rows, in a seeded chunk order that does
 not depend on the epoch, are cut into `partitions` contiguous parts of equal row counts (+-1; a
 chunk may straddle two). A rank serves a block of partitions (world size must divide
-`partitions`), so ranks read disjoint data, and a rank's rows are the same in every epoch (which
+`partitions`; `default_partitions` picks a count that every world size dividing
+gcd(global batch, 48) divides, so those world sizes form one family training on the same
+batches, and a run can resume on any of them), so ranks read disjoint data, and a rank's rows are the same in every epoch (which
 is what lets it keep them resident: cache.py). Each epoch, a partition's pieces (its chunks, or
 parts of chunks) are put in a seeded random order and grouped into windows of `window_chunks`
 pieces whose rows are shuffled; the epoch's global order is the partitions' orders one after the
@@ -21,12 +23,23 @@ with W dividing `lanes` every region is read by one worker only.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
 SPLIT_MODES = ("random", "tail")
+PARTITION_FAMILY = 48  # 2^4 x 3: world sizes 1, 2, 3, 4, 6, 8, 12, 16, 24 and 48 share one plan
+
+
+def default_partitions(global_batch: int, world_size: int) -> int:
+    """The partition count used unless one is set: gcd(global batch, 48), so every world size
+    dividing it (1, 2, 4, 8, 16 at a power-of-two batch such as 1024 or 4096) trains on the same
+    batches and can resume from another's checkpoint; a larger world size W dividing the batch
+    gets lcm(that, W). More partitions cost each loader worker one open window per partition its
+    rank serves and re-read about one window per region boundary, hence a bounded count."""
+    return math.lcm(math.gcd(global_batch, PARTITION_FAMILY), world_size)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ class Feed:
         half = ctx.device.type == "cuda" and info.dtype == np.float16
         stream_args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
                            val_fraction=cfg.val_fraction, val_split=cfg.val_split, window_chunks=cfg.window_chunks,
-                           lanes=cfg.lanes, partitions=cfg.partitions, dtype=torch.float16 if half else torch.float32,
+                           lanes=cfg.lanes, partitions=cfg.partitions or None, dtype=torch.float16 if half else torch.float32,
                            info=info)
         try:
             self.train_stream = KmerStream(cfg.data, "train", **stream_args)
@@ -111,6 +111,13 @@ class Feed:
             read = cache.fill(lambda a, b: read_rows(self.cfg.data, array, slice(a, b)))
             self.log(f"cache: holds this rank's {len(cache.data):,} training rows ({read:,} re-read from the "
                      "store to complete it); the next epochs gather from it")
+
+    def close(self) -> None:
+        """End the loader workers now: persistent workers otherwise live until their loader is
+        collected, which at interpreter exit may be after the process group is gone."""
+        for loader in (self.train_loader, self.val_loader):
+            if loader._iterator is not None:
+                loader._iterator._shutdown_workers()
 
     def val(self) -> Batches:
         """This rank's validation batches: from the cache once a validation pass has filled it

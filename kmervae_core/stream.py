@@ -7,7 +7,9 @@ sequence is the same with 0, 1 or 8 workers; `set_epoch(e, start_batch=k)` resum
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import os
 import signal
 import sys
 from collections import OrderedDict
@@ -18,9 +20,10 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .epoch_plan import EpochPlan, make_split, validation_chunks, worker_batches
+from .epoch_plan import EpochPlan, default_partitions, make_split, validation_chunks, worker_batches
 from .kmers import N_FEATURES
 from .store import StoreInfo, open_array, open_store, read_rows
+from .workers import worker_init
 
 SPLITS = ("train", "val")
 TRANSPORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -50,7 +53,8 @@ class KmerStream(IterableDataset):
         window_chunks: chunks whose rows are shuffled together (the shuffle buffer per region).
         lanes: interleaved streams in time; worker counts dividing it read each chunk once.
         partitions: the fixed split of every global batch; world sizes dividing it see the
-            same global batches (so 1 GPU and 8 GPUs train on the same sequence).
+            same global batches (so 1 GPU and 8 GPUs train on the same sequence). None:
+            epoch_plan.default_partitions(batch_size, world_size).
         dtype: what batches hold: torch.float32; torch.float16, which halves what workers hand
             over and what crosses to a GPU, exact for a float16 store (a float32 store's values
             would be rounded); or torch.bfloat16.
@@ -61,7 +65,7 @@ class KmerStream(IterableDataset):
     def __init__(self, path: str, split: str = "train", batch_size: int = 1024, seed: int = 42,
                  rank: int | None = None, world_size: int | None = None, val_fraction: float = 0.1,
                  val_split: str = "random", window_chunks: int = 1, lanes: int = 4,
-                 partitions: int = 8, dtype: torch.dtype = torch.float32, info: StoreInfo | None = None) -> None:
+                 partitions: int | None = None, dtype: torch.dtype = torch.float32, info: StoreInfo | None = None) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -76,6 +80,8 @@ class KmerStream(IterableDataset):
         if batch_size < 1 or batch_size % self.world_size:
             raise ValueError(f"global batch {batch_size} does not divide evenly over {self.world_size} ranks")
         self.split_name, self.batch_size, self.seed = split, batch_size, seed
+        if partitions is None:
+            partitions = default_partitions(batch_size, self.world_size)
         self.window_chunks, self.lanes, self.partitions, self.dtype = window_chunks, lanes, partitions, dtype
         self.split = make_split(self.info.rows, self.info.chunk_rows, val_fraction, val_split, seed)
         self.mine = self.plan(0).partitions_of(self.rank, self.world_size)  # checks the shapes
@@ -238,7 +244,8 @@ def make_loader(stream: KmerStream, num_workers: int = 4, pin_memory: bool | Non
                 prefetch_factor: int = 4, reuse_buffers: bool = False) -> DataLoader:
     """A DataLoader configured for KmerStream: batches come ready-made (batch_size=None),
     persistent workers started with forkserver (spawn off Linux), since forking a process that
-    runs zarr's asyncio thread is fragile (zarr #2812, #2729); pinned memory on CUDA.
+    runs zarr's asyncio thread is fragile (zarr #2812, #2729); pinned memory on CUDA. Forkserver
+    workers end when this process does and leave stop signals to it (workers.py).
 
     reuse_buffers: each worker fills a ring of prefetch_factor + 2 shared buffers instead of a
     fresh one per batch (5x cheaper hand-over). Only for consumers done with each batch before
@@ -248,7 +255,10 @@ def make_loader(stream: KmerStream, num_workers: int = 4, pin_memory: bool | Non
     stream.ring_slots = prefetch_factor + 2 if reuse_buffers and num_workers > 0 else 0
     kwargs = {}
     if num_workers > 0:
-        method = "forkserver" if sys.platform.startswith("linux") else "spawn"
-        kwargs = dict(prefetch_factor=prefetch_factor, persistent_workers=True,
-                      multiprocessing_context=multiprocessing.get_context(method))
+        linux = sys.platform.startswith("linux")
+        context = multiprocessing.get_context("forkserver" if linux else "spawn")
+        if linux:  # takes effect when this process starts its forkserver
+            context.set_forkserver_preload(["kmervae_core.forkserver_init"])
+        kwargs = dict(prefetch_factor=prefetch_factor, persistent_workers=True, multiprocessing_context=context,
+                      worker_init_fn=functools.partial(worker_init, os.getpid()) if linux else None)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)

@@ -3,12 +3,14 @@ by feed.py (the stream, or the row cache after the first epoch), its step captur
 graph where possible (step_graph.py). Read it top to bottom: `Trainer.run` is the whole story."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,7 +20,8 @@ from . import __version__
 from . import checkpoint as ckpt
 from .atomic import atomic_file
 from .config import TrainConfig, beta_at, resume_mismatch, warmup_end_epoch
-from .distributed import DistContext, all_reduce, gather
+from .distributed import DistContext, StopVote, all_reduce, ddp_group, gather
+from .epoch_plan import default_partitions
 from .errors import KmervaeError
 from .evaluate import active_units, distance_spearman, knn_accuracy, sample_pairs
 from .feed import Feed
@@ -31,6 +34,8 @@ from .store import LABELS, open_array, read_rows
 from .step_graph import WARMUP_STEPS, CudaGraphStep, check_capture, graph_decision
 
 NO_STEP = 2**62
+# what fixes the epoch plan (the batches): a resumed run must keep them all
+PLAN_SETTINGS = ("batch_size", "seed", "val_fraction", "val_split", "window_chunks", "lanes", "partitions")
 
 
 def memory_in_use(device: torch.device) -> float:
@@ -46,6 +51,31 @@ def memory_in_use(device: torch.device) -> float:
 
 class NonFiniteLoss(KmervaeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Stopped(Exception):
+    """The run was asked to stop (a signal reached some rank): every rank finished the same
+    step and a checkpoint of it was written; `--resume auto` continues exactly."""
+
+
+def settle_plan(cfg: TrainConfig, world_size: int, saved: dict | None, path: Path | None) -> TrainConfig:
+    """`cfg` with its partition count fixed. A new run takes default_partitions; a resumed run
+    keeps its checkpoint's epoch plan, which any world size dividing its partitions follows
+    batch for batch, and refuses in one line a setting or world size that would change it."""
+    if saved is None:
+        return dataclasses.replace(cfg, partitions=cfg.partitions or default_partitions(cfg.batch_size, world_size))
+    was = saved["config"]
+    cfg = dataclasses.replace(cfg, partitions=cfg.partitions or was["partitions"])
+    changed = [k for k in PLAN_SETTINGS if getattr(cfg, k) != was[k]]
+    if changed:
+        raise KmervaeError(f"{path}: written with {', '.join(f'{k}={was[k]}' for k in changed)}; this run has "
+                           f"{', '.join(f'{k}={getattr(cfg, k)}' for k in changed)}, which would change its batches: "
+                           "keep those settings, or choose another --out")
+    if cfg.partitions % world_size:
+        fits = [w for w in range(1, cfg.partitions + 1) if cfg.partitions % w == 0 and cfg.batch_size % w == 0]
+        raise KmervaeError(f"{path}: its epoch plan has {cfg.partitions} partitions, which world size {world_size} "
+                           f"does not divide; resume it on {', '.join(map(str, fits))} processes")
+    return cfg
 
 
 def export_paths(run_dir: Path, tag: str) -> dict[str, Path]:
@@ -74,9 +104,16 @@ def better(select_by: str, value: float, best: float) -> bool:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, log=print) -> None:
+    """`stop`: asked at every step whether this rank should stop (a signal handler's flag); where
+    it says so on any rank, every rank finishes the step, a checkpoint is written, and `run`
+    raises Stopped."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, log=print, stop: Callable[[], bool] = lambda: False) -> None:
         self.cfg, self.ctx, self.log = cfg, ctx, log
         self.run_dir = Path(cfg.out)
+        self.resume_path = self.resume_from()
+        self.resumed = ckpt.load(self.resume_path) if self.resume_path is not None else None
+        self.cfg = cfg = settle_plan(cfg, ctx.world_size, self.resumed, self.resume_path)
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -94,7 +131,7 @@ class Trainer:
         self.model = VAE(len(columns), tuple(cfg.hidden), cfg.latent, torch.as_tensor(columns), cfg.prior,
                          [torch.as_tensor(c) for c in block_columns(cfg.kmers, cfg.block_kmers)] if self.blocks else None,
                          cfg.block_sizes()).to(ctx.device)
-        self.net = DDP(self.model) if ctx.active else self.model
+        self.net = DDP(self.model, process_group=ddp_group()) if ctx.active else self.model
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
@@ -119,6 +156,7 @@ class Trainer:
         self.window = {"rows": 0, "wait": 0.0, "start": time.perf_counter()}
         self.history: list[dict] = []
         self.metrics = self.metrics_url = None
+        self.stop_vote = StopVote(stop)
         if ctx.is_main and (cfg.metrics_port or cfg.pushgateway):
             self.metrics = TrainMetrics(self.run_dir.resolve().name, {
                 "world_size": str(ctx.world_size), "config_hash": cfg.digest(), "version": __version__,
@@ -202,10 +240,10 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "plateau": self.plateau.state_dict(), "epoch": self.epoch, "batch": self.batch,
                 "step": self.step, "best": dict(self.best), "epoch_sums": self.epoch_sums.cpu(),
-                "rng_cpu": torch.get_rng_state(), "config": self.cfg.to_dict()}
+                "rng_cpu": torch.get_rng_state(), "config": self.cfg.to_dict(), "world_size": self.ctx.world_size}
 
-    def restore(self, path: Path) -> None:
-        s = ckpt.load(path, self.ctx.device)
+    def restore(self, s: dict, path: Path) -> None:
+        """Continue from checkpoint state `s` (loaded from `path`), at any world size the plan allows."""
         mismatch = resume_mismatch(s["config"], self.cfg)
         if mismatch:
             raise KmervaeError(f"{path}: {mismatch}")
@@ -390,10 +428,12 @@ class Trainer:
 
     def run(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
-        start = self.resume_from()
-        if start is not None:
-            self.restore(start)
-            self.log(f"resuming from {start}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
+        if self.resumed is not None:
+            self.restore(self.resumed, self.resume_path)
+            was = self.resumed.get("world_size", "?")
+            self.resumed = None  # the weights now live in the model
+            self.log(f"resuming from {self.resume_path}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step} "
+                     f"(written by {was} process(es), now {ctx.world_size}; {cfg.partitions} partitions)")
         self.first_bad.fill_(NO_STEP)
         self.step_t.fill_(self.step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -433,6 +473,11 @@ class Trainer:
                     self.publish_window(beta)
                 if self.step % cfg.checkpoint_every == 0 and self.batch < self.batches:
                     self.save_checkpoint()
+                if self.stop_vote.poll():
+                    self.save_checkpoint()
+                    raise Stopped(f"stopped at epoch {self.epoch + 1}, step {self.step} (batch {self.batch}) on a "
+                                  f"signal, after writing {ckpt.checkpoint_path(self.run_dir, self.epoch, self.step)}; "
+                                  "--resume auto continues it")
             bar.close()
             seconds = time.perf_counter() - t0
             self.check_finite()
@@ -470,6 +515,12 @@ class Trainer:
             self.save_checkpoint()
         self.export("final")
         return {"epochs": self.epoch, "steps": self.step, "best": self.best}
+
+    def close(self) -> None:
+        """Before the process groups go (distributed.shutdown): end the loader workers and wait
+        for the stop vote in flight."""
+        self.feed.close()
+        self.stop_vote.close()
 
     def finish(self, failed: bool = False) -> None:
         """Push the final summary (where asked) and stop serving metrics."""

@@ -132,6 +132,7 @@ trainer.run()
 if ctx.is_main:
     print(json.dumps({"losses": [(h["train_loss"], h["val_loss"]) for h in trainer.history], "lines": lines,
                       "captured": trainer.graph is not None}))
+trainer.close()
 shutdown()
 '''
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import torch
 import zarr
 
 from kmervae_core import KmerStream
+from kmervae_core.epoch_plan import EpochPlan, default_partitions, make_split
 from kmervae_core.errors import StoreError
 from tests.conftest import ROOT, random_kmers, run, write_npy
 
@@ -86,6 +88,37 @@ def test_global_batches_are_the_same_for_any_world_size(store):
         ranks = [loader_order(stream(store, rank=r, world_size=world), 2) for r in range(world)]
         for k, whole in enumerate(single):
             np.testing.assert_array_equal(np.concatenate([batches[k] for batches in ranks]), whole)
+
+
+def global_batches(plan, world: int) -> np.ndarray:
+    """[batches, global batch] store rows of each global batch, rank 0's part first."""
+    order = plan.order()
+    return np.concatenate([order[plan.batch_positions(plan.partitions_of(r, world))] for r in range(world)], axis=1)
+
+
+@pytest.mark.parametrize("batch", [4096, 1024, 48])
+def test_by_default_every_world_size_dividing_the_batch_trains_and_a_family_shares_its_batches(batch):
+    """Without a partition setting, each world size W dividing the global batch gets a plan:
+    the W dividing gcd(batch, 48) all get the same one (the same global batches, so a run can
+    resume on any of them), a larger W its own; every rank the same number of batches."""
+    family = math.gcd(batch, 48)
+    rows, chunk_rows = 6 * batch + 17, max(1, batch // 3)
+    split = make_split(rows, chunk_rows, 0.1, "random", seed=3)
+    reference = None
+    for world in [w for w in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if batch % w == 0]:
+        partitions = default_partitions(batch, world)
+        assert partitions % world == 0 and batch % partitions == 0
+        plan = EpochPlan(split, seed=3, epoch=1, global_batch=batch, partitions=partitions)
+        if family % world:
+            assert partitions != family
+            continue
+        assert partitions == family
+        batches = global_batches(plan, world)
+        assert len(np.unique(batches)) == batches.size == plan.batches * batch  # no row twice
+        reference = batches if reference is None else reference
+        np.testing.assert_array_equal(batches, reference)  # the same global batches, whatever W
+    assert default_partitions(4096, 16) == 16 and default_partitions(4096, 32) == 32
+    assert default_partitions(48, 3) == 48 and default_partitions(96, 32) == 96
 
 
 def test_order_is_the_same_for_any_worker_count(store):
@@ -206,6 +239,7 @@ def test_real_worker_processes_give_the_same_batches(store):
     code = f"""
 import numpy as np, torch
 from kmervae_core import KmerStream
+from kmervae_core.epoch_plan import EpochPlan, default_partitions, make_split
 from kmervae_core.stream import make_loader
 if __name__ == "__main__":
     s = KmerStream({store!r}, batch_size={BATCH}, seed=5, partitions={PARTS}, rank=1, world_size=2)
@@ -228,6 +262,7 @@ def test_reused_buffers_give_the_same_batches_to_a_consumer_that_uses_each_at_on
     code = f"""
 import numpy as np, torch, zarr
 from kmervae_core import KmerStream
+from kmervae_core.epoch_plan import EpochPlan, default_partitions, make_split
 from kmervae_core.stream import make_loader
 if __name__ == "__main__":
     s = KmerStream({store!r}, batch_size={BATCH}, seed=5, partitions={PARTS})

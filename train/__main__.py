@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
+import threading
 
 from kmervae_core.config import TrainConfig, load_config
 from kmervae_core.errors import KmervaeError, LoaderWorkerDied
+from kmervae_core.workers import STOP_SIGNALS
 
 EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_WORKER_KILLED = 2, 3, 4
+EXIT_STOPPED = 143  # 128 + SIGTERM, as schedulers expect of a terminated task (Kubeflow's ExitCode policy retries 128-255)
 
 
 def _list(item):
@@ -37,7 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m train", description=__doc__, argument_default=None,
         epilog="Defaults are the reference recipe; a --config TOML file (keys as the long flags, with "
                "underscores) overrides them and flags override the file. Exit status: 0 done, 2 bad input, "
-               "3 non-finite loss, 4 a data loader worker was killed (the last good checkpoint is kept).")
+               "3 non-finite loss, 4 a data loader worker was killed (the last good checkpoint is kept), 143 stopped by "
+               "SIGTERM or SIGUSR1 (every rank finished its step and a checkpoint was written; --resume auto "
+               "continues exactly).")
     p.add_argument("--config", help="TOML file of settings")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
@@ -59,12 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from kmervae_core.distributed import init_distributed, shutdown
-    from kmervae_core.training import NonFiniteLoss, Trainer
+    from kmervae_core.training import NonFiniteLoss, Stopped, Trainer
+    stop = threading.Event()  # set by a signal; the trainer stops all ranks at one step
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
     ctx = init_distributed()
     log = (lambda line: print(line, flush=True)) if ctx.is_main else (lambda line: None)
-    trainer = None
+    trainer, clean = None, False
     try:
-        trainer = Trainer(cfg, ctx, log)
+        trainer = Trainer(cfg, ctx, log, stop=stop.is_set)
+        cfg = trainer.cfg  # with the epoch plan's partitions settled
         if ctx.is_main:
             trainer.run_dir.mkdir(parents=True, exist_ok=True)
             (trainer.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -79,7 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         best = summary["best"]
         log(f"done: {summary['epochs']} epochs, {summary['steps']} steps; best {best['by']} "
             f"{best['value']:.4g} at epoch {best['epoch'] + 1}; exports in {cfg.out}")
+        clean = True
         return 0
+    except Stopped as e:
+        trainer.finish()
+        if ctx.is_main:
+            print(f"train: {e}", file=sys.stderr, flush=True)
+        clean = True
+        return EXIT_STOPPED
     except NonFiniteLoss as e:
         trainer.finish(failed=True)
         print(f"train: error: {e}", file=sys.stderr)
@@ -90,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: error: {e}", file=sys.stderr)
         return EXIT_WORKER_KILLED if isinstance(e, LoaderWorkerDied) else EXIT_BAD_INPUT
     finally:
-        shutdown()
+        if trainer is not None:
+            trainer.close()  # loader workers and DDP go before the process group does
+        shutdown(clean)
 
 
 if __name__ == "__main__":
