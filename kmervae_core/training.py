@@ -60,10 +60,13 @@ class Stopped(Exception):
 
 def settle_plan(cfg: TrainConfig, world_size: int, saved: dict | None, path: Path | None) -> TrainConfig:
     """`cfg` with its partition count fixed. A new run takes default_partitions; a resumed run
-    keeps its checkpoint's epoch plan, which any world size dividing its partitions follows
+    must have the checkpoint's model (resume_mismatch) and keeps its epoch plan, which any world size dividing its partitions follows
     batch for batch, and refuses in one line a setting or world size that would change it."""
     if saved is None:
         return dataclasses.replace(cfg, partitions=cfg.partitions or default_partitions(cfg.batch_size, world_size))
+    mismatch = resume_mismatch(saved["config"], cfg)
+    if mismatch:
+        raise KmervaeError(f"{path}: {mismatch}")
     was = saved["config"]
     cfg = dataclasses.replace(cfg, partitions=cfg.partitions or was["partitions"])
     changed = [k for k in PLAN_SETTINGS if getattr(cfg, k) != was[k]]
@@ -242,11 +245,9 @@ class Trainer:
                 "step": self.step, "best": dict(self.best), "epoch_sums": self.epoch_sums.cpu(),
                 "rng_cpu": torch.get_rng_state(), "config": self.cfg.to_dict(), "world_size": self.ctx.world_size}
 
-    def restore(self, s: dict, path: Path) -> None:
-        """Continue from checkpoint state `s` (loaded from `path`), at any world size the plan allows."""
-        mismatch = resume_mismatch(s["config"], self.cfg)
-        if mismatch:
-            raise KmervaeError(f"{path}: {mismatch}")
+    def restore(self, s: dict) -> None:
+        """Continue from checkpoint state `s` (checked by settle_plan), at any world size the plan
+        allows."""
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
         self._configure_adam()
@@ -429,7 +430,7 @@ class Trainer:
     def run(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
         if self.resumed is not None:
-            self.restore(self.resumed, self.resume_path)
+            self.restore(self.resumed)
             was = self.resumed.get("world_size", "?")
             self.resumed = None  # the weights now live in the model
             self.log(f"resuming from {self.resume_path}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step} "
