@@ -44,7 +44,7 @@ def train(store: str, out: Path, graphs: str, args: argparse.Namespace, device: 
                       latent_blocks=args.latent_blocks)
     lines: list[str] = []
     trainer = Trainer(cfg, DistContext(0, 1, 0, device), log=lines.append)
-    trainer.plateau = CutEachEpoch(trainer.opt)
+    trainer.tracker.plateau = CutEachEpoch(trainer.opt)
     trainer.run()
     return trainer, lines
 
@@ -70,7 +70,7 @@ def main() -> int:
                 print(line)
         print(f"{'epoch':>5} {'eager loss':>14} {'graph loss':>14} {'rel diff':>9} {'lr after':>9}")
         worst = 0.0
-        for a, b in zip(eager.history, graphed.history, strict=True):
+        for a, b in zip(eager.recorder.history, graphed.recorder.history, strict=True):
             rel = abs(a["train_loss"] - b["train_loss"]) / abs(a["train_loss"])
             worst = max(worst, rel)
             print(f"{a['epoch']:>5} {a['train_loss']:>14.6f} {b['train_loss']:>14.6f} {rel:>9.2e} {b['lr']:>9.2e}")

@@ -3,7 +3,7 @@
   plain             the same layer sizes written with torch.nn (Linear, BatchNorm1d, LeakyReLU),
                     the plain loss (sum of squares + β KL, batch means), noise drawn inside the
                     step; the same Adam as ours. Written here for comparison only.
-  ours              `Trainer.train_step`, what `python -m train` runs: global-batch BatchNorm
+  ours              `Trainer.runner` (StepRunner), what `python -m train` runs: global-batch BatchNorm
                     (torch's fused kernel on one rank), per-k-mer sums for the metrics, noise
                     drawn per global batch from (seed, step), the non-finite check, metric sums.
   ours, sum-stats   ours with the BatchNorm path every DDP rank takes (per-feature sums,
@@ -71,7 +71,7 @@ def plain_step(trainer: Trainer, graphed: bool) -> Callable[[torch.Tensor], obje
     static_x = torch.zeros(cfg.batch_size, N_FEATURES, device=device)
 
     def body(x: torch.Tensor) -> torch.Tensor:
-        with trainer.autocast():
+        with trainer.runner.autocast():
             h = encoder(x)
             mu, log_var = z_mean(h), z_log_var(h).clamp(*LOG_VAR_RANGE)
             z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
@@ -107,11 +107,10 @@ def ours_step(trainer: Trainer, sum_stats: bool) -> Callable[[torch.Tensor], Non
         for m in trainer.model.modules():
             if isinstance(m, GlobalBatchNorm1d):
                 m.forward = m.global_stats_forward
-    trainer.beta_t.fill_(BETA)
+    trainer.runner.beta_t.fill_(BETA)
 
     def step(x: torch.Tensor) -> None:
-        trainer.train_step(x)
-        trainer.step += 1
+        trainer.runner(x)
     return step
 
 
@@ -165,7 +164,7 @@ def build(variant: str, mode: str, cfg: TrainConfig, device: torch.device, batch
     step = plain_step(trainer, mode == "graph") if variant == "plain" else ours_step(trainer, variant == "ours, sum-stats")
     for i in range(warmup):
         step(batches[i % len(batches)])
-    if mode == "graph" and variant != "plain" and trainer.graph is None:
+    if mode == "graph" and variant != "plain" and trainer.runner.graph is None:
         raise SystemExit(f"{variant}: the step was not captured")
     return step
 

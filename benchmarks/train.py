@@ -2,7 +2,7 @@
 same step code, measured side by side in one run.
 
 Each row of the table is one Trainer (reference model) and one way of feeding it, with its own
-ceiling: the same `Trainer.train_step` (eager, or the captured CUDA graph) fed random batches
+ceiling: the same `Trainer.runner` (StepRunner) (eager, or the captured CUDA graph) fed random batches
 gathered from all rows already on the device. Rows/s are averaged over alternating rounds of
 ceiling and feed; data wait is the share of the feed loop's time spent getting the next batch.
 
@@ -85,16 +85,14 @@ def measure(trainer: Trainer, batches, steps: int, warmup: int) -> tuple[float, 
     """(rows/s over `steps` steps after `warmup`, share of the time spent waiting for data)."""
     device = trainer.ctx.device
     for _ in range(warmup):
-        trainer.train_step(next(batches))
-        trainer.step += 1
+        trainer.runner(next(batches))
     sync(device)
     wait, rows, start = 0.0, 0, time.perf_counter()
     for _ in range(steps):
         t = time.perf_counter()
         x = next(batches)
         wait += time.perf_counter() - t
-        trainer.train_step(x)
-        trainer.step += 1
+        trainer.runner(x)
         rows += len(x)
     sync(device)
     seconds = time.perf_counter() - start
@@ -151,7 +149,7 @@ def main() -> None:
                                   lanes=max(1, args.workers), metrics_port=0, cuda_graphs=graphs,
                                   cache=cache if device.type == "cuda" or cache == "none" else "host")
                 trainer = Trainer(cfg, DistContext(0, 1, 0, device), log=lines.append)
-                trainer.beta_t.fill_(0.1)
+                trainer.runner.beta_t.fill_(0.1)
                 if trainer.feed.cache is not None:  # the first epoch fills the cache; time the later ones
                     for _ in trainer.feed.train(0):
                         pass
@@ -164,7 +162,7 @@ def main() -> None:
                 ceiling = float(np.mean([r for r, _ in results["ceiling"]]))
                 rate = float(np.mean([r for r, _ in results["fed"]]))
                 wait = float(np.mean([w for _, w in results["fed"]]))
-                label = mode if trainer.graph is not None or graphs == "off" else f"{mode} (eager: no graph)"
+                label = mode if trainer.runner.graph is not None or graphs == "off" else f"{mode} (eager: no graph)"
                 print(f"{batch:>6} {label:<32} {ceiling:>15,.0f} {rate:>12,.0f} {rate / ceiling:>6.2f} {wait:>9.1%}", flush=True)
                 notes = [line for line in lines if line.startswith("CUDA graph: not used")]
                 if trainer.feed.cache is None and cache != "none":

@@ -10,16 +10,19 @@ from pathlib import Path
 
 from .errors import KmervaeError
 from .kmers import USED_KS
-from .config import KL_BLOCK_PREFIX
+from .summary import history_key, kl_block_key, kl_blocks_in_history, mse_key
 from .report import _series
 
 IGNORED_SETTINGS = ("out",)  # differs between any two runs by construction
 # (column, history key at the last epoch); "best val loss" is the lowest over all epochs
-OUTCOMES = ([("final val loss", "val_loss")] + [(f"val MSE {k}-mer", f"val_mse_{k}mer") for k in USED_KS]
-            + [("val KL", "val_kl"), ("active units", "latent_active_units"),
-               ("distance Spearman", "latent_spearman"), ("kNN", "latent_knn")])
-LATENT_CURVES = (("latent_active_units", "active units"), ("latent_spearman", "latent/input distance Spearman"),
-                 ("latent_knn", "label kNN accuracy (k=5)"))
+VAL_LOSS = history_key("val", "loss")
+OUTCOMES = ([("final val loss", VAL_LOSS)]
+            + [(f"val MSE {k}-mer", history_key("val", mse_key(k))) for k in USED_KS]
+            + [("val KL", history_key("val", "kl")), ("active units", history_key("latent", "active_units")),
+               ("distance Spearman", history_key("latent", "spearman")), ("kNN", history_key("latent", "knn"))])
+LATENT_CURVES = ((history_key("latent", "active_units"), "active units"),
+                 (history_key("latent", "spearman"), "latent/input distance Spearman"),
+                 (history_key("latent", "knn"), "label kNN accuracy (k=5)"))
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -56,13 +59,13 @@ def comparison_table(run_dirs: list[Path]) -> tuple[list[str], list[list[str]]]:
     """(header, one row of text cells per run)."""
     runs = [load_run(d) for d in run_dirs]
     settings = differing_settings([c for c, _ in runs])
-    blocks = sorted({k for _, h in runs for k in h[-1] if k.startswith(f"val_{KL_BLOCK_PREFIX}")})
-    outcomes = OUTCOMES + [(f"val KL block {k[len(f'val_{KL_BLOCK_PREFIX}'):]}", k) for k in blocks]
+    blocks = sorted({b for _, h in runs for b in kl_blocks_in_history(h[-1], "val")})
+    outcomes = OUTCOMES + [(f"val KL block {b}", history_key("val", kl_block_key(b))) for b in blocks]
     present = [(name, key) for name, key in outcomes if any(h[-1].get(key) is not None for _, h in runs)]
     header = ["run", *settings, "epochs run", "best val loss", *[name for name, _ in present]]
     rows = []
     for d, (config, history) in zip(run_dirs, runs):
-        val = [h["val_loss"] for h in history if h.get("val_loss") is not None]
+        val = [h[VAL_LOSS] for h in history if h.get(VAL_LOSS) is not None]
         rows.append([d.name, *[_text(config.get(s)) for s in settings], str(history[-1]["epoch"]),
                      _text(min(val) if val else None), *[_text(history[-1].get(key)) for _, key in present]])
     return header, rows

@@ -20,7 +20,6 @@ CACHE_TIERS = ("auto", "device", "host", "none")  # see cache.py
 GRAPH_MODES = ("auto", "on", "off")  # see step_graph.py
 PRIOR_KINDS = ("normal", "mog", "vamp")  # see priors.py
 DEFAULT_BLOCK_KMERS = [[6], [5], [4, 3, 2, 1]]  # per-scale latents: 6-mers, 5-mers, the rest
-KL_BLOCK_PREFIX = "kl_block_"  # summary key of one latent block's KL (+ its name); metrics.py labels it `block`
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .config import KL_BLOCK_PREFIX
 from .kmers import KMER_GROUPS, USED_KS, KGroup
 from .priors import normal_kl
+from .summary import Summary, kl_block_key, mse_key
 
 # Layout of the sums vector: rows, recon, KL, squared error per k group (6..1; 0 if untrained),
 # then KL per latent block (at most one block per k group; 0 where there are fewer blocks).
@@ -47,16 +47,16 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, log_var: to
 
 
 def summarise(sums: torch.Tensor, beta: float, groups: tuple[KGroup, ...] = KMER_GROUPS,
-              blocks: tuple[str, ...] = ()) -> dict[str, float]:
+              blocks: tuple[str, ...] = ()) -> Summary:
     """Per-row means, MSEs of the trained groups and, for per-scale latents, the KL of each
-    named block (`kl_block_<name>`), from (all-reduced) sums."""
+    named block, from (all-reduced) sums; the names are summary.py's."""
     s = sums.double().tolist()
     n = max(s[ROWS], 1.0)
-    out = {"rows": int(s[ROWS]), "recon": s[RECON] / n, "kl": s[KL] / n}
+    out = Summary(rows=int(s[ROWS]), recon=s[RECON] / n, kl=s[KL] / n)
     out["loss"] = out["recon"] + beta * out["kl"]
     out["mse"] = sum(s[SSE + USED_KS.index(g.k)] for g in groups) / (n * sum(g.size for g in groups))
     for g in groups:
-        out[f"mse_{g.k}mer"] = s[SSE + USED_KS.index(g.k)] / (n * g.size)
+        out[mse_key(g.k)] = s[SSE + USED_KS.index(g.k)] / (n * g.size)
     for i, name in enumerate(blocks):
-        out[f"{KL_BLOCK_PREFIX}{name}"] = s[KL_BLOCK + i] / n
+        out[kl_block_key(name)] = s[KL_BLOCK + i] / n
     return out

@@ -13,7 +13,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, push_to_gateway, start_http_server
 
 from .kmers import KMER_GROUPS
-from .config import KL_BLOCK_PREFIX
+from .summary import Summary, kl_by_block, mse_key
 
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -88,7 +88,7 @@ class TrainMetrics:
         self.samples.labels(run=run).inc(samples)
         self.last_step.labels(run=run).set(time.time())
 
-    def set_train(self, summary: dict, beta: float, lr: float, epoch: int) -> None:
+    def set_train(self, summary: Summary, beta: float, lr: float, epoch: int) -> None:
         run = self.run_id
         self.train_recon.labels(run=run).set(summary["recon"])
         self.train_kl.labels(run=run).set(summary["kl"])
@@ -100,7 +100,7 @@ class TrainMetrics:
         self.lr.labels(run=run).set(lr)
         self.epoch.labels(run=run).set(epoch + 1)
 
-    def set_val(self, summary: dict) -> None:
+    def set_val(self, summary: Summary) -> None:
         run = self.run_id
         self.val_loss.labels(run=run).set(summary["loss"])
         self.val_recon.labels(run=run).set(summary["recon"])
@@ -108,17 +108,16 @@ class TrainMetrics:
         self._set_kmer_mse(self.val_kmer_mse, summary)
         self._set_kl_blocks(self.val_kl_block, summary)
 
-    def _set_kmer_mse(self, gauge: Gauge, summary: dict) -> None:
+    def _set_kmer_mse(self, gauge: Gauge, summary: Summary) -> None:
         """Per-k MSE of the groups the summary holds (the trained ones)."""
         for g in KMER_GROUPS:
-            if f"mse_{g.k}mer" in summary:
-                gauge.labels(run=self.run_id, k=str(g.k)).set(summary[f"mse_{g.k}mer"])
+            if mse_key(g.k) in summary:
+                gauge.labels(run=self.run_id, k=str(g.k)).set(summary[mse_key(g.k)])
 
-    def _set_kl_blocks(self, gauge: Gauge, summary: dict) -> None:
+    def _set_kl_blocks(self, gauge: Gauge, summary: Summary) -> None:
         """KL of each per-scale latent block the summary holds (none for a flat latent)."""
-        for key, value in summary.items():
-            if key.startswith(KL_BLOCK_PREFIX):
-                gauge.labels(run=self.run_id, block=key[len(KL_BLOCK_PREFIX):]).set(value)
+        for block, value in kl_by_block(summary).items():
+            gauge.labels(run=self.run_id, block=block).set(value)
 
     def set_latent(self, latent: dict) -> None:
         run = self.run_id

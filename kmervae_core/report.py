@@ -8,6 +8,7 @@ import numpy as np
 
 from .errors import KmervaeError
 from .kmers import KMER_GROUPS
+from .summary import history_key, mse_key
 
 
 def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -56,16 +57,21 @@ def write_report(run_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(out / name)
 
-    split = "val" if any("val_mse" in h for h in history) else "train"
-    figure("losses.png", "Losses", [("train_recon", "train reconstruction"), ("val_recon", "validation reconstruction"),
-                                    ("train_kl", "train KL"), ("val_loss", "validation loss")], "per row", log=True)
+    split = "val" if any(history_key("val", "mse") in h for h in history) else "train"
+    figure("losses.png", "Losses", [(history_key("train", "recon"), "train reconstruction"),
+                                    (history_key("val", "recon"), "validation reconstruction"),
+                                    (history_key("train", "kl"), "train KL"), (history_key("val", "loss"), "validation loss")],
+           "per row", log=True)
     figure("kmer_mse.png", f"Per-k-mer MSE ({'validation' if split == 'val' else 'train'})",
-           [(f"{split}_mse_{g.k}mer", f"{g.k}-mer") for g in KMER_GROUPS] + [(f"{split}_mse", "all")], "MSE")
+           [(history_key(split, mse_key(g.k)), f"{g.k}-mer") for g in KMER_GROUPS] + [(history_key(split, "mse"), "all")],
+           "MSE")
     figure("beta_lr.png", "β and learning rate", [("beta", "β"), ("lr", "learning rate")], "value", log=True)
     figure("latent.png", "Embedding quality (held-out sample)",
-           [("latent_spearman", "latent/input distance Spearman"), ("latent_knn", "kNN accuracy (k=5)")], "value")
-    if any(h.get("latent_active_units") is not None for h in history):
-        figure("active_units.png", "Active latent units (variance > 0.01)", [("latent_active_units", "active units")], "units")
+           [(history_key("latent", "spearman"), "latent/input distance Spearman"),
+            (history_key("latent", "knn"), "kNN accuracy (k=5)")], "value")
+    if any(h.get(history_key("latent", "active_units")) is not None for h in history):
+        figure("active_units.png", "Active latent units (variance > 0.01)",
+               [(history_key("latent", "active_units"), "active units")], "units")
 
     latents = run_dir / "heldout_latents.npz"
     if latents.is_file():
@@ -89,9 +95,10 @@ def write_report(run_dir: Path) -> list[Path]:
     last = history[-1]
     best = next((h for h in reversed(history) if h.get("best")), last)
     rows = [("epochs", f"{last['epoch']}"), ("best epoch (as selected)", f"{best['epoch']}")]
-    for key, label in [("train_recon", "train reconstruction"), ("val_loss", "validation loss"),
-                       ("val_mse", "validation MSE"), ("latent_active_units", "active units"),
-                       ("latent_spearman", "distance Spearman"), ("latent_knn", "kNN accuracy"),
+    for key, label in [(history_key("train", "recon"), "train reconstruction"),
+                       (history_key("val", "loss"), "validation loss"),
+                       (history_key("val", "mse"), "validation MSE"), (history_key("latent", "active_units"), "active units"),
+                       (history_key("latent", "spearman"), "distance Spearman"), (history_key("latent", "knn"), "kNN accuracy"),
                        ("samples_per_s", "samples/s")]:
         if last.get(key) is not None:
             rows.append((label, f"{last[key]:,.4g}" + (f" (best epoch: {best[key]:,.4g})" if best.get(key) is not None else "")))

@@ -9,7 +9,7 @@ from kmervae_core.config import TrainConfig, beta_at, warmup_end_epoch
 from kmervae_core.evaluate import knn_accuracy
 from kmervae_core.losses import summarise, vae_loss
 from kmervae_core.model import VAE, GlobalBatchNorm1d, architecture, keras_param_count
-from kmervae_core.training import epoch_line
+from kmervae_core.recorder import epoch_line
 
 
 def test_parameter_counts_equal_the_keras_reference():

@@ -42,14 +42,14 @@ def train(store: str, out, graph_class=None, epochs: int = 2) -> tuple[Trainer, 
     lines: list[str] = []
     trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lines.append)
     if graph_class is not None:  # what --cuda-graphs does on a GPU, with the stand-in
-        trainer.graph_wanted = True
-        trainer.graph_class = graph_class if isinstance(graph_class, type) else graph_class(trainer)
+        trainer.runner.graph_wanted = True
+        trainer.runner.graph_class = graph_class if isinstance(graph_class, type) else graph_class(trainer)
     trainer.run()
     return trainer, lines
 
 
 def losses(trainer: Trainer) -> list[tuple[float, float]]:
-    return [(h["train_loss"], h["val_loss"]) for h in trainer.history]
+    return [(h["train_loss"], h["val_loss"]) for h in trainer.recorder.history]
 
 
 def same_weights(a: Trainer, b: Trainer) -> bool:
@@ -63,18 +63,18 @@ def eager(train_store, tmp_path_factory):
 
 def test_replayed_steps_train_exactly_like_eager_steps(train_store, tmp_path, eager):
     graphed, lines = train(train_store[0], tmp_path, Replay)
-    assert graphed.graph is not None
+    assert graphed.runner.graph is not None
     assert "CUDA graph: captured at step 4; replay matches the eager step" in lines
     assert losses(graphed) == losses(eager)
     assert same_weights(graphed, eager)
-    assert graphed.step == eager.step and int(graphed.step_t) == graphed.step
+    assert graphed.runner.step == eager.runner.step and int(graphed.runner.step_t) == graphed.runner.step
 
 
 def test_a_capture_that_differs_from_the_eager_step_is_refused_and_training_goes_on_eagerly(train_store, tmp_path, eager):
     refused, lines = train(train_store[0], tmp_path, DoesNothing)
     notes = [line for line in lines if line.startswith("CUDA graph")]
     assert len(notes) == 1 and "not used (the captured step's loss 0 differs" in notes[0], notes
-    assert refused.graph is None and not refused.graph_wanted
+    assert refused.runner.graph is None and not refused.runner.graph_wanted
     assert losses(refused) == losses(eager) and same_weights(refused, eager)  # the check left no trace
 
 
@@ -127,11 +127,11 @@ cfg = TrainConfig(data=store, out=out, batch_size=48, workers=0, hidden=[64, 32]
 lines = []
 trainer = Trainer(cfg, ctx, log=lines.append)
 if replay:
-    trainer.graph_wanted, trainer.graph_class = True, Replay
+    trainer.runner.graph_wanted, trainer.runner.graph_class = True, Replay
 trainer.run()
 if ctx.is_main:
-    print(json.dumps({"losses": [(h["train_loss"], h["val_loss"]) for h in trainer.history], "lines": lines,
-                      "captured": trainer.graph is not None}))
+    print(json.dumps({"losses": [(h["train_loss"], h["val_loss"]) for h in trainer.recorder.history], "lines": lines,
+                      "captured": trainer.runner.graph is not None}))
 trainer.close()
 shutdown()
 '''

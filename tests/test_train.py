@@ -160,8 +160,7 @@ def test_weights_gone_non_finite_stop_the_run_even_while_the_loss_is_finite(trai
     trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lambda line: None)
     x, _ = next(trainer.feed.train(0))
     for _ in range(2):
-        trainer.train_step(x)
-        trainer.step += 1
+        trainer.runner(x)
     trainer.check_finite()  # all finite so far
     trainer.model.encoder.body[1].running_var[0] = float("inf")
     with pytest.raises(NonFiniteLoss, match="non-finite weights at epoch 1, step 2 "):

@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             (trainer.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
             log(f"config ({ctx.world_size} process(es) on {ctx.device.type}, {trainer.batches} batches/epoch): "
                 + json.dumps(cfg.to_dict()))
-            log(trainer.step_mode)
+            log(trainer.runner.mode_line)
             log(trainer.feed.message)
-            if trainer.metrics_url:
-                log(f"metrics: {trainer.metrics_url} (Prometheus scrape target; see deploy/README.md)")
+            if trainer.recorder.metrics_url:
+                log(f"metrics: {trainer.recorder.metrics_url} (Prometheus scrape target; see deploy/README.md)")
         summary = trainer.run()
         trainer.finish()
         best = summary["best"]

@@ -1,0 +1,81 @@
+"""The end-of-epoch measurements that do not train: the validation loss over every validation
+row (each rank its own, reduced), and the latent metrics of a fixed held-out sample (rank 0
+encodes it, every rank gets the figures, so that all make the same best-epoch decision)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_file
+from .config import TrainConfig
+from .distributed import DistContext, all_reduce
+from .errors import KmervaeError
+from .evaluate import active_units, distance_spearman, knn_accuracy, sample_pairs
+from .feed import Feed
+from .losses import N_SUMS, summarise, vae_loss
+from .step_runner import StepRunner
+from .store import LABELS, open_array, read_rows
+
+
+class Validator:
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, model: torch.nn.Module, feed: Feed,
+                 runner: StepRunner, columns: np.ndarray, blocks: tuple[str, ...]) -> None:
+        self.cfg, self.ctx, self.model, self.feed, self.runner, self.blocks = cfg, ctx, model, feed, runner, blocks
+        self.run_dir = Path(cfg.out)
+        self.heldout = self._heldout(columns) if ctx.is_main and cfg.latent_sample else None
+
+    def _heldout(self, columns: np.ndarray) -> dict | None:
+        """A fixed seeded sample of validation rows (CLR, labels, distance pairs) for the
+        latent metrics; None where the split holds no validation rows."""
+        cfg, split = self.cfg, self.feed.val_stream.split
+        rows = np.concatenate([split.val_rows_of(int(c)) for c in np.flatnonzero(split.val_counts > 0)] or [[]])
+        if len(rows) <= 5:
+            if cfg.select_by != "val_loss":
+                raise KmervaeError(f"--select-by {cfg.select_by} needs validation rows; this split has {len(rows)}")
+            return None
+        rng = np.random.default_rng([cfg.seed, 0x1A7])
+        rows = np.sort(rng.choice(rows, min(len(rows), cfg.latent_sample), replace=False)).astype(np.int64)
+        labels = read_rows(cfg.data, open_array(cfg.data, LABELS), rows) if self.feed.train_stream.info.has_labels else None
+        if labels is None and cfg.select_by == "knn":
+            raise KmervaeError("--select-by knn needs a store with labels (python -m ingest ... --labels LABELS.npy)")
+        x = np.asarray(read_rows(cfg.data, open_array(cfg.data), rows), dtype=np.float32)[:, columns]
+        return {"rows": rows, "x": x, "labels": labels, "pairs": sample_pairs(len(rows), cfg.latent_pairs, cfg.seed)}
+
+    @torch.no_grad()
+    def validate(self, beta: float) -> dict | None:
+        """Validation reconstructs from z_mean (deterministic, the same on any world size)."""
+        self.model.eval()
+        sums = torch.zeros(N_SUMS, device=self.ctx.device, dtype=torch.float64)
+        for x, _ in self.feed.val():
+            with self.runner.autocast():
+                recon, mu, log_var, kl = self.model(x, torch.zeros(len(x), self.cfg.latent, device=self.ctx.device))
+            sums += vae_loss(x, recon, mu, log_var, beta, self.runner.groups, self.runner.weights, kl)[1]
+        self.model.train()
+        all_reduce(sums)
+        return summarise(sums, beta, self.runner.groups, self.blocks) if sums[0] > 0 else None
+
+    @torch.no_grad()
+    def latent_metrics(self) -> dict | None:
+        """Rank 0 encodes the held-out sample (and keeps its latents in heldout_latents.npz);
+        the three figures are broadcast to every rank."""
+        values = torch.full((3,), math.nan, dtype=torch.float64, device=self.ctx.device)
+        if self.heldout is not None:
+            self.model.eval()
+            x = torch.from_numpy(self.heldout["x"])
+            z = torch.cat([self.model.encoder(b.to(self.ctx.device))[0].float().cpu() for b in x.split(1024)]).numpy()
+            self.model.train()
+            labels = self.heldout["labels"]
+            values = torch.tensor([active_units(z), distance_spearman(z, self.heldout["x"], self.heldout["pairs"]),
+                                   knn_accuracy(z, labels) if labels is not None else math.nan],
+                                  dtype=torch.float64, device=self.ctx.device)
+            with atomic_file(self.run_dir / "heldout_latents.npz") as f:
+                np.savez(f, z=z, rows=self.heldout["rows"], **({"labels": labels} if labels is not None else {}))
+        if self.ctx.active:
+            torch.distributed.broadcast(values, src=0)
+        active, rho, knn = values.tolist()
+        if math.isnan(active):
+            return None
+        return {"active_units": int(active), "spearman": rho, "knn": None if math.isnan(knn) else knn}
