@@ -19,6 +19,7 @@ PRECISIONS = ("fp32", "bf16")
 CACHE_TIERS = ("auto", "device", "host", "none")  # see cache.py
 GRAPH_MODES = ("auto", "on", "off")  # see step_graph.py
 PRIOR_KINDS = ("normal", "mog", "vamp")  # see priors.py
+REFERENCE_HIDDEN, REFERENCE_LATENT = (1024, 512), 256  # VAEMulti's widths (model.py's defaults too)
 DEFAULT_BLOCK_KMERS = [[6], [5], [4, 3, 2, 1]]  # per-scale latents: 6-mers, 5-mers, the rest
 
 
@@ -38,8 +39,8 @@ class TrainConfig:
     batch_size: int = setting(1024, "global batch, over all ranks")
     lr: float = setting(1e-4, "Adam learning rate")
     seed: int = setting(42, "seed of the model, the epoch plan and the noise")
-    hidden: list[int] = setting([1024, 512], "hidden layer sizes, e.g. 1024,512")
-    latent: int = setting(256, "latent size")
+    hidden: list[int] = setting(list(REFERENCE_HIDDEN), "hidden layer sizes, e.g. 1024,512")
+    latent: int = setting(REFERENCE_LATENT, "latent size")
     beta: float = setting(0.1, "final KL weight")
     beta_schedule: str = setting("warmup", "linear warm-up from 0 over --beta-warmup-epochs, or cyclical",
                                  BETA_SCHEDULES)

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .config import REFERENCE_HIDDEN, REFERENCE_LATENT
 from .kmers import N_FEATURES
 from .priors import make_prior
 
@@ -83,7 +84,7 @@ class Encoder(nn.Module):
     """`columns` (a buffer, saved in the state dict) names the store columns the encoder reads,
     so an exported encoder trained on some k groups is applied to the same columns later."""
 
-    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256,
+    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = REFERENCE_HIDDEN, latent: int = REFERENCE_LATENT,
                  columns: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("columns", torch.arange(n_features) if columns is None else torch.as_tensor(columns))
@@ -124,7 +125,7 @@ class BlockEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256) -> None:
+    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = REFERENCE_HIDDEN, latent: int = REFERENCE_LATENT) -> None:
         super().__init__()
         sizes = (latent, *reversed(hidden))
         self.body = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in _block(a, b)])
@@ -140,7 +141,7 @@ class VAE(nn.Module):
     block's input positions, with `sizes` their latent sizes) give the variants. The decoder
     always reads the whole concatenated z."""
 
-    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (1024, 512), latent: int = 256,
+    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = REFERENCE_HIDDEN, latent: int = REFERENCE_LATENT,
                  columns: torch.Tensor | None = None, prior: str = "normal",
                  blocks: list[torch.Tensor] | None = None, sizes: list[int] | None = None) -> None:
         super().__init__()

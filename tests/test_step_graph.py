@@ -99,19 +99,27 @@ def test_a_learning_rate_baked_into_the_capture_is_caught(train_store, tmp_path,
     assert same_weights(refused, eager)
 
 
-def test_where_the_step_is_captured_and_what_the_line_says():
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert graph_decision("auto", gpu, 1, False)[0]
-    assert graph_decision("on", gpu, 8, False)[0]
-    off = {mode: graph_decision(*mode) for mode in [("auto", cpu, 1, False), ("on", cpu, 1, False),
-                                                   ("off", gpu, 1, False), ("auto", gpu, 8, False),
-                                                   ("on", gpu, 1, True)]}
+CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
+
+
+def test_the_step_is_captured_on_one_gpu_by_default_and_under_ddp_when_asked():
+    assert graph_decision("auto", GPU, 1, False)[0]
+    assert graph_decision("on", GPU, 8, False)[0]
+
+
+def test_elsewhere_the_step_is_eager_and_the_line_says_why():
+    off = {mode: graph_decision(*mode) for mode in [("auto", CPU, 1, False), ("on", CPU, 1, False),
+                                                   ("off", GPU, 1, False), ("auto", GPU, 8, False),
+                                                   ("on", GPU, 1, True)]}
     assert not any(wanted for wanted, _ in off.values())
-    assert "no CUDA device: --cuda-graphs on needs one" in off[("on", cpu, 1, False)][1]
-    assert "under DDP" in off[("auto", gpu, 8, False)][1] and "--cuda-graphs on" in off[("auto", gpu, 8, False)][1]
-    assert "--compile" in off[("on", gpu, 1, True)][1]
+    assert "no CUDA device: --cuda-graphs on needs one" in off[("on", CPU, 1, False)][1]
+    assert "under DDP" in off[("auto", GPU, 8, False)][1] and "--cuda-graphs on" in off[("auto", GPU, 8, False)][1]
+    assert "--compile" in off[("on", GPU, 1, True)][1]
+
+
+def test_an_unknown_graph_mode_is_refused():
     with pytest.raises(ValueError, match="cuda_graphs must be one of"):
-        graph_decision("always", gpu, 1, False)
+        graph_decision("always", GPU, 1, False)
 
 
 DDP_SCRIPT = '''

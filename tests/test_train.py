@@ -180,9 +180,12 @@ def test_non_finite_loss_names_its_step(train_store, tmp_path):
     assert _assert_stopped_cleanly(proc, tmp_path / "run", "loss") == expected + 1
 
 
-def test_bad_store_is_one_line_and_exit_2(tmp_path):
+def test_a_missing_store_is_one_line_and_exit_2(tmp_path):
     proc = run("train", "--data", tmp_path / "absent.zarr", "--out", tmp_path / "run")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no such store" in proc.stderr
+
+
+def test_a_setting_out_of_range_is_refused_before_the_store_is_read(tmp_path):
     proc = run("train", "--data", tmp_path / "absent.zarr", "--epochs", "0")
     assert proc.returncode == 2 and "epochs must be at least 1" in proc.stderr
 
@@ -207,12 +210,19 @@ def test_encode_writes_every_row_once_in_store_order(train_store, tmp_path):
     np.testing.assert_array_equal(other["z_mean"][:], one["z_mean"][:])
 
 
-def test_select_by_knn_keeps_the_epoch_with_the_best_knn_and_the_report_shows_it(train_store, tmp_path):
+@pytest.fixture(scope="module")
+def knn_run(train_store, tmp_path_factory) -> tuple[Path, str]:
+    """A 3-epoch run that keeps the epoch of the best kNN accuracy: (its folder, its output)."""
+    out = tmp_path_factory.mktemp("knn") / "run"
+    proc = run("train", *train_args(train_store[0], out, "--epochs", 3, "--select-by", "knn", *TINY), check=True)
+    return out, proc.stdout
+
+
+def test_select_by_knn_keeps_the_epoch_with_the_best_knn(train_store, knn_run):
     from kmervae_core.evaluate import knn_accuracy
     store, _ = train_store
-    out = tmp_path / "run"
-    proc = run("train", *train_args(store, out, "--epochs", 3, "--select-by", "knn", *TINY), check=True)
-    assert " | active " in proc.stdout and ", kNN " in proc.stdout
+    out, stdout = knn_run
+    assert " | active " in stdout and ", kNN " in stdout
     hist = history(out)
     knn = [h["latent_knn"] for h in hist]
     assert [h["best"] for h in hist] == [k > max(knn[:i], default=-1) for i, k in enumerate(knn)]
@@ -226,6 +236,9 @@ def test_select_by_knn_keeps_the_epoch_with_the_best_knn_and_the_report_shows_it
     assert knn_accuracy(z, group["labels"].oindex[held["rows"]]) == pytest.approx(knn[best])
     assert 0 < hist[-1]["latent_active_units"] <= 8 and -1 <= hist[-1]["latent_spearman"] <= 1
 
+
+def test_the_report_draws_every_figure_of_a_run(knn_run):
+    out, _ = knn_run
     report = run("train.report", out, check=True)
     assert "report.md" in report.stdout
     pngs = sorted((out / "report").glob("*.png"))
@@ -235,6 +248,9 @@ def test_select_by_knn_keeps_the_epoch_with_the_best_knn_and_the_report_shows_it
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert matplotlib.image.imread(png).shape[0] > 100
     assert "latents_pca.png" in (out / "report" / "report.md").read_text()
+
+
+def test_a_report_of_a_folder_without_history_is_one_line_and_exit_2(tmp_path):
     missing = run("train.report", tmp_path / "nowhere")
     assert missing.returncode == 2 and "no history.json" in missing.stderr
 
@@ -257,5 +273,8 @@ def test_training_on_some_kmer_groups_reports_and_encodes_those(train_store, tmp
         want = enc(torch.from_numpy(zarr.open_group(store, mode="r")["clr"][:, 2080:]))[0].numpy()
     np.testing.assert_allclose(zarr.open_group(str(tmp_path / "z.zarr"), mode="r")["z_mean"][:], want,
                                rtol=1e-5, atol=1e-5)
-    bad = run("train", *train_args(store, tmp_path / "bad", "--kmers", "7,6"))
+
+
+def test_a_kmer_group_the_store_does_not_hold_is_refused(train_store, tmp_path):
+    bad = run("train", *train_args(train_store[0], tmp_path / "bad", "--kmers", "7,6"))
     assert bad.returncode == 2 and "kmers must be distinct values" in bad.stderr
