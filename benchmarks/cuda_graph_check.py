@@ -77,8 +77,8 @@ def main() -> int:
         diff = max((x - y).abs().max().item() for x, y in zip(eager.model.state_dict().values(),
                                                                 graphed.model.state_dict().values())
                    if x.is_floating_point())
-        print(f"largest weight difference: {diff:.3g}; steps {eager.step} eager, {graphed.step} graphed")
-        ok = graphed.graph is not None and worst <= 1e-4  # a stale learning rate moves losses by ~1e-2
+        print(f"largest weight difference: {diff:.3g}; steps {eager.runner.step} eager, {graphed.runner.step} graphed")
+        ok = graphed.runner.graph is not None and worst <= 1e-4  # a stale learning rate moves losses by ~1e-2
         print("CUDA graph check:", "PASS" if ok else "FAIL")
         return 0 if ok else 1
     finally:
