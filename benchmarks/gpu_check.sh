@@ -5,6 +5,7 @@
 #      with the profiler's top kernels of one eager step
 #   3. benchmarks/train.py: each way of feeding the step against the graph ceiling, batch 1024 and 4096
 #   4. a 3-epoch training run with the default settings: its start-up lines (step mode, cache tier)
+#   5. check 1 with a VampPrior and per-scale latents (the variants' step captured)
 # PARTS="1 3" runs some. Each part has its own time limit, so one that hangs leaves the others' figures. Outputs go to
 # $OUT (the device tool brings them back). Carried wheels (.whl/) supply zarr, numcodecs and dask
 # where the image lacks them. Try it on a CPU first: DEVICE=cpu ROWS=20000 WORKERS=1 STEPS=5 BATCHES=256 bash benchmarks/gpu_check.sh
@@ -16,7 +17,7 @@ if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then
 fi
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-DEVICE=${DEVICE:-cuda}; ROWS=${ROWS:-200000}; WORKERS=${WORKERS:-14}; STEPS=${STEPS:-100}; BATCHES=${BATCHES:-1024 4096}; PARTS=${PARTS:-1 2 3 4}
+DEVICE=${DEVICE:-cuda}; ROWS=${ROWS:-200000}; WORKERS=${WORKERS:-14}; STEPS=${STEPS:-100}; BATCHES=${BATCHES:-1024 4096}; PARTS=${PARTS:-1 2 3 4 5}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 $PY -c "import sys, torch, zarr, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'zarr', zarr.__version__, 'numpy', numpy.__version__)"
 part() { echo "== $1 ($(date +%T))"; }
@@ -46,5 +47,10 @@ if want 4; then
     && timeout 120 $PY -m train --data "$d/s.zarr" --out "$d/run" --epochs 3 --metrics-port 0 2>&1 \
     | grep -E "^(step|cache|CUDA graph|Epoch|done)|rror" | cut -c1-220 | tee "$OUT/default_run.txt"
   rm -rf "$d"
+fi
+if want 5; then
+  part "5. captured step == eager step, VampPrior and per-scale latents"
+  timeout 100 $PY benchmarks/cuda_graph_check.py --device "$DEVICE" --rows 40000 --batch 1024 --epochs 3 \
+    --prior vamp:16 --latent-blocks 128,64,64 2>&1 | tee "$OUT/graph_check_variants.txt"
 fi
 part "done"
