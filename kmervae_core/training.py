@@ -143,9 +143,8 @@ class Trainer:
         self.plateau = self._new_plateau()
         self.noise = torch.Generator(device=ctx.device)
         # what a step reads and writes, at fixed addresses so that a captured step can be replayed
-        b = cfg.batch_size // ctx.world_size
         self.eps_full = torch.empty(cfg.batch_size, cfg.latent, device=ctx.device)
-        self.eps = self.eps_full[ctx.rank * b:(ctx.rank + 1) * b]
+        self.eps = self.eps_full[self.feed.train_stream.share.batch_slice]
         self.static_x: torch.Tensor | None = None  # the captured step's batch
         self.beta_t = torch.zeros((), device=ctx.device)
         self.step_t = torch.zeros((), dtype=torch.int64, device=ctx.device)
@@ -196,7 +195,7 @@ class Trainer:
         """A fixed seeded sample of validation rows (CLR, labels, distance pairs) for the
         latent metrics; None where the split holds no validation rows."""
         cfg, split = self.cfg, self.feed.val_stream.split
-        rows = np.concatenate([split.val_rows_of(int(c)) for c in np.flatnonzero(split.val_counts > 0)] or [[]])
+        rows = split.val_rows()
         if len(rows) <= 5:
             if cfg.select_by != "val_loss":
                 raise KmervaeError(f"--select-by {cfg.select_by} needs validation rows; this split has {len(rows)}")

@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from kmervae_core import KmerStream
-from kmervae_core.cache import RowCache, choose_tier, rank_ranges
+from kmervae_core.cache import RowCache, choose_tier
 from kmervae_core.config import TrainConfig
 from kmervae_core.distributed import DistContext
 from kmervae_core.feed import Feed
@@ -84,14 +84,14 @@ def test_each_rank_caches_only_its_own_rows_and_feeds_its_streamed_batches(train
     held = []
     for rank in range(world):
         stream = KmerStream(store, batch_size=48, seed=42, rank=rank, world_size=world)
-        cache = RowCache(rank_ranges(stream.plan(0), stream.mine), 2772, None, torch.float32, CPU)
+        cache = RowCache(stream.share.train_ranges, 2772, None, torch.float32, CPU)
         for x, rows in stream:  # epoch 0 streams and fills
             cache.put(rows, x)
         cache.fill(lambda a, b: clr[a:b])
         held.append(np.concatenate([np.arange(a, a + n) for a, n in zip(cache.starts, cache.lengths)]))
         for number in (1, 2):
             stream.set_epoch(number)
-            got = list(cache.batches(stream.plan(number), stream.mine, 0, CPU))
+            got = list(cache.batches(stream.plan(number), stream.share.partitions, 0, CPU))
             assert_same_batches([(r.numpy(), x.numpy()) for x, r in got], [(r.numpy(), x.numpy()) for x, r in stream])
     rows = np.concatenate(held)
     assert len(np.unique(rows)) == len(rows)  # disjoint across ranks

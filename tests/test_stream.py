@@ -70,13 +70,13 @@ def test_a_rank_serves_the_same_rows_in_every_epoch(store):
     world = 2
     for rank in range(world):
         s = stream(store, rank=rank, world_size=world)
-        own = np.concatenate([np.arange(a, b) for p in s.mine for a, b in s.plan(0).pieces[p]])
+        own = np.concatenate([np.arange(a, b) for p in s.share.partitions for a, b in s.plan(0).pieces[p]])
         orders = []
         for e in (0, 1, 5):
             s.set_epoch(e)
             rows = np.concatenate(loader_order(s, 0))
             assert np.isin(rows, own).all()
-            assert 0 <= len(own) - len(rows) < len(s.mine) * (BATCH // PARTS + 1)
+            assert 0 <= len(own) - len(rows) < len(s.share.partitions) * (BATCH // PARTS + 1)
             orders.append(rows)
         assert not np.array_equal(orders[0], orders[1])
 
@@ -173,7 +173,7 @@ def test_start_batch_resumes_exactly_without_reading_what_it_skips(store):
     full = loader_order(s, 0)
     k = len(full) - 4
     plan = s.plan(4)
-    needed = {w for j in range(k, len(full)) for part in s.mine for w in plan.windows_of(*plan.positions(part, j))}
+    needed = {w for j in range(k, len(full)) for part in s.share.partitions for w in plan.windows_of(*plan.positions(part, j))}
     read = []
     original = s._read_window
     s._read_window = lambda p, w: (read.append(w), original(p, w))[1]
