@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core import KmerStream  # noqa: E402
-from kmervae_core.cache import RowCache, rank_ranges  # noqa: E402
+from kmervae_core.cache import RowCache  # noqa: E402
 from kmervae_core.stream import make_loader  # noqa: E402
 
 
@@ -97,10 +97,10 @@ def cache_rate(url: str, batch: int) -> float:
     """Samples/s of an epoch gathered from the host-tier row cache (what later epochs get)."""
     s = KmerStream(url, batch_size=batch, val_fraction=0.0, lanes=2, partitions=1)
     plan, array = s.plan(1), zarr.open_array(store=url, path="clr", mode="r")
-    cache = RowCache(rank_ranges(plan, s.mine), array.shape[1], None, torch.float32, torch.device("cpu"))
+    cache = RowCache(s.share.train_ranges, array.shape[1], None, torch.float32, torch.device("cpu"))
     cache.fill(lambda a, b: array[a:b])
     n, start = 0, time.perf_counter()
-    for x, _ in cache.batches(plan, s.mine, 0, torch.device("cpu")):
+    for x, _ in cache.batches(plan, s.share.partitions, 0, torch.device("cpu")):
         n += len(x)
     return n / (time.perf_counter() - start)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ class RowCache:
     when the model is on a GPU). Filled by `put` as the first epoch streams and completed by
     `fill`; then `batches` serves the later epochs."""
 
-    def __init__(self, ranges: list[tuple[int, int]], n_columns: int, columns: np.ndarray | None,
+    def __init__(self, ranges: Sequence[tuple[int, int]], n_columns: int, columns: np.ndarray | None,
                  dtype: torch.dtype, storage: torch.device, pin: bool = False) -> None:
         ranges = sorted(ranges)
         self.starts = np.array([a for a, _ in ranges], dtype=np.int64)
@@ -156,11 +156,6 @@ class RowCache:
                 n = min(batch, length - s)
                 x = self.data[base + s: base + s + n].to(device, non_blocking=True)
                 yield x.to(dtype), torch.arange(start + s, start + s + n)
-
-
-def rank_ranges(plan: EpochPlan, partitions: range) -> list[tuple[int, int]]:
-    """The store row ranges of a rank's partitions (the same in every epoch)."""
-    return [r for p in partitions for r in plan.pieces[p]]
 
 
 def ranks_per_host() -> int:

@@ -20,6 +20,10 @@ other. Each partition's order is cut into `lanes` contiguous regions of equal ba
 Global batch k is `partitions` sub-batches of global_batch / partitions rows, sub-batch s taken
 from region (partition s, lane k mod lanes); a DataLoader gives batch k to worker k mod W, so
 with W dividing `lanes` every region is read by one worker only.
+
+Which rows are a rank's (its partitions' row ranges, its validation chunks, its part of each
+global batch) is answered in one place, `rank_share`: the stream, the row cache, the feed and
+the trainer's noise slice all ask it.
 """
 from __future__ import annotations
 
@@ -61,9 +65,22 @@ class Split:
     def train_rows_of(self, chunk: int) -> np.ndarray:
         return np.arange(chunk * self.chunk_rows, chunk * self.chunk_rows + int(self.train_stop[chunk]))
 
-    def val_rows_of(self, chunk: int) -> np.ndarray:
+    @property
+    def val_chunks(self) -> np.ndarray:
+        """Chunks holding validation rows, in store order."""
+        return np.flatnonzero(self.val_counts > 0)
+
+    def val_range(self, chunk: int) -> tuple[int, int]:
+        """A chunk's validation rows [start, stop): its rows after the training ones."""
         c0 = chunk * self.chunk_rows
-        return np.arange(c0 + int(self.train_stop[chunk]), c0 + int(self.length[chunk]))
+        return c0 + int(self.train_stop[chunk]), c0 + int(self.length[chunk])
+
+    def val_rows_of(self, chunk: int) -> np.ndarray:
+        return np.arange(*self.val_range(chunk))
+
+    def val_rows(self) -> np.ndarray:
+        """Every validation row, in store order (what the held-out sample draws from)."""
+        return np.concatenate([self.val_rows_of(int(c)) for c in self.val_chunks] or [np.zeros(0, np.int64)])
 
 
 def make_split(rows: int, chunk_rows: int, fraction: float = 0.1, mode: str = "random", seed: int = 0) -> Split:
@@ -210,6 +227,41 @@ def worker_batches(batches: int, start_batch: int, worker: int, num_workers: int
     return range(start_batch + worker, batches, num_workers)
 
 
-def validation_chunks(split: Split, rank: int, world_size: int) -> np.ndarray:
-    """Chunks holding validation rows, dealt round-robin to ranks: disjoint, together complete."""
-    return np.flatnonzero(split.val_counts > 0)[rank::world_size]
+@dataclass(frozen=True)
+class RankShare:
+    """Which rows are one rank's, the same in every epoch: the one answer the stream, the row
+    cache, the feed and the step's noise slice all read, so they cannot disagree."""
+
+    rank: int
+    partitions: range  # the plan's partitions this rank serves
+    train_ranges: tuple[tuple[int, int], ...]  # their store rows [start, stop), partition by partition
+    val_chunks: tuple[int, ...]  # validation chunks, dealt round-robin over the ranks
+    val_ranges: tuple[tuple[int, int], ...]  # the validation rows of each of those chunks
+    local_batch: int  # this rank's rows of every global batch
+
+    @property
+    def batch_slice(self) -> slice:
+        """Where this rank's rows stand in a global batch (ranks' parts in rank order)."""
+        return slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+
+    @property
+    def train_row_count(self) -> int:
+        return sum(b - a for a, b in self.train_ranges)
+
+    @property
+    def val_row_count(self) -> int:
+        return sum(b - a for a, b in self.val_ranges)
+
+
+def rank_share(plan: EpochPlan, rank: int, world_size: int) -> RankShare:
+    """Rank `rank` of `world_size`'s share of the plan's rows (any epoch of the plan: partitions
+    and the split do not change with it). Ranks' shares are disjoint and together hold every
+    training and validation row; rank r of W serves what ranks 2r and 2r + 1 of 2W serve
+    together (training rows and batch slice), which is what lets a run resume on another world
+    size. Raises ValueError where the world size does not divide the plan's partitions."""
+    partitions = plan.partitions_of(rank, world_size)
+    val_chunks = tuple(int(c) for c in plan.split.val_chunks[rank::world_size])
+    return RankShare(rank, partitions,
+                     train_ranges=tuple(r for p in partitions for r in plan.pieces[p]),
+                     val_chunks=val_chunks, val_ranges=tuple(plan.split.val_range(c) for c in val_chunks),
+                     local_batch=plan.global_batch // world_size)

@@ -8,10 +8,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .cache import RowCache, choose_tier, gib, rank_ranges, ranks_per_host
+from .cache import RowCache, choose_tier, gib, ranks_per_host
 from .config import TrainConfig
 from .distributed import DistContext
-from .epoch_plan import validation_chunks
 from .errors import KmervaeError, LoaderWorkerDied
 from .kmers import N_FEATURES
 from .store import open_array, open_store, read_rows
@@ -49,15 +48,11 @@ class Feed:
         """Row caches for this rank's training and validation rows, in the highest tier
         `--cache` allows that holds both; (None, None, why) where none is used. Allocated now,
         so that they cannot run out later."""
-        cfg, stream = self.cfg, self.train_stream
-        split = stream.split
-        train = rank_ranges(stream.plan(0), stream.mine)
-        val = [(int(r[0]), int(r[-1]) + 1) for r in
-               (split.val_rows_of(int(c)) for c in validation_chunks(split, ctx.rank, ctx.world_size))]
-        rows = [sum(b - a for a, b in ranges) for ranges in (train, val)]
+        cfg, stream, share = self.cfg, self.train_stream, self.train_stream.share
+        rows = [share.train_row_count, share.val_row_count]
         n_columns = N_FEATURES if columns is None else len(columns)
         dtype = torch.float16 if stream.info.dtype == np.float16 else torch.float32
-        need = RowCache.bytes_needed(sum(rows), n_columns, dtype, stream.local_batch)
+        need = RowCache.bytes_needed(sum(rows), n_columns, dtype, share.local_batch)
         sizes = (f"{rows[0]:,} training + {rows[1]:,} validation rows x {n_columns:,} columns "
                  f"{str(dtype).removeprefix('torch.')}")
         if cfg.cache == "auto" and cfg.epochs == 1:
@@ -69,7 +64,7 @@ class Feed:
         storage = ctx.device if residency.tier == "device" else torch.device("cpu")
         try:
             train_cache, val_cache = (RowCache(ranges, N_FEATURES, columns, dtype, storage, pin=ctx.device.type == "cuda")
-                                      if ranges else None for ranges in (train, val))
+                                      if ranges else None for ranges in (share.train_ranges, share.val_ranges))
         except (torch.OutOfMemoryError, RuntimeError) as e:
             return None, None, f"cache: none, allocating {gib(need)} ({residency.tier} tier) failed: {str(e).splitlines()[0]}"
         return train_cache, val_cache, (f"{residency.message}; this rank: {sizes}; the first epoch streams and "
@@ -103,7 +98,8 @@ class Feed:
         cache = self.cache
         self.train_stream.set_epoch(epoch, start_batch=start_batch)
         if cache is not None and cache.complete:
-            yield from cache.batches(self.train_stream.plan(epoch), self.train_stream.mine, start_batch, self.device)
+            yield from cache.batches(self.train_stream.plan(epoch), self.train_stream.share.partitions, start_batch,
+                                     self.device)
             return
         yield from self._streamed(self.train_loader, cache)
         if cache is not None:
@@ -123,6 +119,6 @@ class Feed:
         """This rank's validation batches: from the cache once a validation pass has filled it
         (in the order one loader worker streams them), else streamed."""
         if self.val_cache is not None and self.val_cache.complete:
-            yield from self.val_cache.in_store_order(self.val_stream.local_batch, self.device)
+            yield from self.val_cache.in_store_order(self.val_stream.share.local_batch, self.device)
         else:
             yield from self._streamed(self.val_loader, self.val_cache)

@@ -24,21 +24,20 @@ NO_STEP = 2**62
 
 class StepRunner:
     """`model` is the VAE, `net` what the eager step calls (DDP's wrapper, torch.compile's, or
-    the model). `epoch_sums` (the epoch's, reduced at checkpoints) and `window_sums` (since the
+    the model); `batch_slice` this rank's rows of the global batch (epoch_plan.RankShare). `epoch_sums` (the epoch's, reduced at checkpoints) and `window_sums` (since the
     last log point) are what the step adds its loss sums to."""
 
     def __init__(self, model: torch.nn.Module, net: torch.nn.Module, opt: torch.optim.Optimizer,
-                 cfg: TrainConfig, ctx: DistContext, groups: tuple[KGroup, ...], weights: dict[int, float],
-                 log: Callable[[str], None]) -> None:
+                 cfg: TrainConfig, ctx: DistContext, batch_slice: slice, groups: tuple[KGroup, ...],
+                 weights: dict[int, float], log: Callable[[str], None]) -> None:
         self.model, self.net, self.opt, self.cfg, self.ctx, self.log = model, net, opt, cfg, ctx, log
         self.groups, self.weights = groups, weights
         self.graph_wanted, self.mode_line = graph_decision(cfg.cuda_graphs, ctx.device, ctx.world_size, cfg.compile)
         self.configure_adam()
         device = ctx.device
         self.noise = torch.Generator(device=device)
-        b = cfg.batch_size // ctx.world_size
         self.eps_full = torch.empty(cfg.batch_size, cfg.latent, device=device)
-        self.eps = self.eps_full[ctx.rank * b:(ctx.rank + 1) * b]
+        self.eps = self.eps_full[batch_slice]
         self.static_x: torch.Tensor | None = None  # the captured step's batch
         self.beta_t = torch.zeros((), device=device)
         self.step = 0

@@ -20,7 +20,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .epoch_plan import EpochPlan, default_partitions, make_split, validation_chunks, worker_batches
+from .epoch_plan import EpochPlan, default_partitions, make_split, rank_share, worker_batches
 from .kmers import N_FEATURES
 from .store import StoreInfo, open_array, open_store, read_rows
 from .workers import worker_init
@@ -84,7 +84,7 @@ class KmerStream(IterableDataset):
             partitions = default_partitions(batch_size, self.world_size)
         self.window_chunks, self.lanes, self.partitions, self.dtype = window_chunks, lanes, partitions, dtype
         self.split = make_split(self.info.rows, self.info.chunk_rows, val_fraction, val_split, seed)
-        self.mine = self.plan(0).partitions_of(self.rank, self.world_size)  # checks the shapes
+        self.share = rank_share(self.plan(0), self.rank, self.world_size)  # checks the shapes
         train_rows = int(self.split.train_counts.sum())
         if split == "train" and train_rows < batch_size:
             raise ValueError(f"{path}: {train_rows} training rows, fewer than one global batch of {batch_size}")
@@ -93,10 +93,6 @@ class KmerStream(IterableDataset):
         self.ring_slots = 0  # set by make_loader(reuse_buffers=True)
         self._ring: list[torch.Tensor] | None = None
         self._ring_next = 0
-
-    @property
-    def local_batch(self) -> int:
-        return self.batch_size // self.world_size
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch to iterate next, from batch start_batch on (exact resume)."""
@@ -112,8 +108,7 @@ class KmerStream(IterableDataset):
         """Batches this rank yields in the selected epoch (from its start batch)."""
         if self.split_name == "train":
             return self.plan().batches - int(self._state[1])
-        counts = self.split.val_counts[validation_chunks(self.split, self.rank, self.world_size)]
-        return int(sum(-(-int(n) // self.local_batch) for n in counts))
+        return sum(-(-(b - a) // self.share.local_batch) for a, b in self.share.val_ranges)
 
     def worker_memory(self, num_workers: int) -> int:
         """The most bytes one of `num_workers` loader workers holds for this stream (with 0, what
@@ -125,11 +120,10 @@ class KmerStream(IterableDataset):
         else:
             plan = self.plan(0)
             window = max(sum(b - a for a, b in w) for w in plan.windows)
-            regions = len(self.mine) * -(-self.lanes // max(1, num_workers))
-            mine = sum(b - a for p in self.mine for a, b in plan.pieces[p])
-            rows = min((regions + 1) * window, mine)
+            regions = len(self.share.partitions) * -(-self.lanes // max(1, num_workers))
+            rows = min((regions + 1) * window, self.share.train_row_count)
         held = (rows + self.info.chunk_rows) * N_FEATURES * self.info.dtype.itemsize
-        ring = self.ring_slots * self.local_batch * N_FEATURES * self.dtype.itemsize
+        ring = self.ring_slots * self.share.local_batch * N_FEATURES * self.dtype.itemsize
         return (WORKER_BASE_BYTES if num_workers else 0) + held + ring
 
     def __getstate__(self) -> dict:
@@ -165,7 +159,7 @@ class KmerStream(IterableDataset):
         """The next of `ring_slots` shared buffers, allocated once per worker: refilling mapped
         pages costs a fifth of what a fresh shared segment per batch does."""
         if self._ring is None:
-            self._ring = [_shared_empty((self.local_batch, columns), self.dtype) for _ in range(self.ring_slots)]
+            self._ring = [_shared_empty((self.share.local_batch, columns), self.dtype) for _ in range(self.ring_slots)]
         slot = self._ring[self._ring_next % self.ring_slots]
         self._ring_next += 1
         return slot
@@ -183,11 +177,11 @@ class KmerStream(IterableDataset):
             return
         plan = self.plan(epoch)
         mine = worker_batches(plan.batches, start, worker, num_workers)
-        regions = len({plan.region(s, k) for k in mine[: plan.lanes] for s in self.mine})
+        regions = len({plan.region(s, k) for k in mine[: plan.lanes] for s in self.share.partitions})
         windows: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         for k in mine:
             pieces, rows = [], []
-            for s in self.mine:
+            for s in self.share.partitions:
                 p0, p1 = plan.positions(s, k)
                 for w in plan.windows_of(p0, p1):
                     if w not in windows:
@@ -210,10 +204,10 @@ class KmerStream(IterableDataset):
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)), rows, shuffle
 
     def _validation(self, worker: int, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        array, b = self._clr(), self.local_batch
-        for chunk in validation_chunks(self.split, self.rank, self.world_size)[worker::num_workers]:
-            rows = self.split.val_rows_of(int(chunk))
-            data = read_rows(self.info.url, array, slice(int(rows[0]), int(rows[-1]) + 1))
+        array, b = self._clr(), self.share.local_batch
+        for start, stop in self.share.val_ranges[worker::num_workers]:
+            rows = np.arange(start, stop)
+            data = read_rows(self.info.url, array, slice(start, stop))
             for s in range(0, len(rows), b):
                 pick = np.arange(s, min(s + b, len(rows)))
                 yield self._gather([(data, pick)]), torch.from_numpy(rows[pick])

@@ -76,7 +76,7 @@ class Trainer:
         net = DDP(self.model, process_group=ddp_group()) if ctx.active else self.model
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.runner = StepRunner(self.model, torch.compile(net) if cfg.compile else net, self.opt, cfg, ctx,
-                                 groups, cfg.weights_by_k(), log)
+                                 self.feed.train_stream.share.batch_slice, groups, cfg.weights_by_k(), log)
         self.tracker = Tracker(cfg, self.opt)
         self.validator = Validator(cfg, ctx, self.model, self.feed, self.runner, columns, blocks)
         self.recorder = Recorder(cfg, ctx, groups, blocks, log=log, info={

@@ -31,7 +31,7 @@ class Validator:
         """A fixed seeded sample of validation rows (CLR, labels, distance pairs) for the
         latent metrics; None where the split holds no validation rows."""
         cfg, split = self.cfg, self.feed.val_stream.split
-        rows = np.concatenate([split.val_rows_of(int(c)) for c in np.flatnonzero(split.val_counts > 0)] or [[]])
+        rows = split.val_rows()
         if len(rows) <= 5:
             if cfg.select_by != "val_loss":
                 raise KmervaeError(f"--select-by {cfg.select_by} needs validation rows; this split has {len(rows)}")

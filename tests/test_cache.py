@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from kmervae_core import KmerStream
-from kmervae_core.cache import RowCache, choose_tier, rank_ranges
+from kmervae_core.cache import RowCache, choose_tier
 from kmervae_core.config import TrainConfig
 from kmervae_core.distributed import DistContext
 from kmervae_core.feed import Feed
@@ -84,14 +84,14 @@ def test_each_rank_caches_only_its_own_rows_and_feeds_its_streamed_batches(train
     held = []
     for rank in range(world):
         stream = KmerStream(store, batch_size=48, seed=42, rank=rank, world_size=world)
-        cache = RowCache(rank_ranges(stream.plan(0), stream.mine), 2772, None, torch.float32, CPU)
+        cache = RowCache(stream.share.train_ranges, 2772, None, torch.float32, CPU)
         for x, rows in stream:  # epoch 0 streams and fills
             cache.put(rows, x)
         cache.fill(lambda a, b: clr[a:b])
         held.append(np.concatenate([np.arange(a, a + n) for a, n in zip(cache.starts, cache.lengths)]))
         for number in (1, 2):
             stream.set_epoch(number)
-            got = list(cache.batches(stream.plan(number), stream.mine, 0, CPU))
+            got = list(cache.batches(stream.plan(number), stream.share.partitions, 0, CPU))
             assert_same_batches([(r.numpy(), x.numpy()) for x, r in got], [(r.numpy(), x.numpy()) for x, r in stream])
     rows = np.concatenate(held)
     assert len(np.unique(rows)) == len(rows)  # disjoint across ranks
@@ -136,50 +136,87 @@ def test_a_float16_store_is_cached_in_float16_and_fed_as_float32(train_store, tm
     assert_same_batches(later, epoch(streamed, 1))
 
 
-def test_the_tier_is_the_highest_that_fits_and_the_line_says_why():
-    need = 10 * GiB
-    device = choose_tier("auto", need, GPU, 0.8, device_free=20 * GiB, host_free=(100 * GiB, "MemAvailable"))
+NEED = 10 * GiB
+ROOMY_HOST = (100 * GiB, "MemAvailable")
+
+
+def test_the_device_tier_is_taken_where_the_rows_fit_the_gpu_budget():
+    device = choose_tier("auto", NEED, GPU, 0.8, device_free=20 * GiB, host_free=ROOMY_HOST)
     assert device.tier == "device" and "10.00 GiB" in device.message and "20.00 GiB free" in device.message
-    host = choose_tier("auto", need, GPU, 0.8, device_free=12 * GiB, host_free=(100 * GiB, "MemAvailable"))
+
+
+def test_rows_that_do_not_fit_the_gpu_go_to_pinned_host_memory_and_the_line_says_why():
+    host = choose_tier("auto", NEED, GPU, 0.8, device_free=12 * GiB, host_free=ROOMY_HOST)
     assert host.tier == "host" and "pinned" in host.message and "does not fit 0.8 x 12.00 GiB free" in host.message
-    shared = choose_tier("auto", need, GPU, 0.8, ranks_per_host=8, device_free=1 * GiB, host_free=(96 * GiB, "MemAvailable"))
+
+
+def test_ranks_on_one_host_share_its_memory():
+    shared = choose_tier("auto", NEED, GPU, 0.8, ranks_per_host=8, device_free=1 * GiB, host_free=(96 * GiB, "MemAvailable"))
     assert shared.tier == "none" and "/ 8 ranks" in shared.message  # 0.8 x 96 GiB / 8 ranks < 10 GiB
-    assert choose_tier("host", need, GPU, 0.8, device_free=80 * GiB, host_free=(100 * GiB, "MemAvailable")).tier == "host"
-    assert choose_tier("none", 1, GPU, 0.8, device_free=80 * GiB, host_free=(100 * GiB, "MemAvailable")).tier == "none"
-    cpu = choose_tier("auto", need, CPU, 0.8, host_free=(100 * GiB, "MemAvailable"))
+
+
+def test_a_requested_host_or_none_tier_is_taken_even_where_the_gpu_has_room():
+    assert choose_tier("host", NEED, GPU, 0.8, device_free=80 * GiB, host_free=ROOMY_HOST).tier == "host"
+    assert choose_tier("none", 1, GPU, 0.8, device_free=80 * GiB, host_free=ROOMY_HOST).tier == "none"
+
+
+def test_on_a_cpu_the_host_tier_is_not_pinned():
+    cpu = choose_tier("auto", NEED, CPU, 0.8, host_free=ROOMY_HOST)
     assert cpu.tier == "host" and "pinned" not in cpu.message
-    asked = choose_tier("device", need, CPU, 0.8, host_free=(100 * GiB, "MemAvailable"))
+
+
+def test_the_device_tier_asked_without_a_gpu_falls_back_to_the_host_and_says_why():
+    asked = choose_tier("device", NEED, CPU, 0.8, host_free=ROOMY_HOST)
     assert asked.tier == "host" and "no CUDA device" in asked.message
-    limited = choose_tier("auto", need, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), loader_bytes=2 * GiB)
+
+
+def test_the_loader_workers_memory_is_taken_from_the_host_budget():
+    limited = choose_tier("auto", NEED, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), loader_bytes=2 * GiB)
     assert limited.tier == "host" and "0.8 x (cgroup v2 memory.max - 2.00 GiB for loader workers)" in limited.message
-    workers = choose_tier("auto", need, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), loader_bytes=4 * GiB)
+    workers = choose_tier("auto", NEED, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), loader_bytes=4 * GiB)
     assert workers.tier == "none"  # 0.8 x (16 - 4) GiB < 10 GiB: the loader workers' memory counts
     assert "fewer --workers" not in workers.message
-    crowded = choose_tier("auto", need, CPU, 0.8, host_free=(1 * GiB, "cgroup v2 memory.max"), loader_bytes=2 * GiB)
+
+
+def test_loader_workers_that_alone_may_not_fit_are_named_with_what_to_try():
+    crowded = choose_tier("auto", NEED, CPU, 0.8, host_free=(1 * GiB, "cgroup v2 memory.max"), loader_bytes=2 * GiB)
     assert crowded.tier == "none" and "the loader workers alone may not fit: fewer --workers" in crowded.message
+
+
+def test_an_unknown_tier_is_refused():
     with pytest.raises(ValueError, match="cache must be one of"):
-        choose_tier("disk", need, CPU, 0.8)
+        choose_tier("disk", NEED, CPU, 0.8)
+
+
+@pytest.fixture(scope="module")
+def tier_runs(train_store, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Two 3-epoch runs alike but for --cache none and --cache host: their folder and output."""
+    store, _ = train_store
+    out = tmp_path_factory.mktemp("tiers")
+    common = ["--data", store, "--batch-size", "48", "--workers", "1", "--deterministic", "--metrics-port", "0",
+              "--epochs", "3", "--hidden", "64,32", "--latent", "8"]
+    return out, {tier: run("train", *common, "--out", out / tier, "--cache", tier, check=True).stdout
+                 for tier in ("none", "host")}
 
 
 @pytest.mark.slow
-def test_cached_and_streamed_runs_train_identically(train_store, tmp_path):
-    store, _ = train_store
-    common = ["--data", store, "--batch-size", "48", "--workers", "1", "--deterministic", "--metrics-port", "0",
-              "--epochs", "3", "--hidden", "64,32", "--latent", "8"]
-    outputs = {}
-    for tier in ("none", "host"):
-        proc = run("train", *common, "--out", tmp_path / tier, "--cache", tier, check=True)
-        outputs[tier] = proc.stdout
+def test_a_run_says_which_tier_it_uses_and_how_many_rows_it_holds(tier_runs):
+    _, outputs = tier_runs
     assert "cache: off (--cache none)" in outputs["none"]
     held = re.search(r"cache: host tier, .*; this rank: ([\d,]+) training \+ ([\d,]+) validation rows", outputs["host"])
     train_rows, val_rows = (int(n.replace(",", "")) for n in held.groups())
     assert train_rows + val_rows == 600 and val_rows > 0  # one process holds every row of the store, once
     assert "holds this rank's" in outputs["host"]
-    runs = [json.loads((tmp_path / tier / "history.json").read_text()) for tier in ("none", "host")]
+
+
+@pytest.mark.slow
+def test_cached_and_streamed_runs_train_identically(tier_runs):
+    out, _ = tier_runs
+    runs = [json.loads((out / tier / "history.json").read_text()) for tier in ("none", "host")]
     for a, b in zip(*runs, strict=True):
         assert {k: v for k, v in a.items() if "second" not in k and "samples" not in k} == \
                {k: v for k, v in b.items() if "second" not in k and "samples" not in k}
-    w = [torch.load(tmp_path / tier / "vae_multi_final.pt", weights_only=True) for tier in ("none", "host")]
+    w = [torch.load(out / tier / "vae_multi_final.pt", weights_only=True) for tier in ("none", "host")]
     assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
 
 

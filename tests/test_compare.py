@@ -6,6 +6,8 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run
 
 
@@ -21,24 +23,44 @@ def epoch(n: int, val_loss: float, knn: float, **more) -> dict:
             "latent_active_units": 7, "latent_spearman": 0.5, "latent_knn": knn, **more}
 
 
-def test_compare_tabulates_differing_settings_and_outcomes(tmp_path):
-    a = fake_run(tmp_path / "ref", {"prior": "normal"}, [epoch(1, 30.0, 0.5), epoch(2, 40.0, 0.75)])
-    b = fake_run(tmp_path / "mog", {"prior": "mog:8", "latent_blocks": [4, 4]},
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory) -> dict:
+    """Two hand-written runs differing in prior and latent blocks, compared as CSV with a
+    plot and as Markdown (read-only): the CSV rows, the Markdown lines and the plot."""
+    d = tmp_path_factory.mktemp("compare")
+    a = fake_run(d / "ref", {"prior": "normal"}, [epoch(1, 30.0, 0.5), epoch(2, 40.0, 0.75)])
+    b = fake_run(d / "mog", {"prior": "mog:8", "latent_blocks": [4, 4]},
                  [epoch(1, 20.0, 0.25, val_kl_block_6=1.5), epoch(2, 10.0, 0.875, val_kl_block_6=2.0)])
-    plot = tmp_path / "figs" / "latent.png"
+    plot = d / "figs" / "latent.png"
     proc = run("train.compare", a, b, "--csv", "--plot", plot, check=True)
     table = list(csv.DictReader(io.StringIO(proc.stdout)))
+    plotted = plot.read_bytes()
+    md = run("train.compare", a, b, "--plot", plot, check=True).stdout.splitlines()
+    return {"table": table, "plot": plotted, "md": md}
+
+
+def test_compare_tabulates_only_the_settings_that_differ(compared):
+    table = compared["table"]
     assert list(table[0])[:6] == ["run", "latent_blocks", "prior", "epochs run", "best val loss", "final val loss"]
     assert "lr" not in table[0] and "epochs" not in table[0]  # the same in both runs
     assert [r["run"] for r in table] == ["ref", "mog"] and [r["prior"] for r in table] == ["normal", "mog:8"]
     assert [r["latent_blocks"] for r in table] == ["", "4,4"]
+
+
+def test_compare_tabulates_each_runs_outcomes(compared):
+    table = compared["table"]
     assert [r["best val loss"] for r in table] == ["30", "10"] and [r["final val loss"] for r in table] == ["40", "10"]
     assert [r["kNN"] for r in table] == ["0.75", "0.875"] and table[0]["val MSE 6-mer"] == "1.25"
     assert [r["val KL block 6"] for r in table] == ["", "2"]
     assert "val MSE 5-mer" not in table[0]  # no run has it
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    md = run("train.compare", a, b, "--plot", plot, check=True).stdout.splitlines()
+
+def test_compare_plots_to_a_png_in_a_new_folder(compared):
+    assert compared["plot"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_writes_a_markdown_table_by_default(compared):
+    md = compared["md"]
     assert md[0].startswith("| run | latent_blocks | prior |") and md[1].startswith("|---|") and md[3].startswith("| mog |")
 
 

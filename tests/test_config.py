@@ -43,35 +43,60 @@ def test_a_missing_config_file_is_named(tmp_path):
         load_config(str(tmp_path / "absent.toml"), {})
 
 
-def test_pruning_keeps_the_newest_checkpoints_by_step_and_leaves_other_files(tmp_path):
-    steps = [(0, 5), (0, 10), (1, 1000), (1, 999), (2, 20000)]
-    for epoch, step in steps:
-        ckpt.atomic_save({"step": step}, ckpt.checkpoint_path(tmp_path, epoch, step))
-    other = tmp_path / "checkpoints" / "notes.txt"
-    other.write_text("mine")
-    ckpt.prune(tmp_path, keep=2)
+def pruned(run_dir: Path) -> Path:
+    """Five checkpoints (steps out of order within an epoch) and a user's file, pruned to 2."""
+    for epoch, step in [(0, 5), (0, 10), (1, 1000), (1, 999), (2, 20000)]:
+        ckpt.atomic_save({"step": step}, ckpt.checkpoint_path(run_dir, epoch, step))
+    (run_dir / "checkpoints" / "notes.txt").write_text("mine")
+    ckpt.prune(run_dir, keep=2)
+    return run_dir / "checkpoints"
+
+
+def test_pruning_keeps_the_newest_checkpoints_by_step(tmp_path):
+    pruned(tmp_path)
     kept = [torch.load(p, weights_only=True)["step"] for p in ckpt.list_checkpoints(tmp_path)]
     assert kept == [1000, 20000]
-    assert other.read_text() == "mine"
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+
+
+def test_pruning_leaves_other_files_in_the_checkpoint_folder(tmp_path):
+    folder = pruned(tmp_path)
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == [
         "ckpt-e0001-s000001000.pt", "ckpt-e0002-s000020000.pt", "notes.txt"]
 
 
-def test_every_setting_has_a_flag_and_the_flag_sets_it():
+def flags(*args: str) -> dict:
     from train.__main__ import parse_args
-    args = vars(parse_args(["--hidden", "64,32", "--block-kmers", "6/5,4/3,2,1", "--kmer-weights", "1,0.5",
-                            "--deterministic", "--val-split", "tail", "--partitions", "4", "--min-lr", "1e-7"]))
-    assert set(args) - {"config"} == {f.name for f in dataclasses.fields(TrainConfig)}
+    return vars(parse_args(list(args)))
+
+
+@pytest.fixture(scope="module")
+def some_flags() -> dict:
+    return flags("--hidden", "64,32", "--block-kmers", "6/5,4/3,2,1", "--kmer-weights", "1,0.5",
+                 "--deterministic", "--val-split", "tail", "--partitions", "4", "--min-lr", "1e-7")
+
+
+def test_every_setting_has_a_flag(some_flags):
+    assert set(some_flags) - {"config"} == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_a_flag_sets_its_setting_in_the_settings_type(some_flags):
+    args = some_flags
     assert args["hidden"] == [64, 32] and args["block_kmers"] == [[6], [5, 4], [3, 2, 1]]
     assert args["kmer_weights"] == [1.0, 0.5] and args["deterministic"] is True and args["val_split"] == "tail"
     assert args["partitions"] == 4 and args["min_lr"] == 1e-7
-    assert args["epochs"] is None and args["compile"] is None  # not given: the file or the default decides
 
 
-def test_a_choice_outside_its_list_is_refused_by_flag_and_by_file(tmp_path, capsys):
-    from train.__main__ import parse_args
+def test_a_flag_not_given_leaves_the_setting_to_the_file_or_the_default(some_flags):
+    assert some_flags["epochs"] is None and some_flags["compile"] is None
+
+
+def test_a_choice_outside_its_list_is_refused_by_flag(capsys):
     with pytest.raises(SystemExit):
-        parse_args(["--cache", "disk"])
+        flags("--cache", "disk")
     assert "invalid choice: 'disk'" in capsys.readouterr().err
+
+
+def test_a_choice_outside_its_list_is_refused_by_file(tmp_path):
     with pytest.raises(KmervaeError, match="cache must be one of auto, device, host, none"):
         load_config(write(tmp_path / "c.toml", 'cache = "disk"\n'), {})

@@ -21,12 +21,23 @@ def test_the_image_holds_every_package_the_project_installs():
     assert set(packages) <= set(copied), set(packages) - set(copied)
 
 
-def test_the_manifest_runs_the_trainer_with_flags_it_accepts_and_names_the_recipe():
+def trainer_args(container: dict):
+    command = container["command"]
+    assert command[:1] == ["torchrun"] and "-m" in command and command[command.index("-m") + 1] == "train"
+    return parse_args(command[command.index("-m") + 2:])  # exits on an unknown flag
+
+
+def test_the_manifest_runs_the_trainer_under_torchrun_with_flags_it_accepts():
     for container in manifest_containers():
-        command = container["command"]
-        assert command[:1] == ["torchrun"] and "-m" in command and command[command.index("-m") + 1] == "train"
-        args = parse_args(command[command.index("-m") + 2:])  # exits on an unknown flag
-        assert args.metrics_port == container["ports"][0]["containerPort"]
+        trainer_args(container)
+
+
+def test_the_manifest_exposes_the_port_the_trainer_serves_metrics_on():
+    for container in manifest_containers():
+        assert trainer_args(container).metrics_port == container["ports"][0]["containerPort"]
+
+
+def test_the_manifest_names_the_image_recipe():
     assert "deploy/docker/Dockerfile" in (ROOT / "deploy/k8s/pytorchjob.yaml").read_text()
 
 

@@ -1,9 +1,10 @@
 """The epoch plan as pure functions (no store, no files): which rows form each batch, for every
-rank, worker and epoch. Each test states one promise the trainer and the stream rely on."""
+rank, worker and epoch, and which rows are a rank's (rank_share, checked against rows worked
+out here by hand). Each test states one promise the trainer and the stream rely on."""
 import numpy as np
 import pytest
 
-from kmervae_core.epoch_plan import EpochPlan, make_split, validation_chunks, worker_batches
+from kmervae_core.epoch_plan import EpochPlan, Split, make_split, rank_share, worker_batches
 
 ROWS, CHUNK = 10_000, 256  # 40 chunks, the last one short (16 rows)
 SPLIT = make_split(ROWS, CHUNK, 0.1, "random", seed=3)
@@ -101,9 +102,94 @@ def test_loader_workers_share_the_batches_round_robin_without_overlap(workers):
 
 
 def test_validation_chunks_are_dealt_to_ranks_disjoint_and_complete():
-    dealt = [validation_chunks(SPLIT, r, 3) for r in range(3)]
+    dealt = [rank_share(plan(), r, 3).val_chunks for r in range(3)]
     together = np.sort(np.concatenate(dealt))
     assert np.array_equal(together, np.flatnonzero(SPLIT.val_counts > 0))
+
+
+def rows_of(ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
+    return np.concatenate([np.arange(a, b) for a, b in ranges] or [np.zeros(0, dtype=np.int64)])
+
+
+TAIL = make_split(ROWS, CHUNK, 0.1, "tail")  # its first validation chunk is partly training
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 6, 12])
+def test_ranks_training_ranges_are_disjoint_and_hold_every_training_row(world_size):
+    shares = [rank_share(plan(), r, world_size) for r in range(world_size)]
+    rows = np.concatenate([rows_of(s.train_ranges) for s in shares])
+    assert np.array_equal(np.sort(rows), train_rows())  # each training row exactly once
+    assert sum(s.train_row_count for s in shares) == len(train_rows())
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_a_ranks_training_rows_are_its_block_of_the_fixed_row_order(world_size):
+    """By hand: the T training rows, in the plan's order, cut into 12 parts of T/12 rows (+-1);
+    rank r of W serves parts r*12/W .. (r+1)*12/W."""
+    p, total = plan(), len(train_rows())
+    for r in range(world_size):
+        lo, hi = (r * 12 // world_size) * total // 12, ((r + 1) * 12 // world_size) * total // 12
+        assert np.array_equal(np.sort(rows_of(rank_share(p, r, world_size).train_ranges)), np.sort(p.order()[lo:hi]))
+
+
+@pytest.mark.parametrize("split", [SPLIT, TAIL], ids=["random", "tail"])
+def test_a_ranks_validation_ranges_are_the_held_out_rows_of_its_chunks(split: Split):
+    held = [c for c in range(len(split.length)) if split.length[c] > split.train_stop[c]]
+    for r in range(3):
+        share = rank_share(EpochPlan(split, seed=7, epoch=0, global_batch=96, partitions=12), r, 3)
+        assert share.val_chunks == tuple(held[r::3])  # dealt round-robin in store order
+        assert share.val_ranges == tuple((c * CHUNK + int(split.train_stop[c]), min((c + 1) * CHUNK, ROWS))
+                                         for c in held[r::3])
+
+
+@pytest.mark.parametrize("split", [SPLIT, TAIL], ids=["random", "tail"])
+def test_ranks_validation_rows_are_disjoint_and_hold_every_row_that_does_not_train(split: Split):
+    p = EpochPlan(split, seed=7, epoch=0, global_batch=96, partitions=12)
+    shares = [rank_share(p, r, 4) for r in range(4)]
+    rows = np.concatenate([rows_of(s.val_ranges) for s in shares])
+    training = np.concatenate([split.train_rows_of(c) for c in range(len(split.length))])
+    assert np.array_equal(np.sort(rows), np.setdiff1d(np.arange(ROWS), training))
+    assert sum(s.val_row_count for s in shares) == ROWS - len(training)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 6, 12])
+def test_ranks_batch_slices_tile_the_global_batch_in_rank_order(world_size):
+    shares = [rank_share(plan(), r, world_size) for r in range(world_size)]
+    assert {s.local_batch for s in shares} == {96 // world_size}
+    assert np.array_equal(np.concatenate([np.arange(96)[s.batch_slice] for s in shares]), np.arange(96))
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_a_ranks_batch_slice_of_a_global_batch_is_the_rows_it_yields(world_size):
+    """The trainer draws noise for the whole global batch and each rank takes its slice, so a
+    row meets the same noise on any world size."""
+    p = plan()
+    whole = p.order()[p.batch_positions(range(p.partitions))]  # [batches, 96]: one process's batches
+    for r in range(world_size):
+        share = rank_share(p, r, world_size)
+        assert np.array_equal(p.order()[p.batch_positions(share.partitions)], whole[:, share.batch_slice])
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 6])
+def test_a_ranks_training_share_is_what_two_ranks_serve_at_twice_the_world_size(world_size):
+    """What lets a run resume on another world size of the family: rank r of W is ranks 2r and
+    2r + 1 of 2W, in training rows and in its part of each global batch."""
+    p = plan()
+    for r in range(world_size):
+        share = rank_share(p, r, world_size)
+        low, high = (rank_share(p, q, 2 * world_size) for q in (2 * r, 2 * r + 1))
+        assert share.train_ranges == low.train_ranges + high.train_ranges
+        assert share.batch_slice == slice(low.batch_slice.start, high.batch_slice.stop)
+        assert low.batch_slice.stop == high.batch_slice.start
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 6])
+def test_a_ranks_validation_chunks_are_what_two_ranks_hold_at_twice_the_world_size(world_size):
+    """Dealt round-robin, rank r's validation chunks at W are those of ranks r and r + W at 2W."""
+    p = plan()
+    for r in range(world_size):
+        pair = [rank_share(p, q, 2 * world_size).val_chunks for q in (r, r + world_size)]
+        assert tuple(sorted(pair[0] + pair[1])) == rank_share(p, r, world_size).val_chunks
 
 
 def test_settings_that_cannot_work_are_refused():
@@ -111,3 +197,5 @@ def test_settings_that_cannot_work_are_refused():
         plan(batch=100)
     with pytest.raises(ValueError, match="world size 5 does not divide the plan's 12 partitions"):
         plan().partitions_of(0, 5)
+    with pytest.raises(ValueError, match="world size 5 does not divide the plan's 12 partitions"):
+        rank_share(plan(), 0, 5)

@@ -31,9 +31,12 @@ def loader_workers(rank: psutil.Process) -> list[psutil.Process]:
     return sorted((w for s in servers for w in s.children()), key=lambda p: p.create_time())
 
 
-def test_a_loader_worker_killed_mid_epoch_stops_the_run_with_one_line(train_store, tmp_path):
+@pytest.fixture(scope="module")
+def worker_killed(train_store, tmp_path_factory) -> dict:
+    """A run whose training loader worker is killed by SIGKILL in its third epoch: the pid
+    killed, the exit status, stderr, the run folder, and the run's processes still alive 10 s on."""
     store, _ = train_store
-    out = tmp_path / "run"
+    out = tmp_path_factory.mktemp("killed") / "run"
     proc = start("-m", "train", "--data", store, "--out", out, "--epochs", 500, "--workers", 1, "--cache", "none",
                  "--latent-sample", 0, *TINY)
     for line in proc.stdout:  # two epochs done: checkpoints written, the third epoch streaming
@@ -44,19 +47,35 @@ def test_a_loader_worker_killed_mid_epoch_stops_the_run_with_one_line(train_stor
     train_worker = loader_workers(rank)[0]  # the training loader is iterated (and started) first
     train_worker.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
-    lines = err.strip().splitlines()
-    assert proc.returncode == 4 and len(lines) == 1, err[-3000:]
-    assert f"rank 0: a data loader worker (pid {train_worker.pid}) was killed by SIGKILL" in lines[0]
-    for hint in ("--workers", "--cache none", "--cache-fraction"):
-        assert hint in lines[0]
-    checkpoints = sorted((out / "checkpoints").glob("*.pt"))
-    assert checkpoints and not list((out / "checkpoints").glob(".*.tmp"))
-    for path in checkpoints:
-        torch.load(path, weights_only=True)
     deadline = time.time() + 10
     while time.time() < deadline and (left := [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]):
         time.sleep(0.2)
-    assert not left, [p.cmdline() for p in left]
+    return {"pid": train_worker.pid, "returncode": proc.returncode, "err": err, "out": out,
+            "left": [p.cmdline() for p in left]}
+
+
+def test_a_loader_worker_killed_mid_epoch_stops_the_run_with_one_line(worker_killed):
+    err = worker_killed["err"]
+    lines = err.strip().splitlines()
+    assert worker_killed["returncode"] == 4 and len(lines) == 1, err[-3000:]
+    assert f"rank 0: a data loader worker (pid {worker_killed['pid']}) was killed by SIGKILL" in lines[0]
+
+
+def test_the_line_for_a_killed_loader_worker_says_what_to_try(worker_killed):
+    line = worker_killed["err"].strip().splitlines()[0]
+    for hint in ("--workers", "--cache none", "--cache-fraction"):
+        assert hint in line
+
+
+def test_a_run_stopped_by_a_killed_loader_worker_keeps_whole_checkpoints(worker_killed):
+    checkpoints = sorted((worker_killed["out"] / "checkpoints").glob("*.pt"))
+    assert checkpoints and not list((worker_killed["out"] / "checkpoints").glob(".*.tmp"))
+    for path in checkpoints:
+        torch.load(path, weights_only=True)
+
+
+def test_a_run_stopped_by_a_killed_loader_worker_leaves_no_process_behind(worker_killed):
+    assert not worker_killed["left"], worker_killed["left"]
 
 
 def test_everything_a_run_writes_follows_the_umask(train_store, tmp_path):

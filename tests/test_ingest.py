@@ -18,21 +18,35 @@ def read_store(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return g["clr"][:], g["column0"][:]
 
 
-def test_round_trip_matches_reference(sample, tmp_path):
-    npy, _ = sample
-    out = tmp_path / "s.zarr"
-    proc = run("ingest", npy, out, "--chunk-rows", 64, "--workers", 2, check=True)
-    assert "300 rows" in proc.stdout and "compression" in proc.stdout
-    source = np.load(npy)
-    clr, col0 = read_store(out)
+@pytest.fixture(scope="module")
+def ingested(sample, tmp_path_factory) -> tuple[Path, str]:
+    """The sample ingested in 64-row chunks by 2 workers (read-only): the store and the output."""
+    out = tmp_path_factory.mktemp("ingested") / "s.zarr"
+    return out, run("ingest", sample[0], out, "--chunk-rows", 64, "--workers", 2, check=True).stdout
+
+
+def test_ingest_reports_the_rows_and_the_compression(ingested):
+    _, stdout = ingested
+    assert "300 rows" in stdout and "compression" in stdout
+
+
+def test_round_trip_matches_reference(sample, ingested):
+    source = np.load(sample[0])
+    clr, col0 = read_store(ingested[0])
     assert clr.shape == (300, 2772) and clr.dtype == np.float32
     np.testing.assert_allclose(clr, reference_clr(source, "global"), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(col0, source[:, 0])
-    attrs = store_attrs(out)
+
+
+def test_the_store_records_how_it_was_made_and_that_it_is_complete(ingested):
+    attrs = store_attrs(ingested[0])
     assert attrs["complete"] is True and attrs["rows"] == 300 and attrs["chunk_rows"] == 64
     assert attrs["transform"]["scope"] == "global" and attrs["codec"] == "zstd:1"
     assert attrs["kmer_groups"]["6"] == [0, 2080] and attrs["source"]["shape"] == [300, 10965]
-    g = zarr.open_group(str(out), mode="r")
+
+
+def test_chunks_hold_whole_rows_and_no_resume_markers_are_left(ingested):
+    g = zarr.open_group(str(ingested[0]), mode="r")
     assert g["clr"].chunks == (64, 2772) and "_ingest_done" not in g
 
 
@@ -128,16 +142,28 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, case):
     assert not (out / "zarr.json").exists() or store_attrs(out)["complete"] is False
 
 
-def test_bad_rows_can_be_dropped_and_are_recorded(tmp_path):
+@pytest.fixture(scope="module")
+def dropped(tmp_path_factory) -> tuple[np.ndarray, Path, str]:
+    """30 rows, 4 and 17 with a NaN and 22 with a negative value, ingested with
+    --on-bad-rows drop (read-only): the input, the store and the output."""
+    d = tmp_path_factory.mktemp("dropped")
     x = random_kmers(30, seed=8)
     x[[4, 17], 9999] = np.nan
     x[22, 8200] = -1.0
-    npy = write_npy(tmp_path / "x.npy", x)
-    out = tmp_path / "x.zarr"
-    proc = run("ingest", npy, out, "--chunk-rows", 8, "--on-bad-rows", "drop", check=True)
-    assert "dropping 3 rows" in proc.stdout
+    npy = write_npy(d / "x.npy", x)
+    proc = run("ingest", npy, d / "x.zarr", "--chunk-rows", 8, "--on-bad-rows", "drop", check=True)
+    return x, d / "x.zarr", proc.stdout
+
+
+def test_dropped_bad_rows_are_said_and_recorded(dropped):
+    _, out, stdout = dropped
+    assert "dropping 3 rows" in stdout
     attrs = store_attrs(out)
     assert attrs["dropped_rows"] == [4, 17, 22] and attrs["rows"] == 27 and attrs["complete"] is True
+
+
+def test_a_store_without_its_bad_rows_holds_the_others_in_order(dropped):
+    x, out, _ = dropped
     keep = np.setdiff1d(np.arange(30), [4, 17, 22])
     clr, col0 = read_store(out)
     np.testing.assert_allclose(clr, reference_clr(x[keep], "global"), rtol=0, atol=1e-5)
@@ -151,11 +177,14 @@ def test_unwritable_output_is_refused(sample, tmp_path):
     assert proc.returncode == 2 and "cannot write" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
-def test_existing_output_needs_overwrite(sample, tmp_path):
+def test_existing_output_needs_overwrite(sample, ingested):
+    proc = run("ingest", sample[0], ingested[0])
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+
+
+def test_overwrite_replaces_an_existing_store(sample, tmp_path):
     out = tmp_path / "s.zarr"
     run("ingest", sample[0], out, check=True)
-    proc = run("ingest", sample[0], out)
-    assert proc.returncode == 2 and "--overwrite" in proc.stderr
     run("ingest", sample[0], out, "--overwrite", "--clr", "per-k", check=True)
     assert store_attrs(out)["transform"]["scope"] == "per_k"
 
@@ -193,13 +222,16 @@ def test_resume_clears_half_written_chunk_files_of_an_interrupted_run(tmp_path):
     assert _files(out) == _files(tmp_path / "full.zarr")
 
 
-@pytest.mark.slow
-def test_killed_ingest_resumes_to_an_identical_store(tmp_path):
-    npy = write_npy(tmp_path / "x.npy", np.tile(random_kmers(500, seed=9), (6, 1)))
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> dict:
+    """An ingest killed after 50 of its 750 chunks (its state then: completeness and done
+    markers), run again without --resume, then resumed; and the store an unbroken run writes."""
+    d = tmp_path_factory.mktemp("killed")
+    npy = write_npy(d / "x.npy", np.tile(random_kmers(500, seed=9), (6, 1)))
     args = ["--chunk-rows", "8", "--workers", "1", "--quiet"]
-    run("ingest", npy, tmp_path / "full.zarr", *args, check=True)
+    run("ingest", npy, d / "full.zarr", *args, check=True)
 
-    out = tmp_path / "cut.zarr"
+    out = d / "cut.zarr"
     child = subprocess.Popen([sys.executable, "-m", "ingest", str(npy), str(out), *args], cwd=ROOT)
     markers = out / "_ingest_done" / "c"
     deadline = time.time() + 60
@@ -207,15 +239,32 @@ def test_killed_ingest_resumes_to_an_identical_store(tmp_path):
         time.sleep(0.01)
     child.kill()
     child.wait()
-    assert store_attrs(out)["complete"] is False, "ingest finished before it could be killed"
-    written = len(list(markers.glob("*")))
-    assert 50 <= written < 750
-
+    complete, written = store_attrs(out)["complete"], len(list(markers.glob("*")))
     refused = run("ingest", npy, out, *args)
-    assert refused.returncode == 2 and "--resume" in refused.stderr
-    proc = run("ingest", npy, out, "--chunk-rows", "8", "--workers", "2", "--resume", check=True)
-    assert f"({written} chunks kept" in proc.stdout
-    assert _files(out) == _files(tmp_path / "full.zarr")
+    resumed = run("ingest", npy, out, "--chunk-rows", "8", "--workers", "2", "--resume", check=True)
+    return {"complete": complete, "written": written, "refused": refused, "resumed": resumed,
+            "store": _files(out), "full": _files(d / "full.zarr")}
+
+
+@pytest.mark.slow
+def test_a_killed_ingest_leaves_a_store_not_marked_complete(killed):
+    assert killed["complete"] is False, "ingest finished before it could be killed"
+    assert 50 <= killed["written"] < 750
+
+
+@pytest.mark.slow
+def test_a_killed_ingest_is_refused_without_resume(killed):
+    assert killed["refused"].returncode == 2 and "--resume" in killed["refused"].stderr
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_chunks_already_written(killed):
+    assert f"({killed['written']} chunks kept" in killed["resumed"].stdout
+
+
+@pytest.mark.slow
+def test_killed_ingest_resumes_to_an_identical_store(killed):
+    assert killed["store"] == killed["full"]
 
 
 # ---- bounded memory ----
@@ -257,16 +306,25 @@ def test_distributed_scheduler_writes_the_same_store(sample, tmp_path):
     assert {k: v for k, v in local.items() if k != "zarr.json"} == {k: v for k, v in dist.items() if k != "zarr.json"}
 
 
-def test_labels_are_stored_in_store_order_and_follow_dropped_rows(tmp_path):
+def rows_with_two_bad(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """30 input rows, rows 3 and 20 holding a NaN, and a label per row."""
     x = random_kmers(30, seed=12)
     x[[3, 20], 9000] = np.nan
-    labels = np.arange(30, dtype=np.int32) % 7
-    npy, lab = write_npy(tmp_path / "x.npy", x), write_npy(tmp_path / "l.npy", labels)
+    return write_npy(tmp_path / "x.npy", x), np.arange(30, dtype=np.int32) % 7
+
+
+def test_labels_are_stored_in_store_order_and_follow_dropped_rows(tmp_path):
+    npy, labels = rows_with_two_bad(tmp_path)
+    lab = write_npy(tmp_path / "l.npy", labels)
     out = tmp_path / "x.zarr"
     run("ingest", npy, out, "--chunk-rows", 8, "--on-bad-rows", "drop", "--labels", lab, check=True)
     stored = zarr.open_group(str(out), mode="r")["labels"][:]
     np.testing.assert_array_equal(stored, np.delete(labels, [3, 20]))
     assert stored.dtype == np.int64 and store_attrs(out)["labels"] == str(lab)
+
+
+def test_labels_of_another_length_are_one_line(tmp_path):
+    npy, labels = rows_with_two_bad(tmp_path)
     short = write_npy(tmp_path / "short.npy", labels[:-1])
     proc = run("ingest", npy, tmp_path / "y.zarr", "--labels", short)
     assert proc.returncode == 2 and "29 labels for 30 input rows" in proc.stderr

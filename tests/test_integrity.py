@@ -113,23 +113,35 @@ def test_a_lost_or_damaged_chunk_is_refused_with_one_line(store, encoder, tmp_pa
     assert "sound" not in proc.stdout and "done:" not in proc.stdout
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 1])
-def test_damage_found_mid_run_stops_it_and_keeps_the_last_checkpoint(store, tmp_path, workers):
-    copy = tmp_path / "copy.zarr"
+@pytest.fixture(scope="module", params=[0, 1], ids=["workers=0", "workers=1"])
+def damaged_mid_run(store, tmp_path_factory, request) -> dict:
+    """A 2-epoch run (checkpoints then), a training chunk damaged, and the run resumed to 3
+    epochs with `request.param` loader workers: what it said and its checkpoints before and after."""
+    d = tmp_path_factory.mktemp("midrun")
+    copy, out = d / "copy.zarr", d / "run"
     shutil.copytree(store, copy)
-    out = tmp_path / "run"
-    args = ["--data", copy, "--out", out, "--workers", workers, "--cache", "none", *TINY]
+    args = ["--data", copy, "--out", out, "--workers", request.param, "--cache", "none", *TINY]
     run("train", *args, "--epochs", 2, check=True)
     before = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
     chunk = training_chunk(copy)
     damage(copy, chunk, "flipped")
-    line = one_line(run("train", *args, "--epochs", 3))  # resumes, then meets the chunk in epoch 3
-    a = chunk * CHUNK_ROWS
-    assert f"{copy}: clr chunk {chunk} (rows {a}-{a + CHUNK_ROWS - 1}) is damaged" in line
+    proc = run("train", *args, "--epochs", 3)  # resumes, then meets the chunk in epoch 3
     after = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
-    assert after == before
-    torch.load(out / "checkpoints" / max(after), weights_only=True)
+    return {"copy": copy, "chunk": chunk, "proc": proc, "before": before, "after": after, "out": out}
+
+
+@pytest.mark.slow
+def test_damage_found_mid_run_stops_it_with_one_line_naming_the_chunk(damaged_mid_run):
+    line = one_line(damaged_mid_run["proc"])
+    chunk, a = damaged_mid_run["chunk"], damaged_mid_run["chunk"] * CHUNK_ROWS
+    assert f"{damaged_mid_run['copy']}: clr chunk {chunk} (rows {a}-{a + CHUNK_ROWS - 1}) is damaged" in line
+
+
+@pytest.mark.slow
+def test_damage_found_mid_run_keeps_the_last_checkpoint(damaged_mid_run):
+    after = damaged_mid_run["after"]
+    assert after == damaged_mid_run["before"]
+    torch.load(damaged_mid_run["out"] / "checkpoints" / max(after), weights_only=True)
 
 
 def strip_checksums(store: Path) -> None:
@@ -144,19 +156,30 @@ def strip_checksums(store: Path) -> None:
     group.attrs["kmervae"] = {k: v for k, v in group.attrs["kmervae"].items() if k != "checksum"}
 
 
-@pytest.mark.parametrize("how", ["none", "truncated"])
-def test_a_store_without_checksums_still_opens_and_decodes(store, tmp_path, how):
-    copy = tmp_path / "old.zarr"
+@pytest.fixture(scope="module")
+def unchecksummed(store, tmp_path_factory) -> Path:
+    """The store as kmervae wrote stores before checksums (read-only)."""
+    copy = tmp_path_factory.mktemp("old") / "old.zarr"
     shutil.copytree(store, copy)
     strip_checksums(copy)
-    if how == "none":
-        proc = run("ingest", "--verify", copy, check=True)
-        assert "checksums none" in proc.stdout and "sound" in proc.stdout
-        np.testing.assert_array_equal(KmerStream(str(copy), batch_size=48).info.rows, 240)
-    else:
-        damage(copy, 2, "truncated")
-        line = one_line(run("ingest", "--verify", copy))
-        assert f"{copy}: clr chunk 2 (rows 80-119) is damaged" in line
+    return copy
+
+
+def test_a_store_without_checksums_verifies_as_sound(unchecksummed):
+    proc = run("ingest", "--verify", unchecksummed, check=True)
+    assert "checksums none" in proc.stdout and "sound" in proc.stdout
+
+
+def test_a_store_without_checksums_still_opens(unchecksummed):
+    np.testing.assert_array_equal(KmerStream(str(unchecksummed), batch_size=48).info.rows, 240)
+
+
+def test_a_damaged_chunk_of_a_store_without_checksums_is_found_by_decoding(unchecksummed, tmp_path):
+    copy = tmp_path / "old.zarr"
+    shutil.copytree(unchecksummed, copy)
+    damage(copy, 2, "truncated")
+    line = one_line(run("ingest", "--verify", copy))
+    assert f"{copy}: clr chunk 2 (rows 80-119) is damaged" in line
 
 
 def test_verify_summarises_a_sound_store(store):
@@ -167,12 +190,15 @@ def test_verify_summarises_a_sound_store(store):
         assert part in out, part
 
 
-def test_verify_refuses_a_lost_label_chunk_and_a_wrong_row_count(store, tmp_path):
+def test_verify_refuses_a_lost_label_chunk(store, tmp_path):
     copy = tmp_path / "copy.zarr"
     shutil.copytree(store, copy)
     damage(copy, 5, "deleted", array="labels")
     assert "labels chunk 5 (rows 200-239) is missing" in one_line(run("ingest", "--verify", copy))
-    shutil.rmtree(copy)
+
+
+def test_verify_refuses_a_row_count_that_does_not_add_up(store, tmp_path):
+    copy = tmp_path / "copy.zarr"
     shutil.copytree(store, copy)
     group = zarr.open_group(str(copy), mode="r+")
     group.attrs["kmervae"] = {**group.attrs["kmervae"], "dropped_rows": [7]}

@@ -52,5 +52,8 @@ def test_selected_groups_keep_store_order_and_rebase_columns():
     columns, groups = kmers.selected_groups([1, 5])
     np.testing.assert_array_equal(columns, np.r_[2080:2592, 2770:2772])
     assert [(g.k, g.local.start, g.local.stop) for g in groups] == [(5, 0, 512), (1, 512, 514)]
+
+
+def test_selecting_an_untrained_k_is_refused():
     with pytest.raises(ValueError, match="k=7"):
         kmers.selected_groups([7])

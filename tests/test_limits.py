@@ -53,19 +53,29 @@ def test_v2_takes_the_tightest_limit_of_the_cgroup_and_its_parents_less_reclaima
     assert host_memory(root) == (2 * GiB, how)  # below MemAvailable (64 GiB)
 
 
-def test_v1_reads_limit_in_bytes_and_treats_the_huge_default_as_no_limit(tmp_path):
-    mem = "sys/fs/cgroup/memory/docker/abc"
-    files = {f"{mem}/memory.limit_in_bytes": str(int(1.4 * GiB)), f"{mem}/memory.usage_in_bytes": str(400 * MiB),
-             f"{mem}/memory.stat": f"cache {200 * MiB}\ninactive_file 1\ntotal_inactive_file {100 * MiB}\n",
-             "sys/fs/cgroup/memory/docker/memory.limit_in_bytes": "9223372036854771712\n",
-             "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n"}
-    root = fake_tree(tmp_path, "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/\n", V1_MOUNTS, files)
+V1_JOB = "sys/fs/cgroup/memory/docker/abc"
+
+
+def v1_files(limit: str) -> dict[str, str]:
+    """A docker cgroup v1 memory hierarchy whose job cgroup has `limit` and its parents none."""
+    return {f"{V1_JOB}/memory.limit_in_bytes": limit, f"{V1_JOB}/memory.usage_in_bytes": str(400 * MiB),
+            f"{V1_JOB}/memory.stat": f"cache {200 * MiB}\ninactive_file 1\ntotal_inactive_file {100 * MiB}\n",
+            "sys/fs/cgroup/memory/docker/memory.limit_in_bytes": "9223372036854771712\n",
+            "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n"}
+
+
+def test_v1_reads_limit_in_bytes_less_reclaimable_cache(tmp_path):
+    root = fake_tree(tmp_path, "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/\n", V1_MOUNTS,
+                     v1_files(str(int(1.4 * GiB))))
     group = find_cgroup("memory", root)
-    assert group.version == 1 and group.path == root / mem
+    assert group.version == 1 and group.path == root / V1_JOB
     headroom, how = cgroup_memory_headroom(root)
     assert headroom == int(1.4 * GiB) - 300 * MiB and how.startswith("cgroup v1 memory.limit_in_bytes 1.40 GiB")
-    files[f"{mem}/memory.limit_in_bytes"] = "9223372036854771712\n"
-    unlimited = fake_tree(tmp_path / "u", "4:memory:/docker/abc\n0::/\n", V1_MOUNTS, files, meminfo_kib=8 * 2**20)
+
+
+def test_v1_treats_the_huge_default_limit_as_no_limit(tmp_path):
+    unlimited = fake_tree(tmp_path, "4:memory:/docker/abc\n0::/\n", V1_MOUNTS, v1_files("9223372036854771712\n"),
+                          meminfo_kib=8 * 2**20)
     assert cgroup_memory_headroom(unlimited) is None
     assert host_memory(unlimited) == (8 * GiB, "MemAvailable 8.00 GiB")
 
@@ -79,27 +89,42 @@ def test_a_namespaced_cgroup_is_found_at_the_mount_root(tmp_path):
     assert cpu_quota(root) == 1.5
 
 
-def test_a_hybrid_host_keeps_memory_in_v1_and_a_missing_hierarchy_is_no_limit(tmp_path):
+def test_a_hybrid_host_keeps_memory_in_v1(tmp_path):
     root = fake_tree(tmp_path, "4:memory:/\n0::/\n", V1_MOUNTS,
                      {"sys/fs/cgroup/memory/memory.limit_in_bytes": str(3 * GiB),
                       "sys/fs/cgroup/memory/memory.usage_in_bytes": str(GiB)})
     assert find_cgroup("memory", root).version == 1 and cgroup_memory_headroom(root)[0] == 2 * GiB
-    bare = fake_tree(tmp_path / "bare", "", "", {})
+
+
+def test_a_missing_hierarchy_is_no_limit(tmp_path):
+    bare = fake_tree(tmp_path, "", "", {})
     assert find_cgroup("memory", bare) is None and cgroup_memory_headroom(bare) is None and cpu_quota(bare) is None
 
 
-def test_cpu_quota_v1_and_v2_and_the_usable_cpus(tmp_path):
-    v1 = fake_tree(tmp_path / "v1", "2:cpu,cpuacct:/job\n", V1_MOUNTS,
+def test_cpu_quota_v1_is_the_job_cgroups_quota_over_its_period(tmp_path):
+    v1 = fake_tree(tmp_path, "2:cpu,cpuacct:/job\n", V1_MOUNTS,
                    {"sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_quota_us": "250000\n",
                     "sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_period_us": "100000\n",
                     "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n"})
     assert cpu_quota(v1) == 2.5
-    v2 = fake_tree(tmp_path / "v2", "0::/job\n", V2_MOUNT, {"sys/fs/cgroup/job/cpu.max": "max 100000\n",
-                                                           "sys/fs/cgroup/job/memory.max": "max\n"})
-    assert cpu_quota(v2) is None
-    one = fake_tree(tmp_path / "one", "0::/job\n", V2_MOUNT, {"sys/fs/cgroup/job/cpu.max": "50000 100000\n"})
-    assert usable_cpus(one) == 1  # half a CPU still gets one thread
-    assert usable_cpus(v2) == len(os.sched_getaffinity(0))
+
+
+def unlimited_v2(root: Path) -> Path:
+    return fake_tree(root, "0::/job\n", V2_MOUNT, {"sys/fs/cgroup/job/cpu.max": "max 100000\n",
+                                                  "sys/fs/cgroup/job/memory.max": "max\n"})
+
+
+def test_cpu_quota_v2_max_is_no_quota(tmp_path):
+    assert cpu_quota(unlimited_v2(tmp_path)) is None
+
+
+def test_usable_cpus_are_the_affinity_without_a_quota(tmp_path):
+    assert usable_cpus(unlimited_v2(tmp_path)) == len(os.sched_getaffinity(0))
+
+
+def test_half_a_cpu_of_quota_still_gets_one_thread(tmp_path):
+    one = fake_tree(tmp_path, "0::/job\n", V2_MOUNT, {"sys/fs/cgroup/job/cpu.max": "50000 100000\n"})
+    assert usable_cpus(one) == 1
 
 
 def test_ingest_workers_default_to_the_usable_cpus():

@@ -16,6 +16,10 @@ def test_parameter_counts_equal_the_keras_reference():
     vae = VAE()
     assert keras_param_count(vae.encoder) == 3_633_152
     assert keras_param_count(vae.decoder) == 3_504_340
+
+
+def test_the_architecture_is_read_back_from_an_encoders_weights():
+    vae = VAE()
     assert architecture(vae.encoder.state_dict()) == (2772, (1024, 512), 256)
     assert architecture(VAE(hidden=(64, 32, 16), latent=8).encoder.state_dict()) == (2772, (64, 32, 16), 8)
 
@@ -28,15 +32,29 @@ def test_log_var_is_clipped():
     assert lv.max().item() == 2.0
 
 
-def test_loss_and_metrics_match_a_hand_computation():
+def loss_case() -> tuple[np.ndarray, ...]:
+    """x, reconstruction, mu, log var of 5 rows; the hand-computed reconstruction loss and KL."""
     rng = np.random.default_rng(0)
     x, r = rng.normal(size=(5, 2772)), rng.normal(size=(5, 2772))
     mu, lv = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
     recon = ((r - x) ** 2).sum(axis=1).mean()
     kl = np.mean([-0.5 * np.sum(1 + lv[i] - mu[i] ** 2 - np.exp(lv[i])) for i in range(5)])
-    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    total, sums = vae_loss(t(x), t(r), t(mu), t(lv), 0.06)
+    return x, r, mu, lv, recon, kl
+
+
+def t(a: np.ndarray) -> torch.Tensor:
+    return torch.tensor(a, dtype=torch.float32)
+
+
+def test_loss_matches_a_hand_computation():
+    x, r, mu, lv, recon, kl = loss_case()
+    total, _ = vae_loss(t(x), t(r), t(mu), t(lv), 0.06)
     assert total.item() == pytest.approx(recon + 0.06 * kl, rel=1e-5)
+
+
+def test_metrics_match_a_hand_computation():
+    x, r, mu, lv, recon, kl = loss_case()
+    _, sums = vae_loss(t(x), t(r), t(mu), t(lv), 0.06)
     m = summarise(sums, 0.06)
     assert m["rows"] == 5 and m["recon"] == pytest.approx(recon, rel=1e-5) and m["kl"] == pytest.approx(kl, rel=1e-5)
     assert m["mse"] == pytest.approx(((r - x) ** 2).mean(), rel=1e-5)
@@ -60,6 +78,9 @@ def test_beta_warms_up_as_the_reference_logs():
     cfg = TrainConfig()
     assert [round(beta_at(cfg, e), 4) for e in range(7)] == [0.02, 0.04, 0.06, 0.08, 0.1, 0.1, 0.1]
     assert warmup_end_epoch(cfg) == 4
+
+
+def test_a_cyclical_beta_warms_up_again_every_cycle():
     cyc = TrainConfig(beta_schedule="cyclical", beta_cycle_epochs=4)
     assert [round(beta_at(cyc, e), 4) for e in range(8)] == [0.05, 0.1, 0.1, 0.1] * 2
 
@@ -102,34 +123,62 @@ def test_cross_validated_knn_matches_brute_force():
     assert hits < 50  # the classes overlap: a wrong fold assignment would change the figure
 
 
-def test_latent_metrics_match_independent_computations():
-    from scipy.stats import spearmanr
-    from kmervae_core.evaluate import active_units, distance_spearman, sample_pairs, spearman
-    rng = np.random.default_rng(3)
-    z = rng.normal(size=(200, 6)) * np.array([1.0, 0.5, 0.2, 0.09, 0.05, 0.0])
+def latents() -> np.ndarray:
+    """200 latent rows whose 6 units have variances 1 .. 0 (two of them under 0.01)."""
+    return np.random.default_rng(3).normal(size=(200, 6)) * np.array([1.0, 0.5, 0.2, 0.09, 0.05, 0.0])
+
+
+def test_active_units_are_those_of_variance_over_a_hundredth():
+    from kmervae_core.evaluate import active_units
+    z = latents()
     assert active_units(z) == int(sum(np.var(z[:, c]) > 0.01 for c in range(6)))
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+    from kmervae_core.evaluate import spearman
+    rng = np.random.default_rng(8)
     a, b = rng.integers(0, 5, 300).astype(float), rng.normal(size=300)  # ties in a
     assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
-    x = rng.normal(size=(200, 30))
+
+
+def test_sampled_pairs_are_of_distinct_rows_and_fixed_by_the_seed():
+    from kmervae_core.evaluate import sample_pairs
     i, j = sample_pairs(200, 500, seed=1)
     assert (i != j).all() and np.array_equal(sample_pairs(200, 500, seed=1)[0], i)
+
+
+def test_distance_spearman_matches_scipy_over_the_pairs():
+    from scipy.stats import spearmanr
+    from kmervae_core.evaluate import distance_spearman, sample_pairs
+    z, x = latents(), np.random.default_rng(9).normal(size=(200, 30))
+    i, j = sample_pairs(200, 500, seed=1)
     dz = [np.sqrt(((z[p] - z[q]) ** 2).sum()) for p, q in zip(i, j)]
     dx = [np.sqrt(((x[p] - x[q]) ** 2).sum()) for p, q in zip(i, j)]
     assert distance_spearman(z, x, (i, j)) == pytest.approx(spearmanr(dz, dx).statistic, abs=1e-12)
 
 
-def test_weighted_subset_loss_matches_a_hand_computation():
+def weighted_subset() -> tuple:
+    """5-mers weighted 2 and 2-mers 0.5 over 4 rows: (groups, x, r, mu, lv, the loss's sums)."""
     from kmervae_core.kmers import selected_groups
     rng = np.random.default_rng(4)
     _, groups = selected_groups([5, 2])  # 512 + 10 columns
     x, r = rng.normal(size=(4, 522)), rng.normal(size=(4, 522))
     mu, lv = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    return groups, x, r, mu, lv, vae_loss(t(x), t(r), t(mu), t(lv), 0.1, groups, {5: 2.0, 2: 0.5})
+
+
+def test_weighted_subset_loss_matches_a_hand_computation():
+    _, x, r, mu, lv, (total, _) = weighted_subset()
     sq = (r - x) ** 2
     recon = (2.0 * sq[:, :512].sum(axis=1) + 0.5 * sq[:, 512:].sum(axis=1)).mean()
     kl = (-0.5 * (1 + lv - mu ** 2 - np.exp(lv)).sum(axis=1)).mean()
-    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    total, sums = vae_loss(t(x), t(r), t(mu), t(lv), 0.1, groups, {5: 2.0, 2: 0.5})
     assert total.item() == pytest.approx(recon + 0.1 * kl, rel=1e-5)
+
+
+def test_a_subsets_metrics_are_of_its_groups_and_unweighted():
+    groups, x, r, _, _, (_, sums) = weighted_subset()
+    sq = (r - x) ** 2
     m = summarise(sums, 0.1, groups)
     assert set(k for k in m if k.startswith("mse_")) == {"mse_5mer", "mse_2mer"}
     assert m["mse_2mer"] == pytest.approx(sq[:, 512:].mean(), rel=1e-5)  # metrics stay unweighted

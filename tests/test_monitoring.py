@@ -106,18 +106,43 @@ def scraped(train_store, tmp_path_factory):
 
 @pytest.mark.slow
 @needs_prometheus
-def test_prometheus_scrapes_per_kmer_series_and_a_sample_rate(scraped):
+def test_prometheus_scrapes_the_one_target_of_the_job(scraped):
     assert [s["value"][1] for s in scraped.query('up{job="kmervae"}')] == ["1"]
+
+
+@pytest.mark.slow
+@needs_prometheus
+def test_validation_error_is_scraped_per_kmer_size(scraped):
     series = scraped.query('kmervae_val_kmer_mse{run="monrun"}')
     assert sorted(s["metric"]["k"] for s in series) == ["1", "2", "3", "4", "5", "6"]
+
+
+@pytest.mark.slow
+@needs_prometheus
+def test_the_sample_count_grows_at_a_rate(scraped):
     assert float(scraped.query('sum(rate(kmervae_samples_total{run="monrun"}[15s]))')[0]["value"][1]) > 0
+
+
+@pytest.mark.slow
+@needs_prometheus
+def test_per_rank_throughput_is_scraped_from_the_one_target(scraped):
     ranks = scraped.query('kmervae_rank_samples_per_second{run="monrun"}')
     assert sorted(s["metric"]["rank"] for s in ranks) == ["0", "1"]
+
+
+@pytest.mark.slow
+@needs_prometheus
+def test_run_info_names_the_run_its_world_size_and_its_feed(scraped):
     info = scraped.query("kmervae_run_info")[0]["metric"]
     assert info["world_size"] == "2" and info["run"] == "monrun" and len(info["config_hash"]) == 12
     assert info["cache"] == "host" and info["cuda_graphs"] == "off"  # the feed the run uses (CPU here)
+
+
+@pytest.mark.slow
+@needs_prometheus
+def test_no_label_is_set_twice(scraped):
     labels = {k for s in scraped.query('{__name__=~"kmervae_.*"}') for k in s["metric"]}
-    assert not [k for k in labels if k.startswith("exported_")]  # no label set twice
+    assert not [k for k in labels if k.startswith("exported_")]  # Prometheus renames a label the target sets twice
 
 
 @pytest.mark.slow
@@ -125,6 +150,11 @@ def test_prometheus_scrapes_per_kmer_series_and_a_sample_rate(scraped):
 def test_every_dashboard_query_returns_data(scraped):
     for expr in dashboard_queries("monrun"):
         assert scraped.query(expr), f"no data for {expr}"
+
+
+@pytest.mark.slow
+@needs_prometheus
+def test_the_dashboard_variables_find_the_run_and_its_ranks(scraped):
     assert "monrun" in scraped.get("label/run/values", **{"match[]": "kmervae_run_info"})
     ranks = scraped.get("label/rank/values", **{"match[]": 'kmervae_rank_samples_per_second{run="monrun"}'})
     assert ranks == ["0", "1"]
@@ -154,24 +184,49 @@ def test_promtool_accepts_the_deploy_config_and_rules():
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_dashboard_is_structurally_valid():
-    dash = json.loads(DASHBOARD.read_text())
-    ids = [p["id"] for p in dash["panels"]]
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def variables(dash: dict) -> set[str]:
+    return {v["name"] for v in dash["templating"]["list"]}
+
+
+def test_dashboard_panel_ids_are_unique(dashboard):
+    ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    defined = {v["name"] for v in dash["templating"]["list"]}
-    assert {"run", "rank"} <= defined
+
+
+def test_dashboard_defines_the_run_and_rank_variables(dashboard):
+    assert {"run", "rank"} <= variables(dashboard)
+
+
+def test_every_panel_uses_the_provisioned_datasource_and_has_a_place(dashboard):
     datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     uid = datasource["datasources"][0]["uid"]
-    for p in dash["panels"]:
+    for p in dashboard["panels"]:
         assert p["datasource"]["uid"] == uid and {"h", "w", "x", "y"} <= set(p["gridPos"])
+
+
+def test_a_panels_queries_have_distinct_ids(dashboard):
+    for p in dashboard["panels"]:
         refs = [t["refId"] for t in p["targets"]]
         assert len(refs) == len(set(refs))
+
+
+def test_queries_use_only_defined_variables(dashboard):
+    defined = variables(dashboard)
+    for p in dashboard["panels"]:
         for t in p["targets"]:
             used = set(re.findall(r"\$(\w+)", t["expr"])) - {"__rate_interval", "__interval", "__range"}
             assert used <= defined, f"panel {p['title']!r} uses undefined {used - defined}"
-    for var in dash["templating"]["list"]:
+    for var in dashboard["templating"]["list"]:
         used = set(re.findall(r"\$(\w+)", var["query"]["query"]))
         assert used <= defined - {var["name"]}
+
+
+def test_grafana_provisions_the_dashboard_from_the_folder_compose_mounts():
     provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "kmervae.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import subprocess
 import sys
 
@@ -45,21 +46,31 @@ def train_rows(stream: KmerStream) -> np.ndarray:
     return np.concatenate([stream.split.train_rows_of(c) for c in range(len(stream.split.length))])
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
-@pytest.mark.parametrize("workers", [0, 1, 3])
-def test_every_training_row_once_and_equal_batches_per_rank(store, world, workers):
-    seen, counts = [], []
+@pytest.fixture(scope="module", params=list(itertools.product([1, 2, 3], [0, 1, 3])),
+                ids=lambda p: f"world={p[0]}-workers={p[1]}")
+def epoch_2(store, request) -> tuple[int, list[list[np.ndarray]], np.ndarray]:
+    """Epoch 2 streamed by every rank of a world size through a worker count: (world size,
+    each rank's batches, the store's training rows)."""
+    world, workers = request.param
+    ranks = []
     for rank in range(world):
         s = stream(store, rank=rank, world_size=world)
         s.set_epoch(2)
-        batches = loader_order(s, workers)
+        ranks.append(loader_order(s, workers))
+    return world, ranks, train_rows(s)
+
+
+def test_every_rank_gets_the_same_number_of_equal_batches(epoch_2):
+    world, ranks, _ = epoch_2
+    for batches in ranks:
         assert all(len(b) == BATCH // world for b in batches)
-        counts.append(len(batches))
-        seen.extend(batches)
-    rows = np.concatenate(seen)
-    assert len(set(counts)) == 1
+    assert len({len(batches) for batches in ranks}) == 1
+
+
+def test_an_epoch_streams_every_training_row_once(epoch_2):
+    _, ranks, everything = epoch_2
+    rows = np.concatenate([b for batches in ranks for b in batches])
     assert len(np.unique(rows)) == len(rows)  # nothing twice
-    everything = train_rows(s)
     assert np.isin(rows, everything).all()  # no validation row
     assert 0 <= len(everything) - len(rows) < BATCH  # only a tail shorter than a global batch is left
 
@@ -70,13 +81,13 @@ def test_a_rank_serves_the_same_rows_in_every_epoch(store):
     world = 2
     for rank in range(world):
         s = stream(store, rank=rank, world_size=world)
-        own = np.concatenate([np.arange(a, b) for p in s.mine for a, b in s.plan(0).pieces[p]])
+        own = np.concatenate([np.arange(a, b) for p in s.share.partitions for a, b in s.plan(0).pieces[p]])
         orders = []
         for e in (0, 1, 5):
             s.set_epoch(e)
             rows = np.concatenate(loader_order(s, 0))
             assert np.isin(rows, own).all()
-            assert 0 <= len(own) - len(rows) < len(s.mine) * (BATCH // PARTS + 1)
+            assert 0 <= len(own) - len(rows) < len(s.share.partitions) * (BATCH // PARTS + 1)
             orders.append(rows)
         assert not np.array_equal(orders[0], orders[1])
 
@@ -96,27 +107,39 @@ def global_batches(plan, world: int) -> np.ndarray:
     return np.concatenate([order[plan.batch_positions(plan.partitions_of(r, world))] for r in range(world)], axis=1)
 
 
+WORLD_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
 @pytest.mark.parametrize("batch", [4096, 1024, 48])
-def test_by_default_every_world_size_dividing_the_batch_trains_and_a_family_shares_its_batches(batch):
+def test_by_default_every_world_size_dividing_the_batch_gets_a_plan(batch):
     """Without a partition setting, each world size W dividing the global batch gets a plan:
-    the W dividing gcd(batch, 48) all get the same one (the same global batches, so a run can
-    resume on any of them), a larger W its own; every rank the same number of batches."""
+    the W dividing gcd(batch, 48) all the same one, a larger W its own."""
+    family = math.gcd(batch, 48)
+    for world in [w for w in WORLD_SIZES if batch % w == 0]:
+        partitions = default_partitions(batch, world)
+        assert partitions % world == 0 and batch % partitions == 0
+        if family % world:
+            assert partitions != family
+        else:
+            assert partitions == family
+
+
+@pytest.mark.parametrize("batch", [4096, 1024, 48])
+def test_by_default_the_world_sizes_of_a_family_train_on_the_same_global_batches(batch):
+    """The W dividing gcd(batch, 48) share one plan, so a run can resume on any of them."""
     family = math.gcd(batch, 48)
     rows, chunk_rows = 6 * batch + 17, max(1, batch // 3)
     split = make_split(rows, chunk_rows, 0.1, "random", seed=3)
     reference = None
-    for world in [w for w in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if batch % w == 0]:
-        partitions = default_partitions(batch, world)
-        assert partitions % world == 0 and batch % partitions == 0
-        plan = EpochPlan(split, seed=3, epoch=1, global_batch=batch, partitions=partitions)
-        if family % world:
-            assert partitions != family
-            continue
-        assert partitions == family
+    for world in [w for w in WORLD_SIZES if family % w == 0]:
+        plan = EpochPlan(split, seed=3, epoch=1, global_batch=batch, partitions=default_partitions(batch, world))
         batches = global_batches(plan, world)
         assert len(np.unique(batches)) == batches.size == plan.batches * batch  # no row twice
         reference = batches if reference is None else reference
         np.testing.assert_array_equal(batches, reference)  # the same global batches, whatever W
+
+
+def test_the_default_partition_count_is_the_family_or_a_larger_world_size():
     assert default_partitions(4096, 16) == 16 and default_partitions(4096, 32) == 32
     assert default_partitions(48, 3) == 48 and default_partitions(96, 32) == 96
 
@@ -129,15 +152,29 @@ def test_order_is_the_same_for_any_worker_count(store):
         np.testing.assert_array_equal(np.concatenate(loader_order(s, workers)), reference)
 
 
-def test_epochs_and_seeds_shuffle_differently(store):
+def epoch_rows(s: KmerStream, epoch: int = 0) -> np.ndarray:
+    s.set_epoch(epoch)
+    return np.concatenate(loader_order(s, 0))
+
+
+@pytest.fixture(scope="module")
+def shuffles(store) -> dict[str, np.ndarray]:
+    """The rows of epoch 0, epoch 1 and epoch 0 selected again (seed 5), and of epoch 0 of seed 6."""
     s = stream(store)
-    first = np.concatenate(loader_order(s, 0))
-    s.set_epoch(1)
-    assert not np.array_equal(first, np.concatenate(loader_order(s, 0)))
-    s.set_epoch(0)
-    np.testing.assert_array_equal(first, np.concatenate(loader_order(s, 0)))
-    other = stream(store, seed=6)
-    assert not np.array_equal(first, np.concatenate(loader_order(other, 0)))
+    first, second, again = (epoch_rows(s, e) for e in (0, 1, 0))
+    return {"first": first, "second": second, "again": again, "other seed": epoch_rows(stream(store, seed=6))}
+
+
+def test_each_epoch_shuffles_differently(shuffles):
+    assert not np.array_equal(shuffles["first"], shuffles["second"])
+
+
+def test_an_epoch_selected_again_repeats_its_order(shuffles):
+    np.testing.assert_array_equal(shuffles["first"], shuffles["again"])
+
+
+def test_another_seed_shuffles_differently(shuffles):
+    assert not np.array_equal(shuffles["first"], shuffles["other seed"])
 
 
 def test_values_are_the_store_rows_named(store):
@@ -146,6 +183,9 @@ def test_values_are_the_store_rows_named(store):
     for x, rows in itertools.islice(s, 5):
         assert x.dtype == torch.float32 and x.shape == (BATCH, 2772)
         np.testing.assert_array_equal(x.numpy(), clr[rows.numpy()])
+
+
+def test_batches_can_be_streamed_as_bfloat16(store):
     x16, _ = next(iter(stream(store, dtype=torch.bfloat16)))
     assert x16.dtype == torch.bfloat16
 
@@ -173,7 +213,7 @@ def test_start_batch_resumes_exactly_without_reading_what_it_skips(store):
     full = loader_order(s, 0)
     k = len(full) - 4
     plan = s.plan(4)
-    needed = {w for j in range(k, len(full)) for part in s.mine for w in plan.windows_of(*plan.positions(part, j))}
+    needed = {w for j in range(k, len(full)) for part in s.share.partitions for w in plan.windows_of(*plan.positions(part, j))}
     read = []
     original = s._read_window
     s._read_window = lambda p, w: (read.append(w), original(p, w))[1]
@@ -186,43 +226,79 @@ def test_start_batch_resumes_exactly_without_reading_what_it_skips(store):
     assert len(s) == 4
 
 
-@pytest.mark.parametrize("mode", ["random", "tail"])
-def test_validation_rows_are_fixed_disjoint_and_complete(store, mode):
-    reference = None
+@pytest.fixture(scope="module", params=["random", "tail"])
+def validation(store, request) -> tuple[str, dict[int, list[tuple[int, list[np.ndarray]]]]]:
+    """(split mode, {world size: per rank (len(stream), the batches its loader yields)}) for
+    1 rank with no loader worker, 2 ranks with 1 and 3 ranks with 3."""
+    by_world = {}
     for world, workers in [(1, 0), (2, 1), (3, 3)]:
-        per_rank = []
-        for rank in range(world):
-            s = stream(store, split="val", rank=rank, world_size=world,
-                           val_split=mode)
-            batches = loader_order(s, workers)
-            assert len(batches) == len(s)
-            per_rank.append(np.concatenate(batches))
-        rows = np.concatenate(per_rank)
+        streams = [stream(store, split="val", rank=rank, world_size=world, val_split=request.param)
+                   for rank in range(world)]
+        by_world[world] = [(len(s), loader_order(s, workers)) for s in streams]
+    return request.param, by_world
+
+
+def all_val_rows(ranks: list[tuple[int, list[np.ndarray]]]) -> np.ndarray:
+    return np.concatenate([np.concatenate(batches) for _, batches in ranks])
+
+
+def test_a_validation_stream_yields_as_many_batches_as_its_length(validation):
+    for ranks in validation[1].values():
+        for length, batches in ranks:
+            assert len(batches) == length
+
+
+def test_validation_rows_are_disjoint_across_ranks(validation):
+    for ranks in validation[1].values():
+        rows = all_val_rows(ranks)
         assert len(np.unique(rows)) == len(rows)  # disjoint across ranks, nothing twice
-        reference = np.sort(rows) if reference is None else reference
-        np.testing.assert_array_equal(np.sort(rows), reference)
-    assert abs(len(reference) - 0.1 * ROWS) <= CHUNK
-    if mode == "tail":
-        np.testing.assert_array_equal(reference, np.arange(ROWS - round(0.1 * ROWS), ROWS))
+
+
+def test_validation_rows_are_the_same_for_any_world_size_and_worker_count(validation):
+    reference = np.sort(all_val_rows(validation[1][1]))
+    for ranks in validation[1].values():
+        np.testing.assert_array_equal(np.sort(all_val_rows(ranks)), reference)
+
+
+def test_validation_holds_out_about_the_fraction_asked(validation):
+    assert abs(len(all_val_rows(validation[1][1])) - 0.1 * ROWS) <= CHUNK
+
+
+@pytest.mark.parametrize("validation", ["tail"], indirect=True)
+def test_a_tail_split_holds_out_the_last_rows(validation):
+    _, by_world = validation
+    np.testing.assert_array_equal(np.sort(all_val_rows(by_world[1])), np.arange(ROWS - round(0.1 * ROWS), ROWS))
+
+
+def test_validation_rows_never_train(store, validation):
+    mode, by_world = validation
     train = stream(store, val_split=mode)
-    assert not np.isin(reference, train_rows(train)).any()
+    assert not np.isin(all_val_rows(by_world[1]), train_rows(train)).any()
 
 
-def test_bad_stores_and_settings_fail_at_construction(store, tmp_path):
+def test_a_missing_store_is_refused_at_construction(tmp_path):
     with pytest.raises(StoreError, match="no such store"):
         KmerStream(str(tmp_path / "absent.zarr"))
+
+
+def test_what_is_not_a_kmervae_store_is_refused_at_construction(tmp_path):
     zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w").attrs["other"] = 1
     with pytest.raises(StoreError, match="not a kmervae store"):
         KmerStream(str(tmp_path / "foreign.zarr"))
     (tmp_path / "plain").mkdir()
     with pytest.raises(StoreError, match="not a kmervae store"):
         KmerStream(str(tmp_path / "plain"))
-    import shutil
+
+
+def test_an_incomplete_store_is_refused_at_construction(store, tmp_path):
     shutil.copytree(store, tmp_path / "cut.zarr")
     g = zarr.open_group(str(tmp_path / "cut.zarr"), mode="r+")
     g.attrs["kmervae"] = {**g.attrs["kmervae"], "complete": False}
     with pytest.raises(StoreError, match="incomplete"):
         KmerStream(str(tmp_path / "cut.zarr"))
+
+
+def test_settings_that_cannot_work_fail_at_construction(store):
     with pytest.raises(ValueError, match="does not divide evenly"):
         KmerStream(store, batch_size=31, world_size=2, rank=0)
     with pytest.raises(ValueError, match="not a multiple of the plan's 6 partitions"):

@@ -2,6 +2,8 @@
 exports that `train.encode` takes, and one-line refusals."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,14 +21,23 @@ def one_line_refusal(proc, text: str) -> None:
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and text in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("variant", [["--prior", "mog:3"], ["--prior", "vamp:4", *BLOCKS]])
-def test_two_processes_train_a_learned_prior_like_one(train_store, tmp_path, variant):
+@pytest.fixture(scope="module", params=[["--prior", "mog:3"], ["--prior", "vamp:4", *BLOCKS]],
+                ids=["mog", "vamp-blocks"])
+def one_and_two(train_store, tmp_path_factory, request) -> tuple[list[str], Path]:
+    """A variant trained 2 epochs by one process and by two (torchrun): (its flags, the folder
+    holding runs `one` and `two`)."""
     store, _ = train_store
-    args = ("--epochs", 2, "--latent-sample", 0, *TINY, *variant)
-    run("train", *train_args(store, tmp_path / "one", *args), check=True)
-    two = torchrun("train", *train_args(store, tmp_path / "two", *args))
+    d = tmp_path_factory.mktemp("variant")
+    args = ("--epochs", 2, "--latent-sample", 0, *TINY, *request.param)
+    run("train", *train_args(store, d / "one", *args), check=True)
+    two = torchrun("train", *train_args(store, d / "two", *args))
     assert two.returncode == 0, two.stderr[-3000:]
-    h1, h2 = history(tmp_path / "one"), history(tmp_path / "two")
+    return request.param, d
+
+
+def test_two_processes_train_a_learned_prior_like_one(one_and_two):
+    variant, d = one_and_two
+    h1, h2 = history(d / "one"), history(d / "two")
     keys = [k for k in h1[0] if k.startswith(("train_", "val_")) and "kl" in k or k in ("train_recon", "val_loss")]
     assert ("val_kl_block_4+3+2+1" in keys) == ("--latent-blocks" in variant)
     # Validation runs BatchNorm on running statistics, which follow the rounding noise that Adam
@@ -35,28 +46,49 @@ def test_two_processes_train_a_learned_prior_like_one(train_store, tmp_path, var
     for a, b in zip(h1, h2, strict=True):
         for key in keys:
             assert a[key] == pytest.approx(b[key], rel=1e-4 if key.startswith("train_") else 2e-3), key
-    w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+
+
+def test_two_processes_learn_the_prior_one_does_and_export_it(one_and_two):
+    _, d = one_and_two
+    w1, w2 = final_weights(d / "one"), final_weights(d / "two")
     prior = [k for k in w1 if k.startswith("prior.")]
     assert prior  # the prior's parameters are in the exported model
     for name in prior:
         torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=1e-5)
 
 
-def test_a_learned_prior_with_per_scale_latents_resumes_exactly_and_encodes(train_store, tmp_path):
-    store, _ = train_store
-    variant = ("--prior", "vamp:4", *BLOCKS, *TINY)
-    run("train", *train_args(store, tmp_path / "a", "--epochs", 3, *variant), check=True)
-    run("train", *train_args(store, tmp_path / "b", "--epochs", 2, *variant), check=True)
-    more = run("train", *train_args(store, tmp_path / "b", "--epochs", 3, *variant), check=True)
-    assert "resuming from" in more.stdout
-    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["train_kl_block_6"] for h in history(tmp_path / "a")] == [h["train_kl_block_6"] for h in history(tmp_path / "b")]
+VARIANT = ("--prior", "vamp:4", *BLOCKS, *TINY)
 
-    enc_path = tmp_path / "a" / "vae_multi_encoder_final.pt"
+
+@pytest.fixture(scope="module")
+def resumed(train_store, tmp_path_factory) -> tuple[Path, str]:
+    """A VampPrior with per-scale latents trained 3 epochs in one go (`a`) and as 2 epochs
+    then 1 more (`b`): the folder and what the resumed run said."""
+    store, _ = train_store
+    d = tmp_path_factory.mktemp("resumed")
+    run("train", *train_args(store, d / "a", "--epochs", 3, *VARIANT), check=True)
+    run("train", *train_args(store, d / "b", "--epochs", 2, *VARIANT), check=True)
+    return d, run("train", *train_args(store, d / "b", "--epochs", 3, *VARIANT), check=True).stdout
+
+
+def test_a_learned_prior_with_per_scale_latents_resumes_exactly(resumed):
+    d, stdout = resumed
+    assert "resuming from" in stdout
+    a, b = final_weights(d / "a"), final_weights(d / "b")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_kl_block_6"] for h in history(d / "a")] == [h["train_kl_block_6"] for h in history(d / "b")]
+
+
+def test_the_encoder_export_of_a_learned_prior_run_is_the_encoder_alone(resumed):
+    state = torch.load(resumed[0] / "a" / "vae_multi_encoder_final.pt", weights_only=True)
+    assert not any(k.startswith("prior") for k in state)
+
+
+def test_encode_gives_the_per_scale_encoders_means(train_store, resumed, tmp_path):
+    store, _ = train_store
+    enc_path = resumed[0] / "a" / "vae_multi_encoder_final.pt"
     run("train.encode", "--checkpoint", enc_path, "--data", store, "--out", tmp_path / "z.zarr", check=True)
     state = torch.load(enc_path, weights_only=True)
-    assert not any(k.startswith("prior") for k in state)  # the encoder export is the encoder alone
     enc = encoder_from_state(state)
     enc.load_state_dict(state)
     with torch.no_grad():
@@ -65,17 +97,25 @@ def test_a_learned_prior_with_per_scale_latents_resumes_exactly_and_encodes(trai
     assert got.shape == (600, 8)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
-    other = run("train", *train_args(store, tmp_path / "b", "--epochs", 4, *TINY, *BLOCKS, "--prior", "mog:4"))
+
+def test_resuming_under_another_prior_is_one_line(train_store, resumed):
+    store, _ = train_store
+    other = run("train", *train_args(store, resumed[0] / "b", "--epochs", 4, *TINY, *BLOCKS, "--prior", "mog:4"))
     one_line_refusal(other, "checkpoint of a run with prior vamp:4, not mog:4")
 
 
-def test_settings_that_cannot_work_are_one_line(train_store, tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (("--prior", "mog:0"), "prior 'mog:0'"),
+    (("--prior", "vamp:-1"), "prior 'vamp:-1'"),
+    (("--prior", "cauchy"), "prior 'cauchy'"),
+    ((*TINY, "--latent-blocks", "4,2,1"), "must be positive and add up to latent 8"),
+], ids=["mog:0", "vamp:-1", "cauchy", "blocks-not-adding-up"])
+def test_settings_that_cannot_work_are_one_line(train_store, tmp_path, args, message):
+    one_line_refusal(run("train", *train_args(train_store[0], tmp_path / "x", *args)), message)
+
+
+def test_resuming_a_flat_run_with_latent_blocks_is_one_line(train_store, tmp_path):
     store, _ = train_store
-    one_line_refusal(run("train", *train_args(store, tmp_path / "x", "--prior", "mog:0")), "prior 'mog:0'")
-    one_line_refusal(run("train", *train_args(store, tmp_path / "x", "--prior", "vamp:-1")), "prior 'vamp:-1'")
-    one_line_refusal(run("train", *train_args(store, tmp_path / "x", "--prior", "cauchy")), "prior 'cauchy'")
-    one_line_refusal(run("train", *train_args(store, tmp_path / "x", *TINY, "--latent-blocks", "4,2,1")),
-                     "must be positive and add up to latent 8")
     run("train", *train_args(store, tmp_path / "flat", "--epochs", 1, *TINY), check=True)
     one_line_refusal(run("train", *train_args(store, tmp_path / "flat", "--epochs", 2, *TINY, *BLOCKS)),
                      "checkpoint of a flat latent run")
