@@ -7,12 +7,20 @@ destructor: std::terminate, "terminate called without an active exception", SIGA
 rank failing after it trained). So no group may outlive `shutdown()` with work of ours on it:
 shutdown frees the default group (joining its threads) while the interpreter is alive, and DDP,
 which keeps its group alive to the end of the process, gets a group of its own (`ddp_group`)
-that carries only the buffers DDP allocates itself."""
+that carries only the buffers DDP allocates itself.
+
+Set-up has one too. torchrun's agents keep one store for the whole job: restarted ranks find the
+dead round's keys in it, and gloo then connects to the dead ranks' addresses. So each restart
+round needs a key space of its own, which `round_token` names (see there why the restart count
+cannot)."""
 from __future__ import annotations
 
 import gc
 import os
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable
 
 import torch
@@ -48,16 +56,46 @@ def init_distributed() -> DistContext:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-            # torchrun's agent keeps one store across restarts, so a restarted rank can read the
-            # dead round's addresses and fail to connect (seen with gloo, torch 2.13): give each
-            # restart round its own key space.
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # the store outlives restarts
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
-            store = dist.PrefixStore(f"kmervae/round_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+            store = dist.PrefixStore(f"kmervae/{round_token(store, rank, world)}", store)
             dist.init_process_group(backend, store=store, rank=rank, world_size=world, **kwargs)
         else:
             dist.init_process_group(backend, **kwargs)
     return DistContext(rank, world, local, device)
+
+
+def round_token(store: dist.Store, rank: int, world: int, timeout: timedelta = timedelta(minutes=5)) -> str:
+    """A name that this round's ranks alone share, agreed on a store where earlier rounds left keys.
+
+    TORCHELASTIC_RESTART_COUNT does not name a round: each agent counts only the restarts its own
+    workers' failures caused, not those for a rendezvous another agent started (torch 2.13,
+    torch/distributed/elastic/agent/server/api.py `_invoke_run`), so after one node's worker dies
+    the agents may start the next round with different counts (pytorch/pytorch#135712). Instead
+    rank 0 draws a token and hands it to each rank in answer to a nonce that rank has just drawn:
+    no earlier round can have answered it. Rank 0 answers until every rank confirms under the
+    token, so a rank that starts late is answered too."""
+    if rank != 0:
+        nonce = uuid.uuid4().hex
+        store.set(f"kmervae/hello/{rank}", nonce)
+        token = store.get(f"kmervae/answer/{nonce}").decode()  # waits up to the store's timeout
+        store.set(f"kmervae/{token}/here/{rank}", "1")
+        return token
+    token, answered, waiting = uuid.uuid4().hex, set(), set(range(1, world))
+    deadline = time.monotonic() + timeout.total_seconds()
+    while waiting:
+        for r in sorted(waiting):
+            if store.check([f"kmervae/{token}/here/{r}"]):
+                waiting.discard(r)
+            elif store.check([f"kmervae/hello/{r}"]):
+                nonce = store.get(f"kmervae/hello/{r}").decode()  # maybe a dead round's: answered all the same
+                if nonce not in answered:
+                    store.set(f"kmervae/answer/{nonce}", token)
+                    answered.add(nonce)
+        if waiting and time.monotonic() > deadline:
+            raise RuntimeError(f"ranks {sorted(waiting)} did not join rank 0 within {timeout}")
+        time.sleep(0.02)
+    return token
 
 
 def ddp_group() -> dist.ProcessGroup | None:

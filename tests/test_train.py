@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -33,7 +34,11 @@ def torchrun(*args, nproc: int = 2, restarts: int = 0, popen: bool = False, modu
     env = child_env(OMP_NUM_THREADS="1")
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if log := os.environ.get("KMERVAE_CHILD_LOG"):  # benchmarks/soak_exit.sh searches these for aborts
+        with open(log, "a") as f:
+            f.write(f"$ torchrun {' '.join(map(str, args))}\nstatus {proc.returncode}\n{proc.stdout}{proc.stderr}\n")
+    return proc
 
 
 def final_weights(out: Path) -> dict:
