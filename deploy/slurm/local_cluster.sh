@@ -20,6 +20,7 @@ NODE=$(hostname -s)
 MEMORY_MB=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
 
 # Root, no systemd, no cgroups: linuxproc tracks a job's processes, no task binding, no accounting.
+# CPUs by getconf, not nproc, which reports OMP_NUM_THREADS where that is set (as in a test run).
 # JobRequeue=1: batch jobs may requeue (train.sbatch's --requeue asks for it anyway). A requeued
 # job waits cred_expire seconds before it starts again: 120 by default, 15 here.
 cat > "$SLURM_CONF" <<EOF
@@ -49,7 +50,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 JobRequeue=1
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$MEMORY_MB State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$(getconf _NPROCESSORS_ONLN) RealMemory=$MEMORY_MB State=UNKNOWN
 PartitionName=local Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 
