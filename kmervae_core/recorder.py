@@ -65,6 +65,9 @@ class Recorder:
                 self.metrics_url = self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
         self._window_start()
         self.bar: Progress | None = None
+        # the epoch under way, set by `batches`: rows of all ranks, its start, the last step's end
+        self.epoch_rows, self.epoch_start, self.epoch_seconds = 0, time.perf_counter(), 0.0
+        self.last_step = self.epoch_start
 
     def keep_history(self, epochs: int) -> None:
         """On resume: the history of the first `epochs` epochs (a later one was not checkpointed)."""
