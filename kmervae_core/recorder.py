@@ -15,7 +15,7 @@ from . import __version__
 from .atomic import atomic_file
 from .config import TrainConfig
 from .distributed import DistContext, all_reduce, gather
-from .kmers import KMER_GROUPS
+from .kmers import KMER_GROUPS, KGroup
 from .losses import summarise
 from .metrics import TrainMetrics
 from .progress import Progress
@@ -51,7 +51,7 @@ def epoch_line(epoch: int, epochs: int, beta: float, train: Summary, val: Summar
 class Recorder:
     """`info`: the run's description for the exporter's `kmervae_run` series."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, groups, blocks: tuple[str, ...],
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, groups: tuple[KGroup, ...], blocks: tuple[str, ...],
                  info: dict[str, str], log: Callable[[str], None]) -> None:
         self.cfg, self.ctx, self.groups, self.blocks, self.log = cfg, ctx, groups, blocks, log
         self.run_dir = Path(cfg.out)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-BASE = ("rows", "recon", "kl", "loss", "mse")  # rows seen; per-row recon and KL; recon + β KL; MSE over all features
 KL_BLOCK_PREFIX = "kl_block_"
-LATENT = ("active_units", "spearman", "knn")  # the held-out latent metrics (validator.py)
-SPLITS = ("train", "val", "latent")  # the prefixes of history.json's figures
+SPLITS = ("train", "val", "latent")  # the prefixes of history.json's figures (latent: validator.py's metrics)
 
 
 def mse_key(k: int) -> str:
@@ -30,8 +28,9 @@ def history_key(split: str, key: str) -> str:
 
 
 class Summary(dict):
-    """A split's figures by name: BASE, then mse_key(k) of each trained k, then kl_block_key(name)
-    of each latent block; a dict, as history.json stores it."""
+    """A split's figures by name: "rows" seen, per-row "recon" and "kl", "loss" (recon + β KL), "mse"
+    over all trained features, then mse_key(k) of each trained k and kl_block_key(name) of each
+    latent block; a dict, as history.json stores it."""
 
     def history(self, split: str) -> dict[str, float]:
         return {history_key(split, key): v for key, v in self.items()}
