@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.train import build_store  # noqa: E402
 from kmervae_core.config import TrainConfig  # noqa: E402
-from kmervae_core.distributed import DistContext  # noqa: E402
-from kmervae_core.step_graph import set_lr  # noqa: E402
-from kmervae_core.training import Trainer  # noqa: E402
+from kmervae_core.training.distributed import DistContext  # noqa: E402
+from kmervae_core.training.step_graph import set_lr  # noqa: E402
+from kmervae_core.training.trainer import Trainer  # noqa: E402
 
 
 class CutEachEpoch(torch.optim.lr_scheduler.ReduceLROnPlateau):

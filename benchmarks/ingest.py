@@ -28,10 +28,10 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kmervae_core.convert import IngestPlan, ingest, transform_chunk  # noqa: E402
-from kmervae_core.kmers import N_FEATURES, SOURCE_COLUMNS  # noqa: E402
-from kmervae_core.npy_source import open_npy  # noqa: E402
-from kmervae_core.synth import write_sample  # noqa: E402
+from kmervae_core.store.convert import IngestPlan, ingest, transform_chunk  # noqa: E402
+from kmervae_core.store.kmers import N_FEATURES, SOURCE_COLUMNS  # noqa: E402
+from kmervae_core.store.npy_source import open_npy  # noqa: E402
+from kmervae_core.store.synth import write_sample  # noqa: E402
 
 
 def make_input(path: Path, rows: int, template: np.ndarray) -> None:

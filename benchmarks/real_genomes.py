@@ -33,10 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kmervae_core.encode import load_encoder  # noqa: E402
-from kmervae_core.evaluate import knn_cv_accuracy  # noqa: E402
-from kmervae_core.store import open_array, read_rows  # noqa: E402
-from kmervae_core.synth import COUNT_BATCH, count_kmers  # noqa: E402
+from kmervae_core.evaluation.encode import load_encoder  # noqa: E402
+from kmervae_core.evaluation.embedding import knn_cv_accuracy  # noqa: E402
+from kmervae_core.store.contract import open_array, read_rows  # noqa: E402
+from kmervae_core.store.synth import COUNT_BATCH, count_kmers  # noqa: E402
 
 # wheel (pinned), file inside it, SHA-256 of the decompressed FASTA (first 16 hex digits), genome, species
 GENOMES = [

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core import KmerStream  # noqa: E402
-from kmervae_core.cache import RowCache  # noqa: E402
-from kmervae_core.stream import make_loader  # noqa: E402
+from kmervae_core.feed.cache import RowCache  # noqa: E402
+from kmervae_core.feed.stream import make_loader  # noqa: E402
 
 
 def ceiling(url: str) -> float:

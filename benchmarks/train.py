@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core.config import TrainConfig  # noqa: E402
-from kmervae_core.distributed import DistContext  # noqa: E402
-from kmervae_core.store import ATTRS_KEY, CLR, COLUMN0  # noqa: E402
-from kmervae_core.training import Trainer  # noqa: E402
+from kmervae_core.training.distributed import DistContext  # noqa: E402
+from kmervae_core.store.contract import ATTRS_KEY, CLR, COLUMN0  # noqa: E402
+from kmervae_core.training.trainer import Trainer  # noqa: E402
 
 # mode: (cuda_graphs, cache, store codec, store dtype)
 MODES = {"eager": ("off", "none", "zstd:1", "float32"),

@@ -8,14 +8,14 @@ import dataclasses
 import resource
 import sys
 
-from kmervae_core.clr import ClrSpec
-from kmervae_core.convert import CODEC_LEVELS, DEFAULT_CHUNK_ROWS, IngestPlan, find_bad_rows, ingest
+from kmervae_core.store.clr import ClrSpec
+from kmervae_core.store.convert import CODEC_LEVELS, DEFAULT_CHUNK_ROWS, IngestPlan, find_bad_rows, ingest
 from kmervae_core.errors import KmervaeError
 from kmervae_core.limits import usable_cpus
-from kmervae_core.npy_source import open_npy
+from kmervae_core.store.npy_source import open_npy
 from kmervae_core.progress import Progress
-from kmervae_core.store import STORE_DTYPES, open_store
-from kmervae_core.verify import verify_store
+from kmervae_core.store.contract import STORE_DTYPES, open_store
+from kmervae_core.store.verify import verify_store
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

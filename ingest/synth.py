@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from kmervae_core.synth import write_sample
+from kmervae_core.store.synth import write_sample
 
 
 def labels_path(npy_path: str) -> str:

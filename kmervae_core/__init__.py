@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_LAZY = {"KmerStream": "kmervae_core.stream"}
+_LAZY = {"KmerStream": "kmervae_core.feed.stream"}
 
 
 def __getattr__(name: str):

@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .epoch_plan import SPLIT_MODES
+from .feed.epoch_plan import SPLIT_MODES
 from .errors import KmervaeError
 
 BETA_SCHEDULES = ("warmup", "cyclical")

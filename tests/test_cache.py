@@ -12,11 +12,11 @@ import torch
 import zarr
 
 from kmervae_core import KmerStream
-from kmervae_core.cache import RowCache, choose_tier
+from kmervae_core.feed.cache import RowCache, choose_tier
 from kmervae_core.config import TrainConfig
-from kmervae_core.distributed import DistContext
-from kmervae_core.feed import Feed
-from kmervae_core.kmers import selected_groups
+from kmervae_core.training.distributed import DistContext
+from kmervae_core.feed.rank_feed import Feed
+from kmervae_core.store.kmers import selected_groups
 from tests.conftest import run
 
 GiB = 2**30

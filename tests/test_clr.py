@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from kmervae_core.clr import ClrSpec, clr
+from kmervae_core.store.clr import ClrSpec, clr
 from tests.conftest import random_kmers, reference_clr
 
 

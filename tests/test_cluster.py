@@ -15,7 +15,7 @@ import psutil
 import pytest
 import torch
 
-from kmervae_core.checkpoint import NAME, list_checkpoints
+from kmervae_core.training.checkpoint import NAME, list_checkpoints
 from tests.conftest import ROOT, child_env, run
 from tests.test_train import TINY, final_weights, history, torchrun, train_args
 

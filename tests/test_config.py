@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kmervae_core import checkpoint as ckpt
+from kmervae_core.training import checkpoint as ckpt
 from kmervae_core.config import TrainConfig, load_config
 from kmervae_core.errors import KmervaeError
 

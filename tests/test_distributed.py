@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from kmervae_core.distributed import round_token
+from kmervae_core.training.distributed import round_token
 
 
 def agree(server: dist.TCPStore, world: int, late: dict[int, float] | None = None) -> list[str]:

@@ -4,7 +4,7 @@ out here by hand). Each test states one promise the trainer and the stream rely 
 import numpy as np
 import pytest
 
-from kmervae_core.epoch_plan import EpochPlan, Split, make_split, rank_share, worker_batches
+from kmervae_core.feed.epoch_plan import EpochPlan, Split, make_split, rank_share, worker_batches
 
 ROWS, CHUNK = 10_000, 256  # 40 chunks, the last one short (16 rows)
 SPLIT = make_split(ROWS, CHUNK, 0.1, "random", seed=3)

@@ -82,7 +82,7 @@ def test_float16_store_is_close_to_the_reference(sample, tmp_path):
 
 
 def test_ingest_imports_no_torch():
-    code = ("import sys, ingest.__main__, ingest.synth, kmervae_core, kmervae_core.convert;"
+    code = ("import sys, ingest.__main__, ingest.synth, kmervae_core, kmervae_core.store.convert;"
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
@@ -205,8 +205,8 @@ def _files(store: Path) -> dict[str, bytes]:
 
 def test_resume_clears_half_written_chunk_files_of_an_interrupted_run(tmp_path):
     """zarr writes each chunk to a `.partial` file and renames it; a kill can leave one behind."""
-    from kmervae_core.convert import IngestPlan, ingest_chunk, prepare
-    from kmervae_core.npy_source import open_npy
+    from kmervae_core.store.convert import IngestPlan, ingest_chunk, prepare
+    from kmervae_core.store.npy_source import open_npy
     npy = write_npy(tmp_path / "x.npy", random_kmers(64, seed=4))
     run("ingest", npy, tmp_path / "full.zarr", "--chunk-rows", "8", "--quiet", check=True)
     out = tmp_path / "cut.zarr"

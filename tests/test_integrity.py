@@ -14,8 +14,8 @@ import torch
 import zarr
 
 from kmervae_core.errors import StoreError
-from kmervae_core.store import open_store
-from kmervae_core.stream import KmerStream
+from kmervae_core.store.contract import open_store
+from kmervae_core.feed.stream import KmerStream
 from tests.conftest import random_kmers, run, store_attrs
 
 CHUNK_ROWS = 40

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from kmervae_core import kmers
+from kmervae_core.store import kmers
 from tests.conftest import DESIGN_SOURCE
 
 COMPLEMENT = str.maketrans("ACGT", "TGCA")

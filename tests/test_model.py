@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from kmervae_core.config import TrainConfig, beta_at, warmup_end_epoch
-from kmervae_core.evaluate import knn_accuracy
-from kmervae_core.losses import summarise, vae_loss
-from kmervae_core.model import VAE, GlobalBatchNorm1d, architecture, keras_param_count
-from kmervae_core.recorder import epoch_line
+from kmervae_core.evaluation.embedding import knn_accuracy
+from kmervae_core.model.losses import summarise, vae_loss
+from kmervae_core.model.vae import VAE, GlobalBatchNorm1d, architecture, keras_param_count
+from kmervae_core.training.recorder import epoch_line
 
 
 def test_parameter_counts_equal_the_keras_reference():
@@ -108,7 +108,7 @@ def test_knn_accuracy_matches_brute_force():
 
 
 def test_cross_validated_knn_matches_brute_force():
-    from kmervae_core.evaluate import knn_cv_accuracy
+    from kmervae_core.evaluation.embedding import knn_cv_accuracy
     rng = np.random.default_rng(5)
     z, labels = rng.normal(size=(50, 3)), rng.choice(["a", "b", "c"], 50)
     z[labels == "b"] += 1.5
@@ -129,28 +129,28 @@ def latents() -> np.ndarray:
 
 
 def test_active_units_are_those_of_variance_over_a_hundredth():
-    from kmervae_core.evaluate import active_units
+    from kmervae_core.evaluation.embedding import active_units
     z = latents()
     assert active_units(z) == int(sum(np.var(z[:, c]) > 0.01 for c in range(6)))
 
 
 def test_spearman_matches_scipy_with_ties():
     from scipy.stats import spearmanr
-    from kmervae_core.evaluate import spearman
+    from kmervae_core.evaluation.embedding import spearman
     rng = np.random.default_rng(8)
     a, b = rng.integers(0, 5, 300).astype(float), rng.normal(size=300)  # ties in a
     assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
 
 
 def test_sampled_pairs_are_of_distinct_rows_and_fixed_by_the_seed():
-    from kmervae_core.evaluate import sample_pairs
+    from kmervae_core.evaluation.embedding import sample_pairs
     i, j = sample_pairs(200, 500, seed=1)
     assert (i != j).all() and np.array_equal(sample_pairs(200, 500, seed=1)[0], i)
 
 
 def test_distance_spearman_matches_scipy_over_the_pairs():
     from scipy.stats import spearmanr
-    from kmervae_core.evaluate import distance_spearman, sample_pairs
+    from kmervae_core.evaluation.embedding import distance_spearman, sample_pairs
     z, x = latents(), np.random.default_rng(9).normal(size=(200, 30))
     i, j = sample_pairs(200, 500, seed=1)
     dz = [np.sqrt(((z[p] - z[q]) ** 2).sum()) for p, q in zip(i, j)]
@@ -160,7 +160,7 @@ def test_distance_spearman_matches_scipy_over_the_pairs():
 
 def weighted_subset() -> tuple:
     """5-mers weighted 2 and 2-mers 0.5 over 4 rows: (groups, x, r, mu, lv, the loss's sums)."""
-    from kmervae_core.kmers import selected_groups
+    from kmervae_core.store.kmers import selected_groups
     rng = np.random.default_rng(4)
     _, groups = selected_groups([5, 2])  # 512 + 10 columns
     x, r = rng.normal(size=(4, 522)), rng.normal(size=(4, 522))

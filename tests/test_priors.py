@@ -8,11 +8,11 @@ from scipy.stats import norm
 
 from kmervae_core.config import TrainConfig, parse_prior, resume_mismatch
 from kmervae_core.errors import KmervaeError
-from kmervae_core.kmers import block_columns
-from kmervae_core.losses import summarise, vae_loss
-from kmervae_core.metrics import TrainMetrics
-from kmervae_core.model import VAE, BlockEncoder, encoder_from_state
-from kmervae_core.priors import MixturePrior, VampPrior, mixture_log_density, normal_kl, posterior_log_density
+from kmervae_core.store.kmers import block_columns
+from kmervae_core.model.losses import summarise, vae_loss
+from kmervae_core.training.prometheus import TrainMetrics
+from kmervae_core.model.vae import VAE, BlockEncoder, encoder_from_state
+from kmervae_core.model.priors import MixturePrior, VampPrior, mixture_log_density, normal_kl, posterior_log_density
 
 SIZES = [3, 2]  # two latent blocks
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.real_genomes import fragments, write_kmers
-from kmervae_core.kmers import group
+from kmervae_core.store.kmers import group
 
 
 def genome() -> bytes:

@@ -13,7 +13,7 @@ import torch
 import zarr
 
 from kmervae_core import KmerStream
-from kmervae_core.epoch_plan import EpochPlan, default_partitions, make_split
+from kmervae_core.feed.epoch_plan import EpochPlan, default_partitions, make_split
 from kmervae_core.errors import StoreError
 from tests.conftest import ROOT, random_kmers, run, write_npy
 
@@ -192,7 +192,7 @@ def test_batches_can_be_streamed_as_bfloat16(store):
 
 def test_a_float16_store_streams_exactly_as_float16_or_float32(tmp_path):
     """float16 batches halve what workers hand over (and what crosses to a GPU) at no loss."""
-    from kmervae_core.stream import make_loader
+    from kmervae_core.feed.stream import make_loader
     npy = write_npy(tmp_path / "x.npy", random_kmers(300, seed=3))
     run("ingest", npy, tmp_path / "half.zarr", "--chunk-rows", 37, "--dtype", "float16", check=True)
     clr = zarr.open_group(tmp_path / "half.zarr", mode="r")["clr"][:]
@@ -315,8 +315,8 @@ def test_real_worker_processes_give_the_same_batches(store):
     code = f"""
 import numpy as np, torch
 from kmervae_core import KmerStream
-from kmervae_core.epoch_plan import EpochPlan, default_partitions, make_split
-from kmervae_core.stream import make_loader
+from kmervae_core.feed.epoch_plan import EpochPlan, default_partitions, make_split
+from kmervae_core.feed.stream import make_loader
 if __name__ == "__main__":
     s = KmerStream({store!r}, batch_size={BATCH}, seed=5, partitions={PARTS}, rank=1, world_size=2)
     for workers in (3, 2):
@@ -338,8 +338,8 @@ def test_reused_buffers_give_the_same_batches_to_a_consumer_that_uses_each_at_on
     code = f"""
 import numpy as np, torch, zarr
 from kmervae_core import KmerStream
-from kmervae_core.epoch_plan import EpochPlan, default_partitions, make_split
-from kmervae_core.stream import make_loader
+from kmervae_core.feed.epoch_plan import EpochPlan, default_partitions, make_split
+from kmervae_core.feed.stream import make_loader
 if __name__ == "__main__":
     s = KmerStream({store!r}, batch_size={BATCH}, seed=5, partitions={PARTS})
     clr = zarr.open_group({store!r}, mode="r")["clr"][:]

@@ -15,7 +15,7 @@ import pytest
 import torch
 import zarr
 
-from kmervae_core.model import VAE, Encoder
+from kmervae_core.model.vae import VAE, Encoder
 from tests.conftest import ROOT, child_env, run
 
 pytestmark = pytest.mark.slow
@@ -158,8 +158,8 @@ def test_weights_gone_non_finite_stop_the_run_even_while_the_loss_is_finite(trai
     """Training losses use batch statistics, so a BatchNorm running variance can overflow
     unseen by the loss: the check covers weights and buffers too."""
     from kmervae_core.config import TrainConfig
-    from kmervae_core.distributed import DistContext
-    from kmervae_core.training import NonFiniteLoss, Trainer
+    from kmervae_core.training.distributed import DistContext
+    from kmervae_core.training.trainer import NonFiniteLoss, Trainer
     cfg = TrainConfig(data=train_store[0], out=str(tmp_path), batch_size=48, workers=0, hidden=[64, 32], latent=8,
                       metrics_port=0, latent_sample=0, epochs=1)
     trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lambda line: None)
@@ -224,7 +224,7 @@ def knn_run(train_store, tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_select_by_knn_keeps_the_epoch_with_the_best_knn(train_store, knn_run):
-    from kmervae_core.evaluate import knn_accuracy
+    from kmervae_core.evaluation.embedding import knn_accuracy
     store, _ = train_store
     out, stdout = knn_run
     assert " | active " in stdout and ", kNN " in stdout

@@ -9,7 +9,7 @@ import pytest
 import torch
 import zarr
 
-from kmervae_core.model import encoder_from_state
+from kmervae_core.model.vae import encoder_from_state
 from tests.conftest import run
 from tests.test_train import TINY, final_weights, history, torchrun, train_args
 

@@ -11,7 +11,7 @@ import threading
 
 from kmervae_core.config import TrainConfig, load_config
 from kmervae_core.errors import KmervaeError, LoaderWorkerDied
-from kmervae_core.workers import STOP_SIGNALS
+from kmervae_core.feed.workers import STOP_SIGNALS
 
 EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_WORKER_KILLED = 2, 3, 4
 EXIT_STOPPED = 143  # 128 + SIGTERM, as schedulers expect of a terminated task (Kubeflow's ExitCode policy retries 128-255)
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except KmervaeError as e:
         print(f"train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from kmervae_core.distributed import init_distributed, shutdown
-    from kmervae_core.training import NonFiniteLoss, Stopped, Trainer
+    from kmervae_core.training.distributed import init_distributed, shutdown
+    from kmervae_core.training.trainer import NonFiniteLoss, Stopped, Trainer
     stop = threading.Event()  # set by a signal; the trainer stops all ranks at one step
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())

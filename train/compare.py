@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kmervae_core.compare import comparison_table, csv_text, markdown, plot_latent_metrics
+from kmervae_core.evaluation.compare import comparison_table, csv_text, markdown, plot_latent_metrics
 from kmervae_core.errors import KmervaeError
 
 

@@ -9,11 +9,11 @@ import time
 import torch
 import torch.distributed as dist
 
-from kmervae_core.distributed import init_distributed, shutdown
-from kmervae_core.encode import encode_chunks, finish_output, load_encoder, prepare_output
+from kmervae_core.training.distributed import init_distributed, shutdown
+from kmervae_core.evaluation.encode import encode_chunks, finish_output, load_encoder, prepare_output
 from kmervae_core.errors import KmervaeError
 from kmervae_core.progress import Progress
-from kmervae_core.store import open_store
+from kmervae_core.store.contract import open_store
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,8 @@ import numpy as np
 import zarr
 
 from kmervae_core.errors import KmervaeError
-from kmervae_core.evaluate import knn_accuracy
-from kmervae_core.store import open_array, open_store, read_rows
+from kmervae_core.evaluation.embedding import knn_accuracy
+from kmervae_core.store.contract import open_array, open_store, read_rows
 
 MAX_ROWS = 20000  # kNN is quadratic: larger inputs are evaluated on a seeded sample
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from kmervae_core.errors import KmervaeError
-from kmervae_core.report import write_report
+from kmervae_core.evaluation.report import write_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,13 +21,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import Checkpointer
-from .config import TrainConfig, beta_at
+from ..config import TrainConfig, beta_at
 from .distributed import DistContext, StopVote, all_reduce, ddp_group
-from .errors import KmervaeError
-from .feed import Feed
-from .kmers import N_FEATURES, block_columns, selected_groups
-from .losses import summarise
-from .model import VAE
+from ..errors import KmervaeError
+from ..feed.rank_feed import Feed
+from ..store.kmers import N_FEATURES, block_columns, selected_groups
+from ..model.losses import summarise
+from ..model.vae import VAE
 from .recorder import Recorder
 from .step_runner import StepRunner
 from .tracker import Tracker

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .config import GRAPH_MODES
+from ..config import GRAPH_MODES
 
 WARMUP_STEPS = 3  # eager steps (on a side stream) before capture, as torch's CUDA graph notes ask
 CHECK_LR_FACTOR = 0.5

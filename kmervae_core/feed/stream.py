@@ -21,8 +21,8 @@ import zarr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .epoch_plan import EpochPlan, default_partitions, make_split, rank_share, worker_batches
-from .kmers import N_FEATURES
-from .store import StoreInfo, open_array, open_store, read_rows
+from ..store.kmers import N_FEATURES
+from ..store.contract import StoreInfo, open_array, open_store, read_rows
 from .workers import worker_init
 
 SPLITS = ("train", "val")
@@ -252,7 +252,7 @@ def make_loader(stream: KmerStream, num_workers: int = 4, pin_memory: bool | Non
         linux = sys.platform.startswith("linux")
         context = multiprocessing.get_context("forkserver" if linux else "spawn")
         if linux:  # takes effect when this process starts its forkserver
-            context.set_forkserver_preload(["kmervae_core.forkserver_init"])
+            context.set_forkserver_preload(["kmervae_core.feed.forkserver_init"])
         kwargs = dict(prefetch_factor=prefetch_factor, persistent_workers=True, multiprocessing_context=context,
                       worker_init_fn=functools.partial(worker_init, os.getpid()) if linux else None)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)

@@ -19,10 +19,10 @@ import numpy as np
 import zarr
 
 from .clr import ClrSpec, clr
-from .errors import InputError, StoreError
+from ..errors import InputError, StoreError
 from .kmers import N_FEATURES
 from .npy_source import NpySource, bad_rows
-from .store import (ATTRS_KEY, CHECKSUM, CLR, COLUMN0, FORMAT_VERSION, LABELS, STORE_DTYPES, exists, layout_attrs,
+from .contract import (ATTRS_KEY, CHECKSUM, CLR, COLUMN0, FORMAT_VERSION, LABELS, STORE_DTYPES, exists, layout_attrs,
                     read_attrs, remove, remove_partial_writes)
 
 DONE = "_ingest_done"

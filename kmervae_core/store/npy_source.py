@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 from numpy.lib import format as npformat
 
-from .errors import InputError
+from ..errors import InputError
 from .kmers import SOURCE_COLUMNS, USED_SOURCE
 
 BLOCK_BYTES = 16 << 20  # bound on one positioned read of whole C-order rows

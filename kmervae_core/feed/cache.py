@@ -16,9 +16,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import CACHE_TIERS
+from ..config import CACHE_TIERS
 from .epoch_plan import EpochPlan
-from .limits import gib, host_memory
+from ..limits import gib, host_memory
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_file
-from .config import TrainConfig
+from ..atomic import atomic_file
+from ..config import TrainConfig
 from .distributed import DistContext, all_reduce
-from .errors import KmervaeError
-from .evaluate import active_units, distance_spearman, knn_accuracy, sample_pairs
-from .feed import Feed
-from .losses import N_SUMS, summarise, vae_loss
+from ..errors import KmervaeError
+from ..evaluation.embedding import active_units, distance_spearman, knn_accuracy, sample_pairs
+from ..feed.rank_feed import Feed
+from ..model.losses import N_SUMS, summarise, vae_loss
 from .step_runner import StepRunner
-from .store import LABELS, open_array, read_rows
+from ..store.contract import LABELS, open_array, read_rows
 
 
 class Validator:

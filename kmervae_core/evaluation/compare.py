@@ -8,9 +8,9 @@ import io
 import json
 from pathlib import Path
 
-from .errors import KmervaeError
-from .kmers import USED_KS
-from .summary import history_key, kl_block_key, kl_blocks_in_history, mse_key
+from ..errors import KmervaeError
+from ..store.kmers import USED_KS
+from ..summary import history_key, kl_block_key, kl_blocks_in_history, mse_key
 from .report import _series
 
 IGNORED_SETTINGS = ("out",)  # differs between any two runs by construction

@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from .clr import ClrSpec
-from .errors import DamagedChunk, StoreError
+from ..errors import DamagedChunk, StoreError
 from .kmers import KMER_GROUPS, N_FEATURES, USED_SOURCE
 
 FORMAT_VERSION = 1

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import REFERENCE_HIDDEN, REFERENCE_LATENT
-from .kmers import N_FEATURES
+from ..config import REFERENCE_HIDDEN, REFERENCE_LATENT
+from ..store.kmers import N_FEATURES
 from .priors import make_prior
 
 LOG_VAR_RANGE = (-20.0, 2.0)

@@ -13,10 +13,10 @@ from typing import Callable
 
 import torch
 
-from .config import TrainConfig
+from ..config import TrainConfig
 from .distributed import DistContext, all_reduce
-from .kmers import KGroup
-from .losses import N_SUMS, vae_loss
+from ..store.kmers import KGroup
+from ..model.losses import N_SUMS, vae_loss
 from .step_graph import WARMUP_STEPS, CudaGraphStep, check_capture, graph_decision
 
 NO_STEP = 2**62

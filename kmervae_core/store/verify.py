@@ -8,8 +8,8 @@ from typing import Callable
 
 import zarr
 
-from .errors import StoreError
-from .store import CLR, COLUMN0, LABELS, StoreInfo, check_present, chunk_span, read_rows
+from ..errors import StoreError
+from .contract import CLR, COLUMN0, LABELS, StoreInfo, check_present, chunk_span, read_rows
 
 
 @dataclass(frozen=True)

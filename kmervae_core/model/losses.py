@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .kmers import KMER_GROUPS, USED_KS, KGroup
+from ..store.kmers import KMER_GROUPS, USED_KS, KGroup
 from .priors import normal_kl
-from .summary import Summary, kl_block_key, mse_key
+from ..summary import Summary, kl_block_key, mse_key
 
 # Layout of the sums vector: rows, recon, KL, squared error per k group (6..1; 0 if untrained),
 # then KL per latent block (at most one block per k group; 0 where there are fewer blocks).

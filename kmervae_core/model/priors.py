@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .config import parse_prior
+from ..config import parse_prior
 
 LOG_2PI = math.log(2 * math.pi)
 

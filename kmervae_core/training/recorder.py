@@ -11,15 +11,15 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import __version__
-from .atomic import atomic_file
-from .config import TrainConfig
+from .. import __version__
+from ..atomic import atomic_file
+from ..config import TrainConfig
 from .distributed import DistContext, all_reduce, gather
-from .kmers import KMER_GROUPS, KGroup
-from .losses import summarise
-from .metrics import TrainMetrics
-from .progress import Progress
-from .summary import Summary, history_key, mse_key
+from ..store.kmers import KMER_GROUPS, KGroup
+from ..model.losses import summarise
+from .prometheus import TrainMetrics
+from ..progress import Progress
+from ..summary import Summary, history_key, mse_key
 
 
 def memory_in_use(device: torch.device) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .atomic import atomic_file
+from ..atomic import atomic_file
 from .kmers import SOURCE_COLUMNS, SOURCE_KS, canonical_count, canonical_index
 
 ORDER = 4

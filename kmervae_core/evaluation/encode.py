@@ -13,11 +13,11 @@ import torch
 import zarr
 from torch import nn
 
-from . import checkpoint as ckpt
-from .distributed import DistContext
-from .errors import KmervaeError
-from .model import encoder_from_state
-from .store import StoreInfo, exists, open_array, read_rows, remove
+from ..training import checkpoint as ckpt
+from ..training.distributed import DistContext
+from ..errors import KmervaeError
+from ..model.vae import encoder_from_state
+from ..store.contract import StoreInfo, exists, open_array, read_rows, remove
 
 LATENTS_KEY = "kmervae_latents"
 

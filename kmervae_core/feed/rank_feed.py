@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from .cache import RowCache, choose_tier, gib, ranks_per_host
-from .config import TrainConfig
-from .distributed import DistContext
-from .errors import KmervaeError, LoaderWorkerDied
-from .kmers import N_FEATURES
-from .store import open_array, open_store, read_rows
+from ..config import TrainConfig
+from ..training.distributed import DistContext
+from ..errors import KmervaeError, LoaderWorkerDied
+from ..store.kmers import N_FEATURES
+from ..store.contract import open_array, open_store, read_rows
 from .stream import KmerStream, make_loader, worker_death
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (x on the device, store rows)

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .config import TrainConfig, warmup_end_epoch
+from ..config import TrainConfig, warmup_end_epoch
 
 
 def better(select_by: str, value: float, best: float) -> bool:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import KmervaeError
-from .kmers import KMER_GROUPS
-from .summary import history_key, mse_key
+from ..errors import KmervaeError
+from ..store.kmers import KMER_GROUPS
+from ..summary import history_key, mse_key
 
 
 def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -10,10 +10,10 @@ from typing import Callable
 
 import torch
 
-from .atomic import atomic_file
-from .config import TrainConfig, resume_mismatch
-from .epoch_plan import default_partitions
-from .errors import KmervaeError
+from ..atomic import atomic_file
+from ..config import TrainConfig, resume_mismatch
+from ..feed.epoch_plan import default_partitions
+from ..errors import KmervaeError
 
 NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
 
