@@ -81,12 +81,6 @@ def test_float16_store_is_close_to_the_reference(sample, tmp_path):
     assert np.abs(clr.astype(np.float64) - ref).max() < 2e-2
 
 
-def test_ingest_imports_no_torch():
-    code = ("import sys, ingest.__main__, ingest.synth, kmervae_core, kmervae_core.store.convert;"
-            "assert 'torch' not in sys.modules, 'torch was imported'")
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
-
-
 # ---- bad input: one line on stderr, exit 2, no traceback, no store marked complete ----
 
 def _npy_with_header(path: Path, descr: str, shape: tuple, payload: bytes) -> Path:
