@@ -63,7 +63,7 @@ def assert_stopped_with_a_checkpoint(output: str, out: Path, family: list[psutil
     assert newest_step(out) == step
     assert not list((out / "checkpoints").glob(".*.tmp"))
     for path in list_checkpoints(out):  # every checkpoint whole, none written halfway
-        assert torch.load(path, weights_only=True)["step"] <= step
+        assert torch.load(path, weights_only=True)["runner"]["step"] <= step
     gone, alive = psutil.wait_procs(family, timeout=10)
     assert not alive, [(p.pid, p.cmdline()) for p in alive]
     return step
