@@ -128,7 +128,7 @@ def test_a_run_stopped_on_two_processes_resumes_on_one_and_trains_every_row_once
 
     changed = run("train", *train_args(store, out, *args, "--partitions", 24))
     assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1
-    assert "written with partitions=48; this run has partitions=24" in changed.stderr
+    assert "partitions 48 in the checkpoint, 24 now: a resumed run keeps its batches" in changed.stderr
 
     rest = run("train", *train_args(store, out, *args), check=True)
     assert f"step {step} (written by 2 process(es), now 1; 48 partitions)" in rest.stdout
