@@ -23,77 +23,95 @@ REFERENCE_HIDDEN, REFERENCE_LATENT = (1024, 512), 256  # VAEMulti's widths (mode
 DEFAULT_BLOCK_KMERS = [[6], [5], [4, 3, 2, 1]]  # per-scale latents: 6-mers, 5-mers, the rest
 
 
-def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A TrainConfig field with what its command-line flag says about it: the one place a
-    setting's name, type, default, help and choices are written (train/__main__.py builds the
-    flags from these, `validate` checks the choices)."""
+# A setting's role on resume: what a run continued from a checkpoint does when the setting's value
+# differs from the checkpoint's. Each TrainConfig field declares one, and everything that sorts the
+# settings (settle's refusal, the resume line, the config hash) reads it from there.
+PLAN = "plan"      # fixes which rows form each batch (the epoch plan): a change is refused
+MODEL = "model"    # fixes the model's parameters: a change is refused
+RECIPE = "recipe"  # shapes the result: a change is applied from the resume on and named in the resume line
+RUN = "run"        # how the run is carried out, not what it computes: applied, outside the config hash
+ROLES = {PLAN: "fixes which rows form each batch: a change is refused",
+         MODEL: "fixes the model's parameters: a change is refused",
+         RECIPE: "shapes the result: a change is in force from the resume on (the restored optimizer, plateau "
+                 "schedule and best-epoch tracking take it) and named in the resume line",
+         RUN: "how the run is carried out: a change is applied, and it is not part of the config hash"}
+
+
+def setting(role: str, default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A TrainConfig field with its role on resume (ROLES) and what its command-line flag says
+    about it: the one place a setting's name, type, default, role, help and choices are written
+    (train/__main__.py builds the flags from these, `validate` checks types and choices)."""
+    assert role in ROLES, role
     kind = {"default_factory": lambda: copy.deepcopy(default)} if isinstance(default, list) else {"default": default}
-    return field(**kind, metadata={"help": help, "choices": choices})
+    return field(**kind, metadata={"role": role, "help": help, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
-    data: str = setting("Data/kmers.zarr", "the kmervae store")
-    out: str = setting("runs/kmervae", "run folder: checkpoints, history, exports")
-    epochs: int = setting(100, "training epochs")
-    batch_size: int = setting(1024, "global batch, over all ranks")
-    lr: float = setting(1e-4, "Adam learning rate")
-    seed: int = setting(42, "seed of the model, the epoch plan and the noise")
-    hidden: list[int] = setting(list(REFERENCE_HIDDEN), "hidden layer sizes, e.g. 1024,512")
-    latent: int = setting(REFERENCE_LATENT, "latent size")
-    beta: float = setting(0.1, "final KL weight")
-    beta_schedule: str = setting("warmup", "linear warm-up from 0 over --beta-warmup-epochs, or cyclical",
+    data: str = setting(RUN, "Data/kmers.zarr", "the kmervae store")
+    out: str = setting(RUN, "runs/kmervae", "run folder: checkpoints, history, exports")
+    epochs: int = setting(RECIPE, 100, "training epochs")
+    batch_size: int = setting(PLAN, 1024, "global batch, over all ranks")
+    lr: float = setting(RECIPE, 1e-4, "Adam learning rate")
+    seed: int = setting(PLAN, 42, "seed of the model, the epoch plan and the noise")
+    hidden: list[int] = setting(MODEL, list(REFERENCE_HIDDEN), "hidden layer sizes, e.g. 1024,512")
+    latent: int = setting(MODEL, REFERENCE_LATENT, "latent size")
+    beta: float = setting(RECIPE, 0.1, "final KL weight")
+    beta_schedule: str = setting(RECIPE, "warmup", "linear warm-up from 0 over --beta-warmup-epochs, or cyclical",
                                  BETA_SCHEDULES)
-    beta_warmup_epochs: int = setting(5, "epochs of the β warm-up")
-    beta_cycle_epochs: int = setting(10, "cyclical period: a ramp over its first half, then hold")
-    plateau_factor: float = setting(0.5, "learning-rate cut when validation loss plateaus")
-    plateau_patience: int = setting(20, "epochs without improvement before a cut")
-    min_lr: float = setting(1e-6, "the learning rate is never cut below this")
-    val_fraction: float = setting(0.1, "held-out share of the rows")
-    val_split: str = setting("random", "random: seeded whole chunks; tail: the last rows, as the reference",
+    beta_warmup_epochs: int = setting(RECIPE, 5, "epochs of the β warm-up")
+    beta_cycle_epochs: int = setting(RECIPE, 10, "cyclical period: a ramp over its first half, then hold")
+    plateau_factor: float = setting(RECIPE, 0.5, "learning-rate cut when validation loss plateaus")
+    plateau_patience: int = setting(RECIPE, 20, "epochs without improvement before a cut")
+    min_lr: float = setting(RECIPE, 1e-6, "the learning rate is never cut below this")
+    val_fraction: float = setting(PLAN, 0.1, "held-out share of the rows")
+    val_split: str = setting(PLAN, "random", "random: seeded whole chunks; tail: the last rows, as the reference",
                              SPLIT_MODES)
-    workers: int = setting(2, "DataLoader workers per rank")
-    window_chunks: int = setting(1, "chunks whose rows are shuffled together (the shuffle window)")
-    lanes: int = setting(4, "regions a partition is read in, dealt to loader workers round-robin")
-    partitions: int = setting(0, "epoch plan partitions: every world size dividing it trains on the same batches and "
-                               "can resume the others' checkpoints; 0: gcd(batch size, 48), or a multiple of the "
-                               "world size above that (epoch_plan.default_partitions); a resumed run keeps its own")
-    resume: str = setting("auto", "auto (the newest checkpoint in --out), never, or a checkpoint path")
-    checkpoint_every: int = setting(1000, "steps between checkpoints (also written at each epoch end)")
-    keep_checkpoints: int = setting(3, "newest checkpoints kept")
-    deterministic: bool = setting(False, "deterministic algorithms: bitwise-repeatable runs")
-    precision: str = setting("fp32", "bf16: autocast on CUDA", PRECISIONS)
-    compile: bool = setting(False, "torch.compile the model")
-    cuda_graphs: str = setting("auto", "capture the training step as a CUDA graph and replay it (one launch a "
+    workers: int = setting(RUN, 2, "DataLoader workers per rank")
+    window_chunks: int = setting(PLAN, 1, "chunks whose rows are shuffled together (the shuffle window)")
+    lanes: int = setting(PLAN, 4, "regions a partition is read in, dealt to loader workers round-robin")
+    partitions: int = setting(PLAN, 0, "epoch plan partitions: every world size dividing it trains on the same "
+                              "batches and can resume the others' checkpoints; 0: gcd(batch size, 48), or a multiple "
+                              "of the world size above that (epoch_plan.default_partitions); a resumed run keeps its own")
+    resume: str = setting(RUN, "auto", "auto (the newest checkpoint in --out), never, or a checkpoint path")
+    checkpoint_every: int = setting(RUN, 1000, "steps between checkpoints (also written at each epoch end)")
+    keep_checkpoints: int = setting(RUN, 3, "newest checkpoints kept")
+    deterministic: bool = setting(RUN, False, "deterministic algorithms: bitwise-repeatable runs")
+    precision: str = setting(RECIPE, "fp32", "bf16: autocast on CUDA", PRECISIONS)
+    compile: bool = setting(RUN, False, "torch.compile the model")
+    cuda_graphs: str = setting(RUN, "auto", "capture the training step as a CUDA graph and replay it (one launch a "
                                "step): auto does on a single CUDA device, on also tries under DDP; every capture "
                                "is checked against the eager step and falls back to it with one line", GRAPH_MODES)
-    cache: str = setting("auto", "keep this rank's training and validation rows resident after the first epoch, "
+    cache: str = setting(RUN, "auto", "keep this rank's training and validation rows resident after the first epoch, "
                          "later epochs gather from them in the stream's order: device (GPU memory), host (pinned "
                          "RAM), none (stream every epoch); auto takes the first that fits --cache-fraction",
                          CACHE_TIERS)
-    cache_fraction: float = setting(0.8, "share of free GPU memory (device tier) or of this rank's share of "
+    cache_fraction: float = setting(RUN, 0.8, "share of free GPU memory (device tier) or of this rank's share of "
                                     "host memory within the job's limits (host tier) the cache may take")
-    metrics_port: int = setting(9400, "Prometheus /metrics port on global rank 0; 0 = off")
-    metrics_addr: str = setting("0.0.0.0", "address to bind /metrics to")
-    pushgateway: str = setting("", "Pushgateway URL to push a final summary to when the run ends")
-    log_every: int = setting(50, "steps between non-finite checks and metric updates")
-    latent_sample: int = setting(5000, "held-out validation rows for the per-epoch latent metrics; 0 = off")
-    latent_pairs: int = setting(20000, "row pairs for the latent/input distance correlation")
-    select_by: str = setting("val_loss", "what vae_multi_best.pt tracks: lowest val_loss (the reference), or "
+    metrics_port: int = setting(RUN, 9400, "Prometheus /metrics port on global rank 0; 0 = off")
+    metrics_addr: str = setting(RUN, "0.0.0.0", "address to bind /metrics to")
+    pushgateway: str = setting(RUN, "", "Pushgateway URL to push a final summary to when the run ends")
+    log_every: int = setting(RUN, 50, "steps between non-finite checks and metric updates")
+    latent_sample: int = setting(RECIPE, 5000, "held-out validation rows for the per-epoch latent metrics; 0 = off")
+    latent_pairs: int = setting(RECIPE, 20000, "row pairs for the latent/input distance correlation")
+    select_by: str = setting(RECIPE, "val_loss", "what vae_multi_best.pt tracks: lowest val_loss (the reference), or "
                              "highest latent/input distance correlation (spearman) or label kNN accuracy (knn, "
                              "needs labels)", SELECT_BY)
-    kmers: list[int] = setting([6, 5, 4, 3, 2, 1], "k groups to train on, e.g. 5,4,3,2,1")
-    kmer_weights: list[float] = setting([], "weight of each --kmers group's reconstruction term, e.g. "
+    kmers: list[int] = setting(MODEL, [6, 5, 4, 3, 2, 1], "k groups to train on, e.g. 5,4,3,2,1")
+    kmer_weights: list[float] = setting(RECIPE, [], "weight of each --kmers group's reconstruction term, e.g. "
                                         "1,1,0.5,0.5,0.5 (none: 1 each)")
-    prior: str = setting("normal", "latent prior: normal (the reference N(0, I)), mog:K (a learned mixture of K "
+    prior: str = setting(MODEL, "normal", "latent prior: normal (the reference N(0, I)), mog:K (a learned mixture of K "
                          "Gaussians) or vamp:K (VampPrior with K learned pseudo-inputs)")
-    latent_blocks: list[int] = setting([], "per-scale latents: one latent size per --block-kmers block, adding "
+    latent_blocks: list[int] = setting(MODEL, [], "per-scale latents: one latent size per --block-kmers block, adding "
                                        "up to --latent, e.g. 128,64,64 (none: one flat latent, the reference)")
-    block_kmers: list[list[int]] = setting([list(b) for b in DEFAULT_BLOCK_KMERS],
+    block_kmers: list[list[int]] = setting(MODEL, [list(b) for b in DEFAULT_BLOCK_KMERS],
                                            "the k groups of each latent block, blocks separated by /")
 
     def validate(self) -> None:
         """Raise KmervaeError with one line for a setting that cannot work."""
+        for f in dataclasses.fields(self):
+            if problem := type_problem(f.name, getattr(self, f.name)):
+                raise KmervaeError(f"bad configuration: {problem}")
         checks = [(getattr(self, f.name) in f.metadata["choices"],
                    f"{f.name} must be one of {', '.join(f.metadata['choices'])}")
                   for f in dataclasses.fields(self) if f.metadata.get("choices")]
@@ -161,11 +179,86 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """A short hash of the settings that shape the result (not paths or resume policy)."""
-        shaping = {k: v for k, v in self.to_dict().items()
-                   if k not in ("out", "resume", "metrics_port", "metrics_addr", "pushgateway", "log_every", "workers",
-                              "cache", "cache_fraction", "cuda_graphs")}
+        """A short hash of the settings that shape the result: all but those of role RUN."""
+        shaping = {k: v for k, v in self.to_dict().items() if ROLE_OF[k] != RUN}
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+
+
+ROLE_OF = {f.name: f.metadata["role"] for f in dataclasses.fields(TrainConfig)}
+TYPE_OF = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def settings_of(*roles: str) -> tuple[str, ...]:
+    """The settings of these roles, in TrainConfig's order."""
+    return tuple(name for name, role in ROLE_OF.items() if role in roles)
+
+
+# what a value of each field type reads as, and what a TOML value of each Python type is called
+TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+              "list[int]": "a list of integers, e.g. [64, 32]", "list[float]": "a list of numbers, e.g. [1, 0.5]",
+              "list[list[int]]": "a list of lists of integers, e.g. [[6], [5], [4, 3, 2, 1]]"}
+VALUE_WORDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a table"}
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind.startswith("list["):
+        return isinstance(value, list) and all(_fits(kind[5:-1], v) for v in value)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) is {"int": int, "str": str, "bool": bool}[kind]
+
+
+def type_problem(name: str, value: Any) -> str | None:
+    """What is wrong with `value` for setting `name`'s type ("epochs must be an integer, got "two"
+    (a string)"), or None. An integer is a number where a float is wanted."""
+    if _fits(TYPE_OF[name], value):
+        return None
+    got, what = json.dumps(value, default=str), VALUE_WORDS.get(type(value), type(value).__name__)
+    return f"{name} must be {TYPE_WORDS[TYPE_OF[name]]}, got {got} ({what})"
+
+
+def _as_type(kind: str, value: Any) -> Any:
+    """A value that fits `kind`, with integers made floats where floats are wanted."""
+    if kind.startswith("list["):
+        return [_as_type(kind[5:-1], v) for v in value]
+    return float(value) if kind == "float" else value
+
+
+def shown(value: Any) -> str:
+    """A setting's value as a user would type it on the command line."""
+    if isinstance(value, list):
+        return "/".join(map(shown, value)) if value and isinstance(value[0], list) else \
+            ",".join(map(str, value)) or "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else "none"
+
+
+def saved_settings(saved: dict) -> dict:
+    """A checkpoint's settings, every one it predates at its default (a new setting's default is
+    what runs did before it existed: checkpoints from before priors are of the normal prior)."""
+    return {**TrainConfig().to_dict(), **{k: v for k, v in saved.items() if k in ROLE_OF}}
+
+
+def resume_mismatch(saved: dict, cfg: TrainConfig) -> str | None:
+    """Why a checkpoint written under settings `saved` cannot continue under `cfg`, or None: each
+    plan or model setting that differs, with both values."""
+    was, now = saved_settings(saved), cfg.to_dict()
+    changed = [k for k in settings_of(PLAN, MODEL) if was[k] != now[k]]
+    if not changed:
+        return None
+    kept = " and ".join(what for role, what in ((MODEL, "its model"), (PLAN, "its batches"))
+                        if any(ROLE_OF[k] == role for k in changed))
+    return ("; ".join(f"{k} {shown(was[k])} in the checkpoint, {shown(now[k])} now" for k in changed)
+            + f": a resumed run keeps {kept}; keep {'that setting' if len(changed) == 1 else 'those settings'}, "
+              "or choose another --out")
+
+
+def resume_changes(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The recipe settings `cfg` changes from the checkpoint's, each as "lr 0.0001 -> 0.001"."""
+    was, now = saved_settings(saved), cfg.to_dict()
+    return [f"{k} {shown(was[k])} -> {shown(now[k])}" for k in settings_of(RECIPE) if was[k] != now[k]]
 
 
 def parse_prior(spec: str) -> tuple[str, int]:
@@ -176,21 +269,6 @@ def parse_prior(spec: str) -> tuple[str, int]:
     if kind in PRIOR_KINDS[1:] and count.isdigit() and int(count) >= 1:
         return kind, int(count)
     raise KmervaeError(f"bad configuration: prior {spec!r}: use normal, mog:K or vamp:K with K at least 1")
-
-
-def resume_mismatch(saved: dict, cfg: TrainConfig) -> str | None:
-    """Why a checkpoint written under `saved` (its config) cannot continue under `cfg`, or None.
-    Checkpoints from before priors and blocks existed are flat runs under the normal prior."""
-    now = cfg.to_dict()
-    if any(saved[key] != now[key] for key in ("hidden", "latent", "kmers")):
-        return "checkpoint model shape differs from the configuration"
-    if saved.get("prior", "normal") != cfg.prior:
-        return f"checkpoint of a run with prior {saved.get('prior', 'normal')}, not {cfg.prior}"
-    blocks = (saved.get("latent_blocks", []), saved.get("block_kmers", DEFAULT_BLOCK_KMERS) if saved.get("latent_blocks") else [])
-    if blocks != (cfg.latent_blocks, cfg.block_kmers if cfg.latent_blocks else []):
-        flat = "a flat" if not blocks[0] else "a per-scale"
-        return f"checkpoint of {flat} latent run; its latent_blocks/block_kmers differ from the configuration"
-    return None
 
 
 def load_config(toml_path: str | None, overrides: dict) -> TrainConfig:
@@ -204,10 +282,13 @@ def load_config(toml_path: str | None, overrides: dict) -> TrainConfig:
             raise KmervaeError(f"{toml_path}: no such config file") from None
         except tomllib.TOMLDecodeError as e:
             raise KmervaeError(f"{toml_path}: not valid TOML ({e})") from None
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - set(ROLE_OF))
     if unknown:
         raise KmervaeError(f"{toml_path}: unknown settings {', '.join(unknown)}")
+    for name, value in values.items():
+        if problem := type_problem(name, value):
+            raise KmervaeError(f"{toml_path}: {problem}")
+    values = {name: _as_type(TYPE_OF[name], value) for name, value in values.items()}
     values.update({k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(**values)
     cfg.validate()

@@ -63,7 +63,7 @@ def assert_stopped_with_a_checkpoint(output: str, out: Path, family: list[psutil
     assert newest_step(out) == step
     assert not list((out / "checkpoints").glob(".*.tmp"))
     for path in list_checkpoints(out):  # every checkpoint whole, none written halfway
-        assert torch.load(path, weights_only=True)["step"] <= step
+        assert torch.load(path, weights_only=True)["runner"]["step"] <= step
     gone, alive = psutil.wait_procs(family, timeout=10)
     assert not alive, [(p.pid, p.cmdline()) for p in alive]
     return step
@@ -128,7 +128,7 @@ def test_a_run_stopped_on_two_processes_resumes_on_one_and_trains_every_row_once
 
     changed = run("train", *train_args(store, out, *args, "--partitions", 24))
     assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1
-    assert "written with partitions=48; this run has partitions=24" in changed.stderr
+    assert "partitions 48 in the checkpoint, 24 now: a resumed run keeps its batches" in changed.stderr
 
     rest = run("train", *train_args(store, out, *args), check=True)
     assert f"step {step} (written by 2 process(es), now 1; 48 partitions)" in rest.stdout

@@ -5,20 +5,27 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from typing import Callable
 
 import torch.distributed as dist
 
 from kmervae_core.training.distributed import round_token
 
+TIMEOUT = timedelta(seconds=30)
 
-def agree(server: dist.TCPStore, world: int, late: dict[int, float] | None = None) -> list[str]:
-    """Each rank's token, every rank a thread with its own client (ranks in `late` start after a delay)."""
+
+def client(server: dist.TCPStore, world: int) -> dist.TCPStore:
+    return dist.TCPStore("127.0.0.1", server.port, world, is_master=False, timeout=TIMEOUT)
+
+
+def agree(server: dist.TCPStore, world: int, first: dict[int, Callable[[], None]] | None = None) -> list[str]:
+    """Each rank's token, every rank a thread with its own client; a rank in `first` starts only
+    once its wait there has returned."""
     tokens: list[str | None] = [None] * world
 
     def rank(r: int) -> None:
-        time.sleep((late or {}).get(r, 0.0))
-        client = dist.TCPStore("127.0.0.1", server.port, world, is_master=False, timeout=timedelta(seconds=30))
-        tokens[r] = round_token(client, r, world, timeout=timedelta(seconds=30))
+        (first or {}).get(r, lambda: None)()
+        tokens[r] = round_token(client(server, world), r, world, timeout=TIMEOUT)
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
     for t in threads:
@@ -34,11 +41,21 @@ def test_every_round_agrees_on_a_token_no_earlier_round_used_though_dead_ranks_l
     first = agree(server, 3)
     assert len(set(first)) == 1
     # a round whose rank 1 said hello and died before rank 0 came: its nonce stays in the store
-    dead = dist.TCPStore("127.0.0.1", server.port, 3, is_master=False)
-    dead.set("kmervae/hello/1", "a dead rank's nonce")
-    # the next round's rank 1 and 2 come late, after rank 0 has answered the stale hello
-    second = agree(server, 3, late={1: 0.5, 2: 1.0})
+    client(server, 3).set("kmervae/hello/1", "a dead rank's nonce")
+    # the next round's ranks 1 and 2 come only after rank 0 has answered that stale hello
+    stale_answer = "kmervae/answer/a dead rank's nonce"
+    answered = lambda: client(server, 3).wait([stale_answer], TIMEOUT)  # noqa: E731
+    second = agree(server, 3, first={1: answered, 2: answered})
     assert len(set(second)) == 1 and second[0] != first[0]
-    # rank 0 comes last, after the others could have read any earlier round's answers; a smaller world
-    third = agree(server, 2, late={0: 1.0})
+    assert server.get(stale_answer).decode() == second[0]  # the stale hello was answered, and misled no one
+    # a smaller world whose rank 0 comes only after rank 1 has said hello, when every earlier
+    # round's answers are in the store for it to misread
+    said = server.get("kmervae/hello/1")
+
+    def rank_1_said_hello() -> None:
+        watcher, deadline = client(server, 2), time.monotonic() + TIMEOUT.total_seconds()
+        while watcher.get("kmervae/hello/1") == said and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    third = agree(server, 2, first={0: rank_1_said_hello})
     assert len(set(third)) == 1 and third[0] not in (first[0], second[0])

@@ -79,9 +79,12 @@ def test_a_learned_prior_with_per_scale_latents_resumes_exactly(resumed):
     assert [h["train_kl_block_6"] for h in history(d / "a")] == [h["train_kl_block_6"] for h in history(d / "b")]
 
 
-def test_the_encoder_export_of_a_learned_prior_run_is_the_encoder_alone(resumed):
-    state = torch.load(resumed[0] / "a" / "vae_multi_encoder_final.pt", weights_only=True)
-    assert not any(k.startswith("prior") for k in state)
+def test_the_encoder_export_of_a_learned_prior_run_is_the_models_encoder_alone(resumed):
+    encoder = torch.load(resumed[0] / "a" / "vae_multi_encoder_final.pt", weights_only=True)
+    model = final_weights(resumed[0] / "a")
+    want = {k.removeprefix("encoder."): v for k, v in model.items() if k.startswith("encoder.")}
+    assert any(k.startswith("prior.") for k in model)  # the prior is the model's, not the encoder's
+    assert encoder.keys() == want.keys() and all(torch.equal(encoder[k], want[k]) for k in want)
 
 
 def test_encode_gives_the_per_scale_encoders_means(train_store, resumed, tmp_path):
@@ -101,7 +104,7 @@ def test_encode_gives_the_per_scale_encoders_means(train_store, resumed, tmp_pat
 def test_resuming_under_another_prior_is_one_line(train_store, resumed):
     store, _ = train_store
     other = run("train", *train_args(store, resumed[0] / "b", "--epochs", 4, *TINY, *BLOCKS, "--prior", "mog:4"))
-    one_line_refusal(other, "checkpoint of a run with prior vamp:4, not mog:4")
+    one_line_refusal(other, "prior vamp:4 in the checkpoint, mog:4 now: a resumed run keeps its model")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -118,4 +121,4 @@ def test_resuming_a_flat_run_with_latent_blocks_is_one_line(train_store, tmp_pat
     store, _ = train_store
     run("train", *train_args(store, tmp_path / "flat", "--epochs", 1, *TINY), check=True)
     one_line_refusal(run("train", *train_args(store, tmp_path / "flat", "--epochs", 2, *TINY, *BLOCKS)),
-                     "checkpoint of a flat latent run")
+                     "latent_blocks none in the checkpoint, 4,2,2 now: a resumed run keeps its model")

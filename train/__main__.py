@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from kmervae_core.config import TrainConfig, load_config
+from kmervae_core.config import ROLES, TrainConfig, load_config, shown
 from kmervae_core.errors import KmervaeError, LoaderWorkerDied
 from kmervae_core.feed.workers import STOP_SIGNALS
 
@@ -26,17 +26,10 @@ PARSE = {"int": int, "float": float, "str": str, "list[int]": _list(int), "list[
          "list[list[int]]": lambda text: [_list(int)(block) for block in text.split("/")]}
 
 
-def _shown(value) -> str:
-    """A default as a user would type it."""
-    if isinstance(value, list):
-        return "/".join(map(_shown, value)) if value and isinstance(value[0], list) else \
-            ",".join(map(str, value)) or "none"
-    return str(value) if value != "" else "none"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """One flag per TrainConfig field, built from the field (name, type, default, help, choices);
-    a flag not given stays None, so that the TOML file's value or the default holds."""
+    """One flag per TrainConfig field, built from the field (name, type, default, role, help,
+    choices; a boolean's as --x/--no-x); a flag not given stays None, so that the TOML file's value
+    or the default holds."""
     p = argparse.ArgumentParser(
         prog="python -m train", description=__doc__, argument_default=None,
         epilog="Defaults are the reference recipe; a --config TOML file (keys as the long flags, with "
@@ -44,15 +37,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "3 non-finite loss, 4 a data loader worker was killed (the last good checkpoint is kept), 143 stopped by "
                "SIGTERM or SIGUSR1 (every rank finished its step and a checkpoint was written; --resume auto "
                "continues exactly).")
+    p.epilog += (" On resume, a setting that differs from the checkpoint's acts by its role (in brackets): "
+                 + "; ".join(f"[{role}] {what}" for role, what in ROLES.items()) + ".")
     p.add_argument("--config", help="TOML file of settings")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
-        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if f.type == "bool":
-            p.add_argument(flag, action="store_true", default=None, help=text)
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{f.metadata['help']} (default {shown(getattr(defaults, f.name))}) [{f.metadata['role']}]"
+        if f.type == "bool":  # --x and --no-x, so that a flag can undo the file's true
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
         else:
-            p.add_argument(flag, type=PARSE[f.type], choices=f.metadata["choices"],
-                           help=f"{text} (default {_shown(getattr(defaults, f.name))})")
+            p.add_argument(flag, type=PARSE[f.type], choices=f.metadata["choices"], help=text)
     return p.parse_args(argv)
 
 

@@ -42,27 +42,44 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict:
     return torch.load(path, map_location=device, weights_only=True)
 
 
-# what fixes the epoch plan (the batches): a resumed run must keep them all
-PLAN_SETTINGS = ("batch_size", "seed", "val_fraction", "val_split", "window_chunks", "lanes", "partitions")
+# A checkpoint holds one entry per part that owns state (Trainer.state_dict assembles them) beside
+# the settings it was written under: {"config", "world_size", "model", "optimizer", "tracker",
+# "runner", "trainer"}. Checkpoints written before it was nested (tests/fixtures/main-1c9f7e9) held
+# the parts' keys side by side; PARTS_OF_FLAT says whose each was.
+PARTS_OF_FLAT = {"tracker": ("plateau", "best"), "runner": ("step", "epoch_sums"),
+                 "trainer": ("epoch", "batch", "rng_cpu")}
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint, nested by part whatever its age; KmervaeError with one line for a
+    file that is not one (an export names the checkpoints to give instead)."""
+    try:
+        state = load(path)
+    except Exception as e:  # torch.load's errors for a file that is not its own are of many kinds
+        raise KmervaeError(f"{path}: not a training checkpoint (unreadable: {str(e).splitlines()[0][:120]})") from None
+    if isinstance(state, dict) and "config" in state and "model" in state:
+        return state if "trainer" in state else {
+            **{k: v for k, v in state.items() if not any(k in keys for keys in PARTS_OF_FLAT.values())},
+            **{part: {k: state[k] for k in keys} for part, keys in PARTS_OF_FLAT.items()}}
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = list_checkpoints(path.parent)
+        instead = f"--resume {found[-1]} (its run's newest)" if found else "a ckpt-e*-s*.pt of the run's checkpoints/"
+        raise KmervaeError(f"{path}: an exported model (weights only, for train.encode), not a training checkpoint; "
+                           f"give {instead}, or --resume auto with --out set to the run folder")
+    raise KmervaeError(f"{path}: not a training checkpoint (no settings or model state in it)")
 
 
 def settle_plan(cfg: TrainConfig, world_size: int, saved: dict | None, path: Path | None) -> TrainConfig:
     """`cfg` with its partition count fixed. A new run takes default_partitions; a resumed run
-    must have the checkpoint's model (resume_mismatch) and keeps its epoch plan, which any world
-    size dividing its partitions follows batch for batch, and refuses in one line a setting or
-    world size that would change it."""
+    keeps the checkpoint's (`--partitions 0`), refuses in one line a plan or model setting that
+    differs from the checkpoint's (resume_mismatch), and runs on any world size dividing its
+    partitions, which all follow the plan batch for batch."""
     if saved is None:
         return dataclasses.replace(cfg, partitions=cfg.partitions or default_partitions(cfg.batch_size, world_size))
+    cfg = dataclasses.replace(cfg, partitions=cfg.partitions or saved["config"]["partitions"])
     mismatch = resume_mismatch(saved["config"], cfg)
     if mismatch:
         raise KmervaeError(f"{path}: {mismatch}")
-    was = saved["config"]
-    cfg = dataclasses.replace(cfg, partitions=cfg.partitions or was["partitions"])
-    changed = [k for k in PLAN_SETTINGS if getattr(cfg, k) != was[k]]
-    if changed:
-        raise KmervaeError(f"{path}: written with {', '.join(f'{k}={was[k]}' for k in changed)}; this run has "
-                           f"{', '.join(f'{k}={getattr(cfg, k)}' for k in changed)}, which would change its batches: "
-                           "keep those settings, or choose another --out")
     if cfg.partitions % world_size:
         fits = [w for w in range(1, cfg.partitions + 1) if cfg.partitions % w == 0 and cfg.batch_size % w == 0]
         raise KmervaeError(f"{path}: its epoch plan has {cfg.partitions} partitions, which world size {world_size} "
@@ -74,13 +91,14 @@ class Checkpointer:
     """A run's checkpoints: which one a start resumes from (`--resume`), whether it may be
     continued under this configuration (`settle`), when the next is due, writing them
     (atomically, the oldest pruned) and the model exports; only where `writer` (global rank 0).
-    What a checkpoint holds is Trainer.state_dict's business (training.py)."""
+    What a checkpoint holds is Trainer.state_dict's business (trainer.py); `take` gives it nested
+    by part, whatever its age (read_checkpoint)."""
 
     def __init__(self, cfg: TrainConfig, writer: bool) -> None:
         self.run_dir, self.every, self.keep = Path(cfg.out), cfg.checkpoint_every, cfg.keep_checkpoints
         self.writer = writer
         self.path = self._resume_path(cfg.resume)
-        self._saved = load(self.path) if self.path is not None else None
+        self._saved = read_checkpoint(self.path) if self.path is not None else None
 
     def _resume_path(self, resume: str) -> Path | None:
         if resume == "never":

@@ -11,9 +11,20 @@ import torch
 from ..config import TrainConfig, warmup_end_epoch
 
 
+# the ReduceLROnPlateau state that the settings (plateau_factor, plateau_patience, min_lr) give
+PLATEAU_SETTINGS = ("factor", "patience", "min_lrs", "default_min_lr")
+
+
 def better(select_by: str, value: float, best: float) -> bool:
     """Lower validation loss, or higher distance correlation / kNN accuracy."""
     return value < best if select_by == "val_loss" else value > best
+
+
+def measure(settings: dict) -> list:
+    """What the best epoch's value is a value of: the metric, and for the latent metrics the
+    held-out sample they are computed on."""
+    by = settings["select_by"]
+    return [by] if by == "val_loss" else [by, settings["latent_sample"], settings["latent_pairs"]]
 
 
 class Tracker:
@@ -61,6 +72,22 @@ class Tracker:
     def state_dict(self) -> dict:
         return {"plateau": self.plateau.state_dict(), "best": dict(self.best)}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.plateau.load_state_dict(state["plateau"])
+    def load_state_dict(self, state: dict, saved_cfg: dict) -> str | None:
+        """The restored schedule and best epoch, under this run's settings where they differ from
+        `saved_cfg` (the checkpoint's): its --lr replaces the restored rate, its plateau_* the
+        restored schedule's, and under another measure (--select-by, --latent-sample/pairs)
+        best-epoch tracking restarts, since the saved best is a value of another figure. The line
+        that says so, else None."""
+        plateau = self._new_plateau()
+        configured = {k: v for k, v in plateau.state_dict().items() if k in PLATEAU_SETTINGS}
+        plateau.load_state_dict({**state["plateau"], **configured})
+        self.plateau = plateau
+        if self.cfg.lr != saved_cfg["lr"]:
+            for group in self.opt.param_groups:
+                group["lr"] = self.cfg.lr
         self.best = dict(state["best"])
+        if measure(saved_cfg) != measure(self.cfg.to_dict()):
+            self.best = self._no_best()
+            return (f"best-epoch tracking restarts by {self.cfg.select_by} "
+                    f"(vae_multi_best.pt so far: by {state['best']['by']})")
+        return None

@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import Checkpointer
-from ..config import TrainConfig, beta_at
+from ..config import TrainConfig, beta_at, resume_changes, saved_settings
 from .distributed import DistContext, StopVote, all_reduce, ddp_group
 from ..errors import KmervaeError
 from ..feed.rank_feed import Feed
@@ -129,22 +129,27 @@ class Trainer:
     # ---- checkpoints ----
 
     def state_dict(self) -> dict:
-        """Everything a checkpoint holds: the one place to add a field (and to load it below)."""
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), **self.tracker.state_dict(),
-                "epoch": self.epoch, "batch": self.batch, **self.runner.state_dict(),
-                "rng_cpu": torch.get_rng_state(), "config": self.cfg.to_dict(), "world_size": self.ctx.world_size}
+        """Everything a checkpoint holds, one entry per part that owns state beside the settings
+        it was written under: the one place to add a field (and to load it below)."""
+        return {"config": self.cfg.to_dict(), "world_size": self.ctx.world_size,
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "tracker": self.tracker.state_dict(), "runner": self.runner.state_dict(),
+                "trainer": {"epoch": self.epoch, "batch": self.batch, "rng_cpu": torch.get_rng_state()}}
 
     def load_state_dict(self, s: dict) -> None:
-        """Continue from checkpoint state `s` (checked by Checkpointer.settle), at any world size
-        the plan allows."""
+        """Continue from checkpoint state `s` (nested by part; checked by Checkpointer.settle), at
+        any world size the plan allows, with the recipe settings changed since it in force."""
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
+        note = self.tracker.load_state_dict(s["tracker"], saved_settings(s["config"]))
         self.runner.configure_adam()
-        self.tracker.load_state_dict(s)
-        self.runner.load_state_dict(s)
-        self.epoch, self.batch = s["epoch"], s["batch"]
-        torch.set_rng_state(s["rng_cpu"])
+        self.runner.load_state_dict(s["runner"])
+        self.epoch, self.batch = s["trainer"]["epoch"], s["trainer"]["batch"]
+        torch.set_rng_state(s["trainer"]["rng_cpu"])
         self.recorder.keep_history(self.epoch)
+        if changed := resume_changes(s["config"], self.cfg):
+            self.log(f"settings changed since the checkpoint, in force from step {self.runner.step + 1}: "
+                     + ", ".join(changed) + (f"; {note}" if note else ""))
 
     def resume(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
