@@ -216,6 +216,62 @@ def test_encode_writes_every_row_once_in_store_order(train_store, tmp_path):
 
 
 @pytest.fixture(scope="module")
+def encoded(train_store, tmp_path_factory) -> Path:
+    """A one-epoch run and its latents (RUN/latents.zarr): the folder."""
+    out = tmp_path_factory.mktemp("encoded") / "run"
+    run("train", *train_args(train_store[0], out, "--epochs", 1, *TINY), check=True)
+    run("train.encode", "--checkpoint", out / "vae_multi_encoder_best.pt", "--data", train_store[0],
+        "--out", out / "latents.zarr", check=True)
+    return out
+
+
+def test_the_latents_store_records_which_latent_columns_encode_which_kmers(encoded):
+    attrs = zarr.open_group(str(encoded / "latents.zarr"), mode="r").attrs["kmervae_latents"]
+    assert attrs["latent_blocks"] == [{"z": [0, 8], "k": [6, 5, 4, 3, 2, 1]}]
+
+
+def test_a_per_scale_encoder_records_each_blocks_latent_columns_and_kmers():
+    from kmervae_core.evaluation.encode import latent_layout
+    from kmervae_core.store.kmers import N_FEATURES, block_columns
+    blocks = [torch.as_tensor(c) for c in block_columns([6, 5, 4, 3, 2, 1], [[6], [5, 4], [3, 2, 1]])]
+    model = VAE(N_FEATURES, (16,), 8, torch.arange(N_FEATURES), "normal", blocks, [4, 2, 2])
+    assert latent_layout(model.encoder) == [{"z": [0, 4], "k": [6]}, {"z": [4, 6], "k": [5, 4]},
+                                            {"z": [6, 8], "k": [3, 2, 1]}]
+
+
+@pytest.mark.parametrize("name,message", [
+    ("vae_multi_best.pt", "a whole-model export, not an encoder; pass its run's exported encoder, {run}/vae_multi_encoder_best.pt (or _final.pt)"),
+    ("checkpoints", "a training checkpoint, not an encoder; pass its run's exported encoder, {run}/vae_multi_encoder_best.pt (or _final.pt)")])
+def test_encode_given_another_file_of_the_run_names_the_encoder_to_pass(train_store, encoded, tmp_path, name, message):
+    path = encoded / name if name != "checkpoints" else sorted((encoded / "checkpoints").glob("*.pt"))[-1]
+    proc = run("train.encode", "--checkpoint", path, "--data", train_store[0], "--out", tmp_path / "z.zarr")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"train.encode: error: {path}: " + message.format(run=encoded)], proc.stderr
+    assert not (tmp_path / "z.zarr").exists()
+
+
+@pytest.mark.parametrize("case,message", [("float labels", "labels must be integers (one genome or bin id per row), not float64"),
+                                          ("k 0", "-k 0: the neighbours must number from 1 to 599"),
+                                          ("k 600", "-k 600: the neighbours must number from 1 to 599")])
+def test_evaluate_bad_input_is_one_line_and_exit_2(train_store, encoded, tmp_path, case, message):
+    labels = np.load(train_store[1])
+    args = ["--labels", train_store[1]]
+    if case == "float labels":
+        np.save(tmp_path / "f.npy", labels.astype(np.float64))
+        args = ["--labels", tmp_path / "f.npy"]
+    else:
+        args += ["-k", case.split()[1]]
+    proc = run("train.evaluate", encoded / "latents.zarr", *args)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_rerunning_a_finished_run_says_it_is_already_finished(train_store, encoded):
+    again = run("train", *train_args(train_store[0], encoded, "--epochs", 1, *TINY), check=True)
+    assert "already finished its 1 epochs; nothing to train (raise --epochs to train on)" in again.stdout
+    assert "resuming from" not in again.stdout and "Epoch 1/1" not in again.stdout
+
+
+@pytest.fixture(scope="module")
 def knn_run(train_store, tmp_path_factory) -> tuple[Path, str]:
     """A 3-epoch run that keeps the epoch of the best kNN accuracy: (its folder, its output)."""
     out = tmp_path_factory.mktemp("knn") / "run"

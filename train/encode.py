@@ -9,6 +9,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from kmervae_core.cli_help import DefaultsHelp
 from kmervae_core.evaluation.encode import encode_chunks, finish_output, load_encoder, prepare_output, refuse_existing
 from kmervae_core.training.distributed import FailureAgreement, init_distributed, shutdown
 from kmervae_core.errors import KmervaeError
@@ -18,7 +19,7 @@ from kmervae_core.store.contract import open_store
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.encode", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelp)
     p.add_argument("--checkpoint", required=True, help="an exported encoder (vae_multi_encoder_*.pt)")
     p.add_argument("--data", default="Data/kmers.zarr", help="the kmervae store to encode")
     p.add_argument("--out", required=True, help="the latents store to write (Zarr v3)")
