@@ -91,7 +91,9 @@ def write_report(run_dir: Path) -> list[Path]:
             if log:
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
-            if len(ax.lines) > 1:
+            if len(ax.lines) > 3:  # many curves: the legend beside the panel, not over them
+                ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+            elif len(ax.lines) > 1:
                 ax.legend()
         finish(axes[0])
         fig.suptitle(title)
@@ -109,7 +111,7 @@ def write_report(run_dir: Path) -> list[Path]:
     split = "val" if any(history_key("val", "mse") in h for h in history) else "train"
     figure("kmer_mse.png", f"Per-k-mer reconstruction MSE ({'validation' if split == 'val' else 'train'})",
            [("", [(history_key(split, mse_key(g.k)), f"{g.k}-mer") for g in KMER_GROUPS]
-             + [(history_key(split, "mse"), "all")], "MSE", False)])
+             + [(history_key(split, "mse"), "all")], "MSE", True)])
     figure("beta_lr.png", "Schedules", [("β (KL weight)", [("beta", "β")], "β", False),
                                        ("Learning rate", [("lr", "learning rate")], "learning rate", True)])
     figure("latent.png", "Embedding quality (held-out sample)",
