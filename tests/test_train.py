@@ -311,6 +311,24 @@ def test_the_report_draws_every_figure_of_a_run(knn_run):
     assert "latents_pca.png" in (out / "report" / "report.md").read_text()
 
 
+def test_each_report_figure_labels_its_axes_and_draws_train_and_validation_alike(knn_run, monkeypatch, tmp_path):
+    from matplotlib.figure import Figure
+    from kmervae_core.evaluation.report import write_report
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("history.json", "config.json", "heldout_latents.npz"):
+        (run_dir / name).write_bytes((knn_run[0] / name).read_bytes())
+    drawn = {}
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **_: drawn.__setitem__(Path(path).name, [
+        (ax.get_title(), ax.get_ylabel(), [line.get_label() for line in ax.lines], ax.get_ylim()) for ax in fig.axes]))
+    write_report(run_dir)
+    assert [(title, ylabel, labels) for title, ylabel, labels, _ in drawn["losses.png"]] == [
+        (title, "per row", ["train", "validation"]) for title in ("Loss", "Reconstruction (weighted MSE)", "KL divergence")]
+    (_, ylabel, labels, (low, high)), = drawn["active_units.png"]
+    assert labels == ["active units", "latent size (8)"] and low == 0 and high == pytest.approx(8 * 1.05)
+    assert all(ylabel for axes in drawn.values() for _, ylabel, _, _ in axes)
+
+
 def test_a_report_of_a_folder_without_history_is_one_line_and_exit_2(tmp_path):
     missing = run("train.report", tmp_path / "nowhere")
     assert missing.returncode == 2 and "no history.json" in missing.stderr

@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = open_store(args.data)
         encoder = load_encoder(args.checkpoint, ctx.device)
-        refuse_existing(args.out, args.overwrite)  # on every rank, before any writes
+        refuse_existing(args.out, args.overwrite)  # on every rank, before rank 0 makes it
+        if ctx.active:
+            dist.barrier()
         if ctx.is_main:
             prepare_output(args.out, info, encoder, args.log_var, args.overwrite)
         if ctx.active:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 import threading
 import time
@@ -177,7 +178,8 @@ class FailureAgreement:
     watching the store (os._exit: their main thread may be blocked in a collective for good, and
     every file a run writes is atomic, so nothing is left half written). The first rank waits
     (up to WAIT_S) until the others have left, so that torchrun sees every rank exit alike
-    instead of ending the survivors itself. Alone (no process group) `fail` only prints."""
+    instead of ending the survivors itself, and a rank that has failed ignores SIGTERM from then
+    on. Alone (no process group) `fail` only prints."""
 
     POLL_S, WAIT_S = 0.1, 10.0
 
@@ -197,6 +199,10 @@ class FailureAgreement:
             print(line, file=sys.stderr, flush=True)
             return status
         self._done.set()  # this rank leaves by returning, not by the watcher
+        if threading.current_thread() is threading.main_thread():
+            # torchrun sends SIGTERM to the ranks still tearing down once the first has left:
+            # it must not turn the agreed status into "killed by SIGTERM"
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         first = False
         try:
             first = self.store.add(f"{FAILURE}/count", 1) == 1
