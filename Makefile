@@ -26,12 +26,13 @@ demo: setup
 	$(PY) -m ingest Data/all_kmers.npy Data/kmers.zarr --chunk-rows 512 --labels Data/all_kmers_labels.npy --overwrite
 	$(PY) -m ingest --verify Data/kmers.zarr
 	rm -rf $(RUN)
-	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node=2 -m train \
+	OMP_NUM_THREADS=1 $(PY) -m train.launch --standalone --nproc_per_node=2 -m train \
 		--data Data/kmers.zarr --out $(RUN) --epochs $(DEMO_EPOCHS) --batch-size 128 --workers 1
 	$(PY) -m train.encode --checkpoint $(RUN)/vae_multi_encoder_best.pt --data Data/kmers.zarr \
 		--out $(RUN)/latents.zarr --overwrite
+	@$(PY) -c "import json; b = [h for h in json.load(open('$(RUN)/history.json')) if h['best']][-1]; print(f\"every row's latents from the best epoch's encoder (epoch {b['epoch']}, vae_multi_encoder_best.pt):\")"
 	$(PY) -m train.evaluate $(RUN)/latents.zarr --labels Data/all_kmers_labels.npy --store Data/kmers.zarr
-	@$(PY) -c "import json; h = json.load(open('$(RUN)/history.json'))[-1]; print(f\"latent metrics, last epoch (held-out sample): active units {h['latent_active_units']}, distance Spearman {h['latent_spearman']:.3f}, kNN {h['latent_knn']:.3f}\")"
+	@$(PY) -c "import json; h = json.load(open('$(RUN)/history.json'))[-1]; print(f\"latent metrics of the last epoch (epoch {h['epoch']}, held-out sample): active units {h['latent_active_units']}, distance Spearman {h['latent_spearman']:.3f}, kNN {h['latent_knn']:.3f}\")"
 	$(PY) -m train.report $(RUN)
 
 test: setup

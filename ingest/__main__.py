@@ -8,6 +8,7 @@ import dataclasses
 import resource
 import sys
 
+from kmervae_core.cli_help import DefaultsHelp
 from kmervae_core.store.clr import ClrSpec
 from kmervae_core.store.convert import CODEC_LEVELS, DEFAULT_CHUNK_ROWS, IngestPlan, find_bad_rows, ingest
 from kmervae_core.errors import KmervaeError
@@ -21,7 +22,7 @@ from kmervae_core.store.verify import verify_store
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m ingest", description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
         epilog="Exit status: 0 done (with --verify: the store is sound), 2 bad input or store (one line on "
                "stderr, no store marked complete).")
     p.add_argument("input", nargs="?", help="all_kmers.npy: float32/float64, N x 10,965 (column 0, then 7..1-mers)")
@@ -34,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pseudocount", type=float, default=None, help="override the scope's pseudocount")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per Zarr chunk and per task")
     p.add_argument("--codec", default="zstd:1",
-                   help=f"compression, NAME[:LEVEL] with NAME in {', '.join(CODEC_LEVELS)}")
+                   help="compression, NAME[:LEVEL]: " + ", ".join(
+                       f"{n} (levels {r.start}-{r.stop - 1})" if r else n for n, (_, r) in CODEC_LEVELS.items()))
     p.add_argument("--dtype", choices=STORE_DTYPES, default="float32", help="dtype of the stored CLR values")
     p.add_argument("--workers", type=int, default=usable_cpus(),
                    help="threads of the local scheduler (memory is about 100 MB per worker at 4,096 rows a chunk); "
@@ -103,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     except KmervaeError as e:
         print(f"ingest: error: {e}", file=sys.stderr)
         return 2
+    if summary.chunks_written == 0 and summary.chunks_kept:
+        if not quiet:
+            print(f"{args.output}: already complete, with these options; nothing to do")
+        return 0
     if not quiet:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         secs = max(summary.seconds, 1e-9)

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from kmervae_core.cli_help import DefaultsHelp
 from kmervae_core.store.synth import write_sample
 
 
@@ -19,12 +20,12 @@ def labels_path(npy_path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ingest.synth", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelp)
     p.add_argument("output", help="the .npy to write (N x 10,965 float32)")
     p.add_argument("--rows", type=int, default=5000, help="contigs to simulate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same sample")
     p.add_argument("--genomes", type=int, default=10, help="source genomes (distinct compositions)")
-    p.add_argument("--labels", default=None, help="where the labels go (default: OUTPUT_labels.npy)")
+    p.add_argument("--labels", default=None, help="where the labels go (default: beside OUTPUT, as OUTPUT_labels.npy)")
     args = p.parse_args(argv)
     if args.rows < 1 or args.genomes < 1:
         print("ingest.synth: error: --rows and --genomes must be at least 1", file=sys.stderr)

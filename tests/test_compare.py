@@ -56,7 +56,40 @@ def test_compare_tabulates_each_runs_outcomes(compared):
 
 
 def test_compare_plots_to_a_png_in_a_new_folder(compared):
-    assert compared["plot"][:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    assert matplotlib.image.imread(io.BytesIO(compared["plot"])).shape[:2] == (460, 1500)
+
+
+def test_the_compare_plot_labels_each_metrics_axis_and_names_every_run_once(tmp_path):
+    from kmervae_core.evaluation.report import latent_figure
+    runs = [fake_run(tmp_path / name, {}, [epoch(1, 3.0, 0.5), epoch(2, 2.0, 0.625)]) for name in ("a", "b", "c")]
+    fig = latent_figure(runs)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["units", "Spearman ρ", "accuracy"]
+    assert [[t.get_text() for t in legend.get_texts()] for legend in fig.legends] == [["a", "b", "c"]]
+    assert not any(ax.get_legend() for ax in fig.axes)
+
+
+def test_the_compare_plot_shows_every_run_where_their_values_coincide(tmp_path):
+    """Two runs with the same history: each run's colour must be seen in every panel, not one
+    line drawn over the other."""
+    import matplotlib.image
+    import numpy as np
+    same = [epoch(1, 3.0, 0.5), epoch(2, 2.0, 0.625), epoch(3, 1.5, 0.75)]
+    a, b = fake_run(tmp_path / "a", {}, same), fake_run(tmp_path / "b", {}, same)
+    run("train.compare", a, b, "--plot", tmp_path / "p.png", check=True)
+    pixels = matplotlib.image.imread(tmp_path / "p.png")[:330, :, :3]  # above the legend
+    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # matplotlib's C0 and C1
+        near = (np.abs(pixels - np.array(colour) / 255).max(axis=2) < 0.05)
+        columns = np.flatnonzero(near.any(axis=0))
+        assert [(columns // 500 == panel).sum() > 20 for panel in range(3)] == [True] * 3, colour
+
+
+def test_compare_without_plot_writes_the_figure_beside_the_runs(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    a, b = fake_run(runs / "a", {}, [epoch(1, 3.0, 0.5)]), fake_run(runs / "b", {}, [epoch(1, 2.0, 0.5)])
+    proc = run("train.compare", a, b, check=True)
+    assert proc.stderr.strip() == f"wrote {runs / 'compare_latent.png'}" and (runs / "compare_latent.png").is_file()
 
 
 def test_compare_writes_a_markdown_table_by_default(compared):

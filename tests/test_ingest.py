@@ -183,6 +183,44 @@ def test_overwrite_replaces_an_existing_store(sample, tmp_path):
     assert store_attrs(out)["transform"]["scope"] == "per_k"
 
 
+@pytest.mark.parametrize("codec,message", [("zstd:99", "codec zstd takes a level from 1 to 22, got 99"),
+                                           ("gzip:12", "codec gzip takes a level from 0 to 9, got 12"),
+                                           ("lz4:x", "codec level must be an integer, got 'x'"),
+                                           ("none:3", "codec none takes no level")])
+def test_a_codec_level_out_of_range_is_one_line_and_exit_2(sample, tmp_path, codec, message):
+    out = tmp_path / "s.zarr"
+    proc = run("ingest", sample[0], out, "--codec", codec)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"ingest: error: {message}"], proc.stderr
+    assert not out.exists()
+
+
+def test_the_hint_after_a_bad_row_is_a_command_that_works(tmp_path):
+    x = random_kmers(12, seed=9)
+    x[5, 9100] = np.nan
+    npy, out = write_npy(tmp_path / "x.npy", x), tmp_path / "x.zarr"
+    failed = run("ingest", npy, out, "--chunk-rows", 4)
+    assert failed.returncode == 2 and "rerun with --on-bad-rows drop --overwrite" in failed.stderr
+    run("ingest", npy, out, "--chunk-rows", 4, "--on-bad-rows", "drop", "--overwrite", check=True)
+    assert store_attrs(out)["dropped_rows"] == [5] and store_attrs(out)["complete"] is True
+
+
+def test_resume_of_a_complete_store_with_its_options_says_there_is_nothing_to_do(sample, tmp_path):
+    out = tmp_path / "s.zarr"
+    run("ingest", sample[0], out, "--chunk-rows", 50, check=True)
+    before = _files(out)
+    proc = run("ingest", sample[0], out, "--chunk-rows", 50, "--resume", check=True)
+    assert proc.stdout.strip() == f"{out}: already complete, with these options; nothing to do"
+    assert _files(out) == before
+
+
+def test_resume_of_a_complete_store_with_other_options_is_refused(sample, tmp_path):
+    out = tmp_path / "s.zarr"
+    run("ingest", sample[0], out, "--chunk-rows", 50, "--labels", sample[1], check=True)
+    proc = run("ingest", sample[0], out, "--chunk-rows", 60, "--resume")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "the existing complete store differs in chunk_rows, labels" in proc.stderr
+
+
 def test_resume_with_other_options_is_refused(sample, tmp_path):
     out = tmp_path / "s.zarr"
     run("ingest", sample[0], out, "--chunk-rows", 50, check=True)

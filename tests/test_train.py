@@ -218,6 +218,62 @@ def test_encode_writes_every_row_once_in_store_order(train_store, tmp_path):
 
 
 @pytest.fixture(scope="module")
+def encoded(train_store, tmp_path_factory) -> Path:
+    """A one-epoch run and its latents (RUN/latents.zarr): the folder."""
+    out = tmp_path_factory.mktemp("encoded") / "run"
+    run("train", *train_args(train_store[0], out, "--epochs", 1, *TINY), check=True)
+    run("train.encode", "--checkpoint", out / "vae_multi_encoder_best.pt", "--data", train_store[0],
+        "--out", out / "latents.zarr", check=True)
+    return out
+
+
+def test_the_latents_store_records_which_latent_columns_encode_which_kmers(encoded):
+    attrs = zarr.open_group(str(encoded / "latents.zarr"), mode="r").attrs["kmervae_latents"]
+    assert attrs["latent_blocks"] == [{"z": [0, 8], "k": [6, 5, 4, 3, 2, 1]}]
+
+
+def test_a_per_scale_encoder_records_each_blocks_latent_columns_and_kmers():
+    from kmervae_core.evaluation.encode import latent_layout
+    from kmervae_core.store.kmers import N_FEATURES, block_columns
+    blocks = [torch.as_tensor(c) for c in block_columns([6, 5, 4, 3, 2, 1], [[6], [5, 4], [3, 2, 1]])]
+    model = VAE(N_FEATURES, (16,), 8, torch.arange(N_FEATURES), "normal", blocks, [4, 2, 2])
+    assert latent_layout(model.encoder) == [{"z": [0, 4], "k": [6]}, {"z": [4, 6], "k": [5, 4]},
+                                            {"z": [6, 8], "k": [3, 2, 1]}]
+
+
+@pytest.mark.parametrize("name,message", [
+    ("vae_multi_best.pt", "a whole-model export, not an encoder; pass its run's exported encoder, {run}/vae_multi_encoder_best.pt (or _final.pt)"),
+    ("checkpoints", "a training checkpoint, not an encoder; pass its run's exported encoder, {run}/vae_multi_encoder_best.pt (or _final.pt)")])
+def test_encode_given_another_file_of_the_run_names_the_encoder_to_pass(train_store, encoded, tmp_path, name, message):
+    path = encoded / name if name != "checkpoints" else sorted((encoded / "checkpoints").glob("*.pt"))[-1]
+    proc = run("train.encode", "--checkpoint", path, "--data", train_store[0], "--out", tmp_path / "z.zarr")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"train.encode: error: {path}: " + message.format(run=encoded)], proc.stderr
+    assert not (tmp_path / "z.zarr").exists()
+
+
+@pytest.mark.parametrize("case,message", [("float labels", "labels must be integers (one genome or bin id per row), not float64"),
+                                          ("k 0", "-k 0: the neighbours must number from 1 to 599"),
+                                          ("k 600", "-k 600: the neighbours must number from 1 to 599")])
+def test_evaluate_bad_input_is_one_line_and_exit_2(train_store, encoded, tmp_path, case, message):
+    labels = np.load(train_store[1])
+    args = ["--labels", train_store[1]]
+    if case == "float labels":
+        np.save(tmp_path / "f.npy", labels.astype(np.float64))
+        args = ["--labels", tmp_path / "f.npy"]
+    else:
+        args += ["-k", case.split()[1]]
+    proc = run("train.evaluate", encoded / "latents.zarr", *args)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_rerunning_a_finished_run_says_it_is_already_finished(train_store, encoded):
+    again = run("train", *train_args(train_store[0], encoded, "--epochs", 1, *TINY), check=True)
+    assert "already finished its 1 epochs; nothing to train (raise --epochs to train on)" in again.stdout
+    assert "resuming from" not in again.stdout and "Epoch 1/1" not in again.stdout
+
+
+@pytest.fixture(scope="module")
 def knn_run(train_store, tmp_path_factory) -> tuple[Path, str]:
     """A 3-epoch run that keeps the epoch of the best kNN accuracy: (its folder, its output)."""
     out = tmp_path_factory.mktemp("knn") / "run"
@@ -255,6 +311,24 @@ def test_the_report_draws_every_figure_of_a_run(knn_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert matplotlib.image.imread(png).shape[0] > 100
     assert "latents_pca.png" in (out / "report" / "report.md").read_text()
+
+
+def test_each_report_figure_labels_its_axes_and_draws_train_and_validation_alike(knn_run, monkeypatch, tmp_path):
+    from matplotlib.figure import Figure
+    from kmervae_core.evaluation.report import write_report
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("history.json", "config.json", "heldout_latents.npz"):
+        (run_dir / name).write_bytes((knn_run[0] / name).read_bytes())
+    drawn = {}
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **_: drawn.__setitem__(Path(path).name, [
+        (ax.get_title(), ax.get_ylabel(), [line.get_label() for line in ax.lines], ax.get_ylim()) for ax in fig.axes]))
+    write_report(run_dir)
+    assert [(title, ylabel, labels) for title, ylabel, labels, _ in drawn["losses.png"]] == [
+        (title, "per row", ["train", "validation"]) for title in ("Loss", "Reconstruction (weighted MSE)", "KL divergence")]
+    (_, ylabel, labels, (low, high)), = drawn["active_units.png"]
+    assert labels == ["active units", "latent size (8)"] and low == 0 and high == pytest.approx(8 * 1.05)
+    assert all(ylabel for axes in drawn.values() for _, ylabel, _, _ in axes)
 
 
 def test_a_report_of_a_folder_without_history_is_one_line_and_exit_2(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -35,8 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Defaults are the reference recipe; a --config TOML file (keys as the long flags, with "
                "underscores) overrides them and flags override the file. Exit status: 0 done, 2 bad input, "
                "3 non-finite loss, 4 a data loader worker was killed (the last good checkpoint is kept), 143 stopped by "
-               "SIGTERM or SIGUSR1 (every rank finished its step and a checkpoint was written; --resume auto "
-               "continues exactly).")
+               "SIGTERM, SIGUSR1 or Ctrl-C (every rank finished its step and a checkpoint was written; --resume auto "
+               "continues exactly); a second Ctrl-C stops at once, keeping the last checkpoint. Every rank exits "
+               "with the same status and one of them prints the line. torchrun itself exits 1 on any of these; "
+               "python -m train.launch, which takes torchrun's options, exits with the ranks' status.")
     p.epilog += (" On resume, a setting that differs from the checkpoint's acts by its role (in brackets): "
                  + "; ".join(f"[{role}] {what}" for role, what in ROLES.items()) + ".")
     p.add_argument("--config", help="TOML file of settings")
@@ -51,23 +54,67 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def batch_refusal(batch_size: int, world_size: int) -> str | None:
+    """Why the global batch cannot be shared by `world_size` processes, with the sizes that can."""
+    if batch_size % world_size == 0:
+        return None
+    below = batch_size - batch_size % world_size
+    fits = " or ".join(f"--batch-size {b}" for b in (below, below + world_size) if b > 0)
+    return (f"--batch-size {batch_size} does not divide over {world_size} processes (each takes an equal share "
+            f"of the global batch): use {fits}, or a process count that divides {batch_size}")
+
+
+class StopRequest:
+    """The signal handlers' flag. The first SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) asks every rank
+    to stop at one step with a checkpoint (the trainer's stop vote); repeats of SIGTERM or SIGUSR1
+    are ignored (Slurm and torchrun may both pass one on). After a Ctrl-C, a second Ctrl-C, or the
+    SIGTERM torchrun sends on one, ends the rank at once, even inside a collective: the signal's
+    default action is put back, so the kernel ends it (the last checkpoint stays whole)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._asked)
+
+    def _asked(self, sig: int, _frame) -> None:
+        if sig == signal.SIGINT or self.event.is_set():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if sig == signal.SIGINT:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    @staticmethod
+    def leaving() -> None:
+        """The rank is leaving (done, stopped or failed): SIGTERM and SIGUSR1 are ignored from here,
+        so that the SIGTERM torchrun sends the ranks still tearing down, when the first has left,
+        does not change their exit status."""
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            if signal.getsignal(sig) is not signal.SIG_DFL:  # a Ctrl-C asked for at once: keep that
+                signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
     toml_path = args.pop("config")
     try:
         cfg = load_config(toml_path, args)
     except KmervaeError as e:
-        print(f"train: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank reads the same file: one line is enough
+            print(f"train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from kmervae_core.training.distributed import init_distributed, shutdown
+    from kmervae_core.training.distributed import FailureAgreement, init_distributed, shutdown
     from kmervae_core.training.trainer import NonFiniteLoss, Stopped, Trainer
-    stop = threading.Event()  # set by a signal; the trainer stops all ranks at one step
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopRequest()  # the trainer stops all ranks at one step
     ctx = init_distributed()
+    agreement = FailureAgreement(ctx)  # a failure on any rank ends every rank alike
     log = (lambda line: print(line, flush=True)) if ctx.is_main else (lambda line: None)
     trainer, clean = None, False
     try:
+        if refusal := batch_refusal(cfg.batch_size, ctx.world_size):
+            raise KmervaeError(refusal)
         trainer = Trainer(cfg, ctx, log, stop=stop.is_set)
         cfg = trainer.cfg  # with the epoch plan's partitions settled
         if ctx.is_main:
@@ -92,18 +139,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train: {e}", file=sys.stderr, flush=True)
         clean = True
         return EXIT_STOPPED
-    except NonFiniteLoss as e:
-        trainer.finish(failed=True)
-        print(f"train: error: {e}", file=sys.stderr)
-        return EXIT_NON_FINITE
     except KmervaeError as e:
         if trainer is not None:
-            trainer.finish()
-        print(f"train: error: {e}", file=sys.stderr)
-        return EXIT_WORKER_KILLED if isinstance(e, LoaderWorkerDied) else EXIT_BAD_INPUT
+            trainer.finish(failed=isinstance(e, NonFiniteLoss))
+        status = EXIT_NON_FINITE if isinstance(e, NonFiniteLoss) else \
+            EXIT_WORKER_KILLED if isinstance(e, LoaderWorkerDied) else EXIT_BAD_INPUT
+        where = f"rank {ctx.rank}: " if ctx.active and not str(e).startswith(f"rank {ctx.rank}:") else ""
+        return agreement.fail(status, f"train: error: {where}{e}")
+    except Exception:
+        if (status := agreement.recorded()) is not None:  # a peer failed and left: its line is printed
+            return status
+        raise
     finally:
+        stop.leaving()
         if trainer is not None:
             trainer.close()  # loader workers and DDP go before the process group does
+        agreement.close()
         shutdown(clean)
 
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kmervae_core.evaluation.compare import comparison_table, csv_text, markdown, plot_latent_metrics
+from kmervae_core.evaluation.report import comparison_table, csv_text, default_plot_path, markdown, plot_latent_metrics
 from kmervae_core.errors import KmervaeError
 
 
@@ -15,12 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__)
     p.add_argument("run_dirs", type=Path, nargs="+", help="training run folders (--out of python -m train)")
     p.add_argument("--csv", action="store_true", help="print CSV instead of a Markdown table")
-    p.add_argument("--plot", type=Path, default=Path("compare_latent.png"),
-                   help="where to write the latent-metrics figure (default compare_latent.png)")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="where to write the latent-metrics figure (default: compare_latent.png in the folder "
+                        "holding the runs)")
     args = p.parse_args(argv)
     try:
         header, rows = comparison_table(args.run_dirs)
-        plot = plot_latent_metrics(args.run_dirs, args.plot)
+        plot = plot_latent_metrics(args.run_dirs, args.plot or default_plot_path(args.run_dirs))
     except KmervaeError as e:
         print(f"train.compare: error: {e}", file=sys.stderr)
         return 2

@@ -9,8 +9,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from kmervae_core.training.distributed import init_distributed, shutdown
-from kmervae_core.evaluation.encode import encode_chunks, finish_output, load_encoder, prepare_output
+from kmervae_core.cli_help import DefaultsHelp
+from kmervae_core.evaluation.encode import encode_chunks, finish_output, load_encoder, prepare_output, refuse_existing
+from kmervae_core.training.distributed import FailureAgreement, init_distributed, shutdown
 from kmervae_core.errors import KmervaeError
 from kmervae_core.progress import Progress
 from kmervae_core.store.contract import open_store
@@ -18,7 +19,7 @@ from kmervae_core.store.contract import open_store
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.encode", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelp)
     p.add_argument("--checkpoint", required=True, help="an exported encoder (vae_multi_encoder_*.pt)")
     p.add_argument("--data", default="Data/kmers.zarr", help="the kmervae store to encode")
     p.add_argument("--out", required=True, help="the latents store to write (Zarr v3)")
@@ -26,11 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
     ctx = init_distributed()
+    agreement = FailureAgreement(ctx)  # a refusal on any rank ends every rank alike
+    clean = False
     try:
         info = open_store(args.data)
         encoder = load_encoder(args.checkpoint, ctx.device)
+        refuse_existing(args.out, args.overwrite)  # on every rank, before rank 0 makes it
+        if ctx.active:
+            dist.barrier()
         if ctx.is_main:
-            prepare_output(args.out, info, encoder.latent, args.log_var, args.overwrite)
+            prepare_output(args.out, info, encoder, args.log_var, args.overwrite)
         if ctx.active:
             dist.barrier()
         start = time.perf_counter()
@@ -39,18 +45,20 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         if ctx.active:
             dist.all_reduce(written)
+        if int(written) != info.rows:
+            raise KmervaeError(f"wrote {int(written)} rows of {info.rows}; {args.out} left incomplete")
         if ctx.is_main:
-            if int(written) != info.rows:
-                raise KmervaeError(f"wrote {int(written)} rows of {info.rows}; {args.out} left incomplete")
             finish_output(args.out)
             print(f"wrote {args.out}: z_mean {info.rows:,} x {encoder.latent}"
                   f"{' and z_log_var' if args.log_var else ''} in {time.perf_counter() - start:.1f} s")
+        clean = True
         return 0
     except KmervaeError as e:
-        print(f"train.encode: error: {e}", file=sys.stderr)
-        return 2
+        where = f"rank {ctx.rank}: " if ctx.active else ""
+        return agreement.fail(2, f"train.encode: error: {where}{e}")
     finally:
-        shutdown()
+        agreement.close()
+        shutdown(clean)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("latents", help="a store written by python -m train.encode")
     p.add_argument("--labels", required=True, help="an int .npy with one label per store row")
     p.add_argument("--store", help="the kmervae store, to compare with kNN on the CLR input")
-    p.add_argument("-k", type=int, default=5)
+    p.add_argument("-k", type=int, default=5, help="neighbours that vote for each row's label (default 5)")
     args = p.parse_args(argv)
     try:
         try:
@@ -33,10 +33,16 @@ def main(argv: list[str] | None = None) -> int:
             raise KmervaeError(f"{args.labels}: cannot read labels ({e})") from None
         if labels.shape != (z.shape[0],):
             raise KmervaeError(f"{args.labels}: {labels.shape[0] if labels.ndim else 0} labels for {z.shape[0]} rows")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise KmervaeError(f"{args.labels}: labels must be integers (one genome or bin id per row), "
+                               f"not {labels.dtype}")
         rows = np.arange(z.shape[0])
         if len(rows) > MAX_ROWS:
             rows = np.sort(np.random.default_rng(0).choice(rows, MAX_ROWS, replace=False))
-        chance = np.bincount(labels[rows]).max() / len(rows)
+        if not 1 <= args.k < len(rows):
+            raise KmervaeError(f"-k {args.k}: the neighbours must number from 1 to {len(rows) - 1} "
+                               f"(one fewer than the {len(rows):,} rows evaluated)")
+        chance = np.unique(labels[rows], return_counts=True)[1].max() / len(rows)
         line = (f"kNN accuracy (k={args.k}, {len(rows):,} rows, {len(np.unique(labels))} labels): "
                 f"latents {knn_accuracy(z.oindex[rows], labels[rows], args.k):.3f}")
         if args.store:

@@ -18,6 +18,7 @@ from ..training.distributed import DistContext
 from ..errors import KmervaeError
 from ..model.vae import encoder_from_state
 from ..store.contract import StoreInfo, exists, open_array, read_rows, remove
+from ..store.kmers import KMER_GROUPS
 
 LATENTS_KEY = "kmervae_latents"
 
@@ -29,24 +30,53 @@ def load_encoder(path: str, device: torch.device) -> nn.Module:
         raise KmervaeError(f"{path}: no such checkpoint")
     try:
         state = ckpt.load(Path(path), device)
-        enc = encoder_from_state(state).to(device)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing line
-        raise KmervaeError(f"{path}: not an exported encoder state dict ({type(e).__name__})") from None
+        raise KmervaeError(f"{path}: not a checkpoint torch can read ({type(e).__name__})") from None
+    if isinstance(state, dict) and ("config" in state or any(str(k).startswith("encoder.") for k in state)):
+        what = "a training checkpoint" if "config" in state else "a whole-model export"
+        run_dir = Path(path).parent.parent if "config" in state else Path(path).parent
+        raise KmervaeError(f"{path}: {what}, not an encoder; pass its run's exported encoder, "
+                           f"{run_dir / 'vae_multi_encoder_best.pt'} (or _final.pt)")
+    try:
+        enc = encoder_from_state(state).to(device)
+    except Exception as e:  # noqa: BLE001 - any other file is one user-facing line
+        raise KmervaeError(f"{path}: not an exported encoder (vae_multi_encoder_*.pt) ({type(e).__name__})") from None
     enc.load_state_dict(state)
     return enc.eval()
 
 
-def prepare_output(out: str, info: StoreInfo, latent: int, log_var: bool, overwrite: bool) -> None:
+def refuse_existing(out: str, overwrite: bool) -> None:
+    """Refuse to replace an existing --out unless asked (every rank can decide it)."""
+    if exists(out) and not overwrite:
+        raise KmervaeError(f"{out}: already exists; pass --overwrite to replace it")
+
+
+def latent_layout(encoder: nn.Module) -> list[dict]:
+    """z_mean's column blocks, in order: each block's latent columns [start, stop) and the k-mer
+    sizes it encodes (one block for the reference encoder, one per scale for a per-scale one)."""
+    columns = encoder.columns.cpu().numpy()
+    parts = [(b.latent, columns[b.columns.cpu().numpy()]) for b in encoder.blocks] if hasattr(encoder, "blocks") \
+        else [(encoder.latent, columns)]
+    layout, start = [], 0
+    for size, cols in parts:
+        ks = [g.k for g in KMER_GROUPS if ((cols >= g.local.start) & (cols < g.local.stop)).any()]
+        layout.append({"z": [start, start + size], "k": ks})
+        start += size
+    return layout
+
+
+def prepare_output(out: str, info: StoreInfo, encoder: nn.Module, log_var: bool, overwrite: bool) -> None:
+    refuse_existing(out, overwrite)
+    latent = encoder.latent
     if exists(out):
-        if not overwrite:
-            raise KmervaeError(f"{out}: already exists; pass --overwrite to replace it")
         remove(out)
     group = zarr.open_group(store=out, mode="w")
     names = ["z_mean"] + (["z_log_var"] if log_var else [])
     for name in names:
         group.create_array(name, shape=(info.rows, latent), chunks=(info.chunk_rows, latent), dtype="float32",
                            compressors=[zarr.codecs.ZstdCodec(level=1)], fill_value=0)
-    group.attrs[LATENTS_KEY] = {"store": info.url, "rows": info.rows, "arrays": names, "complete": False}
+    group.attrs[LATENTS_KEY] = {"store": info.url, "rows": info.rows, "arrays": names,
+                                "latent_blocks": latent_layout(encoder), "complete": False}
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import select
 import signal
 import threading
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # preemption and eviction; Slurm's advance warning
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # preemption, eviction; Slurm's advance warning; Ctrl-C
 
 
 def ignore_stop_signals() -> None:

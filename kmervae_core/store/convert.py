@@ -27,20 +27,27 @@ from .contract import (ATTRS_KEY, CHECKSUM, CLR, COLUMN0, FORMAT_VERSION, LABELS
 
 DONE = "_ingest_done"
 DEFAULT_CHUNK_ROWS = 4096
-CODEC_LEVELS = {"zstd": 1, "lz4": 5, "blosc-zstd": 1, "gzip": 1, "none": None}
+# each codec's default level and the levels it accepts
+CODEC_LEVELS = {"zstd": (1, range(1, 23)), "lz4": (5, range(0, 10)), "blosc-zstd": (1, range(0, 10)),
+                "gzip": (1, range(0, 10)), "none": (None, range(0))}
 
 
 def parse_codec(text: str) -> list:
-    """`NAME[:LEVEL]` to Zarr v3 compressors; NAME is one of CODEC_LEVELS."""
+    """`NAME[:LEVEL]` to Zarr v3 compressors; NAME is one of CODEC_LEVELS, LEVEL in its range."""
     name, _, level = text.partition(":")
     if name not in CODEC_LEVELS:
         raise InputError(f"unknown codec {text!r}; choose from {', '.join(CODEC_LEVELS)} (optionally NAME:LEVEL)")
+    default, levels = CODEC_LEVELS[name]
+    if name == "none":
+        if level:
+            raise InputError("codec none takes no level")
+        return []
     try:
-        lvl = int(level) if level else CODEC_LEVELS[name]
+        lvl = int(level) if level else default
     except ValueError:
         raise InputError(f"codec level must be an integer, got {level!r}") from None
-    if name == "none":
-        return []
+    if lvl not in levels:
+        raise InputError(f"codec {name} takes a level from {levels.start} to {levels.stop - 1}, got {lvl}")
     if name == "zstd":
         return [zarr.codecs.ZstdCodec(level=lvl)]
     if name == "gzip":
@@ -51,7 +58,7 @@ def parse_codec(text: str) -> list:
 
 def codec_name(text: str) -> str:
     name, _, level = text.partition(":")
-    return name if name == "none" else f"{name}:{level or CODEC_LEVELS[name]}"
+    return name if name == "none" else f"{name}:{level or CODEC_LEVELS[name][0]}"
 
 
 @dataclass(frozen=True)
@@ -225,13 +232,14 @@ def prepare(plan: IngestPlan, resume: bool, overwrite: bool) -> list[int]:
     if resume and found is None and exists(plan.url):
         raise StoreError(f"{plan.url}: cannot resume: it is not a kmervae store")
     if resume and found is not None:
+        expected = plan.attrs()
+        diff = sorted(k for k in expected if k != "complete" and found.get(k) != expected[k])
+        if diff:
+            state = "complete" if found.get("complete") else "incomplete"
+            raise StoreError(f"{plan.url}: cannot resume: the existing {state} store differs in {', '.join(diff)}"
+                             " (same input and options needed; or use --overwrite)")
         if found.get("complete"):
             return []
-        expected = plan.attrs()
-        diff = sorted(k for k in expected if found.get(k) != expected[k])
-        if diff:
-            raise StoreError(f"{plan.url}: cannot resume: the existing store differs in {', '.join(diff)}"
-                             " (same input and options needed; or use --overwrite)")
         remove_partial_writes(plan.url)  # a killed run's half-written chunk files
         done = zarr.open_group(store=plan.url, mode="r")[DONE][:]
         return [int(c) for c in np.flatnonzero(done == 0)]
@@ -302,7 +310,8 @@ def ingest(plan: IngestPlan, *, resume: bool = False, overwrite: bool = False, s
     except BadRowFound as bad:
         row = first_bad_row(plan, bad)
         raise InputError(f"{plan.source.path}: row {row} holds a NaN, infinite or negative k-mer frequency"
-                         f" (use --on-bad-rows drop to leave such rows out); {plan.url} left incomplete") from None
+                         f"; {plan.url} left incomplete (rerun with --on-bad-rows drop --overwrite to leave such "
+                         "rows out)") from None
     group = zarr.open_group(store=plan.url, mode="r+")
     if DONE in group:
         del group[DONE]

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -152,9 +155,103 @@ class StopVote:
         return bool(flag.item())
 
     def close(self) -> None:
-        """Wait for the vote in flight and let go of the group, so that shutdown() frees it."""
-        self._result()
+        """Wait for the vote in flight and let go of the group, so that shutdown() frees it. A
+        vote whose peers have left (a failure every rank agreed on) ends with them."""
+        try:
+            self._result()
+        except RuntimeError:
+            self.pending = None
         self.group = None
+
+
+FAILURE = "kmervae/failure"
+
+
+class FailureAgreement:
+    """Every rank leaves with one status and one line when any rank fails.
+
+    A rank that fails (a KmervaeError: bad input, a damaged chunk, a refusal) calls `fail`,
+    which records the exit status on the job's store: no collective carries it, so it reaches
+    ranks blocked in a collective the failed rank will never join. The first rank to record
+    prints its line; every other rank, failed too or not, prints nothing and leaves with that
+    status: one that fails itself returns it from `fail`, the others are ended by a thread
+    watching the store (os._exit: their main thread may be blocked in a collective for good, and
+    every file a run writes is atomic, so nothing is left half written). The first rank waits
+    (up to WAIT_S) until the others have left, so that torchrun sees every rank exit alike
+    instead of ending the survivors itself, and a rank that has failed ignores SIGTERM from then
+    on. Alone (no process group) `fail` only prints."""
+
+    POLL_S, WAIT_S = 0.1, 10.0
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.rank, self.world = ctx.rank, ctx.world_size
+        active = ctx.active and dist.is_available() and dist.is_initialized()
+        # the default group's store: torchrun's (round-scoped, see round_token) or rank 0's
+        self.store = dist.distributed_c10d._get_default_store() if active else None
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="failure-watch", daemon=True)
+        if self.store is not None:
+            self._watcher.start()
+
+    def fail(self, status: int, line: str) -> int:
+        """This rank failed with `status` and the one-line `line`: the status every rank exits with."""
+        if self.store is None:
+            print(line, file=sys.stderr, flush=True)
+            return status
+        self._done.set()  # this rank leaves by returning, not by the watcher
+        if threading.current_thread() is threading.main_thread():
+            # torchrun sends SIGTERM to the ranks still tearing down once the first has left:
+            # it must not turn the agreed status into "killed by SIGTERM"
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        first = False
+        try:
+            first = self.store.add(f"{FAILURE}/count", 1) == 1
+            if first:
+                print(line, file=sys.stderr, flush=True)
+                self.store.set(FAILURE, str(status))
+            else:
+                status = int(self.store.get(FAILURE))  # set by the first at once after its count
+            self.store.set(f"{FAILURE}/left/{self.rank}", "1")
+            if first:
+                others = [f"{FAILURE}/left/{r}" for r in range(self.world) if r != self.rank]
+                deadline = time.monotonic() + self.WAIT_S
+                while not self.store.check(others) and time.monotonic() < deadline:
+                    time.sleep(self.POLL_S)
+        except RuntimeError:  # the store's host (rank 0 without torchrun's agent) has left
+            if not first:
+                print(line, file=sys.stderr, flush=True)
+        return status
+
+    def recorded(self) -> int | None:
+        """The status a failed rank recorded, if any (for a rank whose collective broke because
+        that rank left)."""
+        if self.store is None:
+            return None
+        try:
+            return int(self.store.get(FAILURE)) if self.store.check([FAILURE]) else None
+        except RuntimeError:
+            return None
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.POLL_S):
+            try:
+                if not self.store.check([FAILURE]):
+                    continue
+                status = int(self.store.get(FAILURE))
+                if self._done.is_set():
+                    return
+                self.store.set(f"{FAILURE}/left/{self.rank}", "1")
+            except RuntimeError:  # the store is gone: the job is ending
+                return
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+
+    def close(self) -> None:
+        """Stop watching, before shutdown() takes the store away."""
+        self._done.set()
+        if self._watcher.is_alive():
+            self._watcher.join()
 
 
 def shutdown(clean: bool = True) -> None:

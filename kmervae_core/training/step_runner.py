@@ -158,23 +158,30 @@ class StepRunner:
 
     def capture(self, x: torch.Tensor):
         """Capture the step on this batch and check it against the eager step; the graph, or
-        None (eager from here on) with one line saying why. Every rank takes the same way."""
-        graph, problem = self.graph_class(), None
-        try:
+        None (eager from here on) with one line saying why. Every rank takes the same way and
+        makes the same collectives: the ranks agree that every one captured before any runs the
+        check (whose replay and eager step all-reduce gradients), then agree on the check."""
+        graph = self.graph_class()
+
+        def capture() -> None:
             self.static_x = x.detach().clone()
             self.opt.zero_grad(set_to_none=True)
             graph.capture(lambda: self.step_body(self.static_x, graphed=True))
-            problem = check_capture(graph, lambda: self.step_body(self.static_x), self.step_state(),
-                                    list(self.model.parameters()), self.opt)
-        except RuntimeError as e:
-            problem = f"capture failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ok = all_reduce(torch.tensor([0 if problem else 1], device=self.ctx.device), torch.distributed.ReduceOp.MIN)
-        if int(ok.item()):
-            self.log(f"CUDA graph: captured at step {self.step + 1}; replay matches the eager step")
-            return graph
+
+        problem = _failure("capture failed", capture)
+        if self._everywhere(problem is None):
+            problem = _failure("check failed", lambda: check_capture(
+                graph, lambda: self.step_body(self.static_x), self.step_state(), list(self.model.parameters()), self.opt))
+            if self._everywhere(problem is None):
+                self.log(f"CUDA graph: captured at step {self.step + 1}; replay matches the eager step")
+                return graph
         self.graph_wanted = False
         self.log(f"CUDA graph: not used ({problem or 'another rank could not capture'}); eager steps from here")
         return None
+
+    def _everywhere(self, ok: bool) -> bool:
+        """Whether `ok` holds on every rank (one all-reduce, made by every rank)."""
+        return bool(all_reduce(torch.tensor([int(ok)], device=self.ctx.device), torch.distributed.ReduceOp.MIN).item())
 
     def first_non_finite(self) -> tuple[str, int] | None:
         """("loss" or "weights", the 0-based step) of the first non-finite loss since the start,
@@ -188,3 +195,11 @@ class StepRunner:
         if min(step_loss, step_weights) == NO_STEP:
             return None
         return ("loss", step_loss) if step_loss <= step_weights else ("weights", step_weights)
+
+
+def _failure(what: str, fn: Callable[[], str | None]) -> str | None:
+    """`fn()`'s problem, or "what: the first line of the RuntimeError it raised"."""
+    try:
+        return fn()
+    except RuntimeError as e:
+        return f"{what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"

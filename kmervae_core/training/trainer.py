@@ -157,6 +157,10 @@ class Trainer:
         if saved is None:
             return
         self.load_state_dict(saved)
+        if self.epoch >= self.cfg.epochs:
+            self.log(f"{self.checkpointer.path}: this run already finished its {self.cfg.epochs} epochs; nothing to "
+                     "train (raise --epochs to train on)")
+            return
         self.log(f"resuming from {self.checkpointer.path}: epoch {self.epoch + 1}, batch {self.batch}, "
                  f"step {self.runner.step} (written by {saved.get('world_size', '?')} process(es), now "
                  f"{self.ctx.world_size}; {self.cfg.partitions} partitions)")

@@ -19,28 +19,37 @@ from ..model.losses import N_SUMS, summarise, vae_loss
 from .step_runner import StepRunner
 from ..store.contract import LABELS, open_array, read_rows
 
+MIN_HELDOUT = 5  # the latent metrics need more validation rows than this
+
 
 class Validator:
     def __init__(self, cfg: TrainConfig, ctx: DistContext, model: torch.nn.Module, feed: Feed,
                  runner: StepRunner, columns: np.ndarray, blocks: tuple[str, ...]) -> None:
         self.cfg, self.ctx, self.model, self.feed, self.runner, self.blocks = cfg, ctx, model, feed, runner, blocks
         self.run_dir = Path(cfg.out)
+        if cfg.latent_sample:
+            self._refuse()
         self.heldout = self._heldout(columns) if ctx.is_main and cfg.latent_sample else None
+
+    def _refuse(self) -> None:
+        """Refuse a --select-by the store cannot serve, on every rank (from the split and the
+        store's metadata, which every rank reads), so that no rank waits for one that refused."""
+        cfg, rows = self.cfg, len(self.feed.val_stream.split.val_rows())
+        if cfg.select_by != "val_loss" and rows <= MIN_HELDOUT:
+            raise KmervaeError(f"--select-by {cfg.select_by} needs validation rows; this split has {rows}")
+        if cfg.select_by == "knn" and not self.feed.train_stream.info.has_labels:
+            raise KmervaeError("--select-by knn needs a store with labels (python -m ingest ... --labels LABELS.npy)")
 
     def _heldout(self, columns: np.ndarray) -> dict | None:
         """A fixed seeded sample of validation rows (CLR, labels, distance pairs) for the
-        latent metrics; None where the split holds no validation rows."""
+        latent metrics; None where the split holds too few validation rows."""
         cfg, split = self.cfg, self.feed.val_stream.split
         rows = split.val_rows()
-        if len(rows) <= 5:
-            if cfg.select_by != "val_loss":
-                raise KmervaeError(f"--select-by {cfg.select_by} needs validation rows; this split has {len(rows)}")
+        if len(rows) <= MIN_HELDOUT:
             return None
         rng = np.random.default_rng([cfg.seed, 0x1A7])
         rows = np.sort(rng.choice(rows, min(len(rows), cfg.latent_sample), replace=False)).astype(np.int64)
         labels = read_rows(cfg.data, open_array(cfg.data, LABELS), rows) if self.feed.train_stream.info.has_labels else None
-        if labels is None and cfg.select_by == "knn":
-            raise KmervaeError("--select-by knn needs a store with labels (python -m ingest ... --labels LABELS.npy)")
         x = np.asarray(read_rows(cfg.data, open_array(cfg.data), rows), dtype=np.float32)[:, columns]
         return {"rows": rows, "x": x, "labels": labels, "pairs": sample_pairs(len(rows), cfg.latent_pairs, cfg.seed)}
 
