@@ -8,7 +8,7 @@ import lzma
 import numpy as np
 
 from benchmarks.genome_sources import GENOMES, decompress, parse_records
-from benchmarks.real_genomes import BANDS, balanced_limit, four_mer_columns, pick, tile, write_kmers
+from benchmarks.real_genomes import BANDS, balanced_limit, four_mer_columns, pca, pick, tile, write_kmers
 from kmervae_core.store.kmers import canonical_kmers, group
 
 
@@ -78,3 +78,10 @@ def test_the_benchmark_has_40_distinct_genomes_of_at_least_15_species_groups():
     assert len(GENOMES) >= 40 and len({g.species for g in GENOMES}) >= 15
     assert len({(g.member, g.records) for g in GENOMES}) == len(GENOMES)  # no genome twice
     assert all(len(g.sha256) == 64 for g in GENOMES)
+
+
+def test_pca_scores_are_the_svd_scores_up_to_sign():
+    x = np.random.default_rng(4).normal(size=(300, 40)) @ np.diag(np.linspace(3, 0.1, 40))
+    centred = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(np.abs(pca(x, 5)), np.abs(u[:, :5] * s[:5]), rtol=1e-8, atol=1e-10)
