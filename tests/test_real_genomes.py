@@ -1,10 +1,15 @@
-"""benchmarks/real_genomes.py's fragments and k-mer rows, against hand computations."""
+"""benchmarks/real_genomes.py's fragments and k-mer rows, and genome_sources' reading of the
+packaged files, against hand computations."""
 from __future__ import annotations
+
+import gzip
+import lzma
 
 import numpy as np
 
-from benchmarks.real_genomes import fragments, write_kmers
-from kmervae_core.store.kmers import group
+from benchmarks.genome_sources import GENOMES, decompress, parse_records
+from benchmarks.real_genomes import BANDS, balanced_limit, four_mer_columns, pca, pick, tile, write_kmers
+from kmervae_core.store.kmers import canonical_kmers, group
 
 
 def genome() -> bytes:
@@ -14,23 +19,38 @@ def genome() -> bytes:
     return bytes(seq)
 
 
-def test_fragments_are_non_overlapping_acgt_tiles_of_1_to_4_kb():
-    seq = genome()
-    tiles = fragments(seq, np.random.default_rng(1), limit=100)
+def starts_of(seq: bytes, tiles: list[np.ndarray]) -> list[int]:
     text = seq.upper()
-    starts = [text.find(np.frombuffer(b"ACGT", np.uint8)[t].tobytes()) for t in tiles]
-    assert all(1000 <= len(t) <= 4000 for t in tiles) and all(s >= 0 for s in starts)
-    assert all(a + len(t) <= b for a, b, t in zip(starts, starts[1:], tiles))  # in order, no overlap
-    assert not any(s <= 5000 < s + len(t) for s, t in zip(starts, tiles))  # the tile with the N is left out
-    assert 30000 - 2 * 4000 <= sum(map(len, tiles)) < 30000  # all but the N tile and the unfinished tail
+    return [text.find(np.frombuffer(b"ACGT", np.uint8)[t].tobytes()) for t in tiles]
 
 
-def test_fragments_stop_at_the_limit():
-    assert len(fragments(genome(), np.random.default_rng(1), limit=3)) == 3
+def test_tiles_are_non_overlapping_acgt_pieces_within_the_band():
+    seq = genome()
+    for lo, hi in BANDS.values():
+        tiles = tile(seq, np.random.default_rng(1), (lo, hi))
+        starts = starts_of(seq, tiles)
+        assert all(lo <= len(t) <= hi for t in tiles) and all(s >= 0 for s in starts)
+        assert all(a + len(t) <= b for a, b, t in zip(starts, starts[1:], tiles))  # in order, no overlap
+        assert not any(s <= 5000 < s + len(t) for s, t in zip(starts, tiles))  # the tile with the N is left out
+        assert 30000 - 2 * hi <= sum(map(len, tiles)) < 30000  # all but the N tile and the unfinished tail
+
+
+def test_pick_keeps_at_most_the_limit_in_genome_order():
+    tiles = tile(genome(), np.random.default_rng(1), BANDS["1-4kb"])
+    got = pick(tiles, np.random.default_rng(2), 3)
+    index = [next(i for i, t in enumerate(tiles) if t is g) for g in got]
+    assert len(got) == 3 and index == sorted(index)
+    assert len(pick(tiles, np.random.default_rng(2), 10 ** 6)) == len(tiles)
+
+
+def test_the_balanced_limit_is_the_smallest_cap_that_reaches_the_target():
+    assert balanced_limit([5, 100, 100], 105) == 50  # 5 + 50 + 50
+    assert balanced_limit([5, 100, 100], 106) == 51  # 5 + 51 + 51 = 107: the smallest cap reaching 106
+    assert balanced_limit([5, 10], 1000) == 10  # fewer than the target: every tile
 
 
 def test_a_fragments_row_holds_its_length_and_its_1_mer_frequencies(tmp_path):
-    tiles = fragments(genome(), np.random.default_rng(1), limit=2)
+    tiles = tile(genome(), np.random.default_rng(1), BANDS["1-4kb"])[:3]
     write_kmers(tiles, tmp_path / "k.npy")
     rows = np.load(tmp_path / "k.npy")
     one = group(1).source
@@ -38,3 +58,30 @@ def test_a_fragments_row_holds_its_length_and_its_1_mer_frequencies(tmp_path):
         assert row[0] == len(t)
         at = np.isin(t, [0, 3]).mean()  # canonical 1-mers: A (with T) and C (with G)
         np.testing.assert_allclose(row[one], [at, 1 - at], rtol=1e-6)
+
+
+def test_the_4_mer_columns_are_the_136_canonical_4_mers():
+    cols = four_mer_columns()
+    assert len(cols) == len(canonical_kmers(4)) == 136 and cols[0] == 2080 + 512  # after the 6- and 5-mers
+
+
+def test_fasta_and_genbank_records_are_read_as_header_and_bases():
+    fasta = b">a first\nACGT\nac\n>b\nGG\n"
+    genbank = (b"LOCUS       X1   6 bp    DNA\nDEFINITION  x.\nORIGIN\n        1 acgtac\n//\n"
+               b"LOCUS       X2   3 bp\nORIGIN      \n        1 ggc\n//\n")
+    assert parse_records(fasta) == [(b"a first", b"ACGTac"), (b"b", b"GG")]
+    assert [(h.split()[1], s) for h, s in parse_records(genbank)] == [(b"X1", b"acgtac"), (b"X2", b"ggc")]
+    assert decompress(gzip.compress(fasta)) == decompress(lzma.compress(fasta)) == decompress(fasta) == fasta
+
+
+def test_the_benchmark_has_40_distinct_genomes_of_at_least_15_species_groups():
+    assert len(GENOMES) >= 40 and len({g.species for g in GENOMES}) >= 15
+    assert len({(g.member, g.records) for g in GENOMES}) == len(GENOMES)  # no genome twice
+    assert all(len(g.sha256) == 64 for g in GENOMES)
+
+
+def test_pca_scores_are_the_svd_scores_up_to_sign():
+    x = np.random.default_rng(4).normal(size=(300, 40)) @ np.diag(np.linspace(3, 0.1, 40))
+    centred = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(np.abs(pca(x, 5)), np.abs(u[:, :5] * s[:5]), rtol=1e-8, atol=1e-10)

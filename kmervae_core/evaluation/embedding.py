@@ -7,6 +7,8 @@ latent and input distances over fixed pairs, and leave-one-out kNN accuracy of k
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 ACTIVE_THRESHOLD = 0.01
@@ -91,13 +93,23 @@ def knn_cv_accuracy(z: np.ndarray, labels: np.ndarray, k: int = 5, folds: int = 
     """k-fold cross-validated kNN accuracy: rows are dealt to `folds` seeded folds, and each fold's
     rows get the majority label of their k nearest rows (Euclidean) among the other folds. Unlike
     the leave-one-out figure, an embedding fitted on some rows can be judged on rows kept out."""
+    return float(knn_cv_scores(z, [labels], [seed], k, folds)[0, 0])
+
+
+def knn_cv_scores(z: np.ndarray, label_sets: Sequence[np.ndarray], seeds: Sequence[int], k: int = 5,
+                  folds: int = 5, block: int = 1024) -> np.ndarray:
+    """knn_cv_accuracy for several label sets and fold seeds at the cost of one: (seeds x label
+    sets) accuracies from one pass of distances, `block` rows at a time (memory: block x N)."""
     z = np.asarray(z, dtype=np.float64)
-    _, codes = np.unique(np.asarray(labels), return_inverse=True)
-    fold = np.random.default_rng([seed, 0xF01D]).permutation(len(z)) % folds
+    codes = [np.unique(np.asarray(labels), return_inverse=True)[1] for labels in label_sets]
+    fold = [np.random.default_rng([seed, 0xF01D]).permutation(len(z)) % folds for seed in seeds]
     sq = (z * z).sum(axis=1)
-    hits = 0
-    for f in range(folds):
-        test, train = fold == f, fold != f
-        d = sq[test, None] - 2 * z[test] @ z[train].T + sq[None, train]
-        hits += int((_majority(d, codes[train], k) == codes[test]).sum())
+    hits = np.zeros((len(seeds), len(codes)), dtype=np.int64)
+    for s in range(0, len(z), block):
+        e = min(len(z), s + block)
+        d = sq[s:e, None] - 2 * z[s:e] @ z.T + sq[None, :]
+        for i, f in enumerate(fold):
+            other = np.where(f[None, :] == f[s:e, None], np.inf, d)  # only rows of the other folds vote
+            for j, c in enumerate(codes):
+                hits[i, j] += int((_majority(other, c, k) == c[s:e]).sum())
     return hits / len(z)

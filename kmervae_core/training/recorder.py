@@ -44,7 +44,7 @@ def epoch_line(epoch: int, epochs: int, beta: float, train: Summary, val: Summar
     if latent:
         line += f" | active {latent['active_units']}/{latent_size}, rho {latent['spearman']:.3f}"
         if latent.get("knn") is not None:
-            line += f", kNN {latent['knn']:.3f}"
+            line += f", kNN {latent['knn']:.3f} ({latent['knn_labels']} labels)"
     return line
 
 

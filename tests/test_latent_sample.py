@@ -1,0 +1,55 @@
+"""The epoch line's kNN on a store in file order (rows grouped by label, as real matrices are
+grouped by sample) tells what the offline 5-fold kNN over every row tells, not a flattering one."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from kmervae_core.evaluation.embedding import knn_cv_accuracy
+from kmervae_core.model.vae import Encoder
+from kmervae_core.store.synth import write_sample
+from tests.conftest import run
+
+pytestmark = pytest.mark.slow
+GENOMES, ROWS, CHUNK = 16, 800, 50
+
+
+@pytest.fixture(scope="module")
+def grouped_run(tmp_path_factory):
+    """Two epochs on 800 short synthetic contigs of 16 genomes, sorted by genome into 50-row
+    chunks (a 10% validation split of whole chunks then holds 2 chunks: a few genomes)."""
+    d = tmp_path_factory.mktemp("grouped")
+    labels = write_sample(str(d / "mixed.npy"), ROWS, seed=3, genomes=GENOMES, min_length=150, max_length=300)
+    order = np.argsort(labels, kind="stable")
+    np.save(d / "all_kmers.npy", np.load(d / "mixed.npy")[order])
+    np.save(d / "labels.npy", labels[order])
+    store, out = d / "kmers.zarr", d / "run"
+    run("ingest", d / "all_kmers.npy", store, "--chunk-rows", CHUNK, "--labels", d / "labels.npy", "--quiet", check=True)
+    proc = run("train", "--data", store, "--out", out, "--epochs", 2, "--batch-size", 48, "--workers", 0,
+               "--metrics-port", 0, "--hidden", "64,32", "--latent", 8, "--lr", "1e-3", "--latent-sample", 600,
+               "--deterministic", check=True)
+    return store, out, proc.stdout
+
+
+def test_the_live_knn_matches_the_offline_5_fold_knn_over_every_row(grouped_run):
+    store, out, stdout = grouped_run
+    last = json.loads((out / "history.json").read_text())[-1]
+    enc = Encoder(hidden=(64, 32), latent=8).eval()
+    enc.load_state_dict(torch.load(out / "vae_multi_encoder_final.pt", weights_only=True))
+    group = zarr.open_group(store, mode="r")
+    with torch.no_grad():
+        z = enc(torch.from_numpy(group["clr"][:]))[0].numpy()
+    offline = knn_cv_accuracy(z, group["labels"][:])
+    assert offline < 0.8  # a task where a sample of a few genomes would read far higher
+    assert last["latent_knn"] == pytest.approx(offline, abs=0.06)
+
+
+def test_the_epoch_line_says_how_many_labels_the_sample_holds(grouped_run):
+    store, _, stdout = grouped_run
+    held = len(np.unique(zarr.open_group(store, mode="r")["labels"][:]))
+    line = next(line for line in stdout.splitlines() if line.startswith("Epoch 2/2"))
+    assert held > 10 and f"kNN " in line and f"({held} labels)" in line
