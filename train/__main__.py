@@ -11,7 +11,8 @@ import threading
 
 from kmervae_core.config import TrainConfig, load_config
 from kmervae_core.errors import KmervaeError, LoaderWorkerDied
-from kmervae_core.feed.workers import STOP_SIGNALS
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # preemption and eviction; Slurm's advance warning
 
 EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_WORKER_KILLED = 2, 3, 4
 EXIT_STOPPED = 143  # 128 + SIGTERM, as schedulers expect of a terminated task (Kubeflow's ExitCode policy retries 128-255)

@@ -113,11 +113,17 @@ class EpochPlan:
     seed: int
     epoch: int
     global_batch: int
-    window_chunks: int = 1
-    lanes: int = 4
-    partitions: int = 8
+    window_chunks: int | None = None  # None: the trainer's default (config.TrainConfig), as for lanes
+    lanes: int | None = None
+    partitions: int | None = None  # None or 0: default_partitions(global_batch, 1)
 
     def __post_init__(self) -> None:
+        from ..config import TrainConfig  # here: config imports this module
+        for name in ("window_chunks", "lanes"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, TrainConfig.__dataclass_fields__[name].default)
+        if not self.partitions:
+            object.__setattr__(self, "partitions", default_partitions(self.global_batch, 1))
         if min(self.window_chunks, self.lanes, self.partitions) < 1:
             raise ValueError("window_chunks, lanes and partitions must be at least 1")
         if self.global_batch < 1 or self.global_batch % self.partitions:
