@@ -21,6 +21,7 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,11 +52,13 @@ def ceiling(url: str, workers: int) -> float:
 
 
 def feed(stream: KmerStream, epoch: int) -> float:
-    """Rows/s of one epoch of `stream`, each batch taken and dropped."""
+    """Rows/s of one epoch of `stream`, each batch taken and dropped (on a GPU: once it is there)."""
     stream.set_epoch(epoch)
     rows, start = 0, time.perf_counter()
     for x, _ in stream:
         rows += len(x)
+    if stream.device.type == "cuda":
+        torch.cuda.synchronize()
     return rows / (time.perf_counter() - start)
 
 
@@ -65,13 +68,16 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1024, help="global batch (one rank)")
     p.add_argument("--workers", type=int, default=usable_cpus(), help="reader threads (default: the usable CPUs)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of ceiling and feed")
+    p.add_argument("--device", default="cpu", help="where batches go: cpu (gathered from a host slab) or cuda "
+                   "(decoded chunks copied to a GPU slab, batches gathered there)")
     args = p.parse_args()
     info = open_store(args.store)
     print(f"{platform.node()}: {os.cpu_count()} CPUs ({usable_cpus()} usable), Python {platform.python_version()}; "
           f"{args.store}: {info.rows:,} rows in {info.n_chunks} chunks of {info.chunk_rows:,}, {info.dtype}; "
-          f"batch {args.batch_size}, {args.workers} reader threads")
+          f"batch {args.batch_size}, {args.workers} reader threads, batches to {args.device}")
     ceilings, feeds = [], []
-    with KmerStream(args.store, batch_size=args.batch_size, workers=args.workers, info=info) as stream:
+    with KmerStream(args.store, batch_size=args.batch_size, workers=args.workers, info=info,
+                    device=args.device) as stream:
         feed(stream, 0)  # warm: threads started, slab allocated
         for r in range(args.rounds):
             ceilings.append(ceiling(args.store, args.workers))

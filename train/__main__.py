@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m train", description=__doc__, argument_default=None,
         epilog="Defaults are the reference recipe; a --config TOML file (keys as the long flags, with "
                "underscores) overrides them and flags override the file. Exit status: 0 done, 2 bad input, "
-               "3 non-finite loss, 4 a data loader worker was killed (the last good checkpoint is kept), 143 stopped by "
+               "3 non-finite loss, 4 a reader thread failed or hung (the last good checkpoint is kept), 143 stopped by "
                "SIGTERM or SIGUSR1 (every rank finished its step and a checkpoint was written; --resume auto "
                "continues exactly).")
     p.add_argument("--config", help="TOML file of settings")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_WORKER_KILLED if isinstance(e, LoaderWorkerDied) else EXIT_BAD_INPUT
     finally:
         if trainer is not None:
-            trainer.close()  # loader workers and DDP go before the process group does
+            trainer.close()  # reader threads and DDP go before the process group does
         shutdown(clean)
 
 

@@ -90,8 +90,16 @@ class ChunkReader:
         return job
 
     def close(self, timeout: float = 10.0) -> list[str]:
-        """End the threads (each after its current read); returns the names of any still in a
-        read after `timeout` seconds (hung: they end with the process)."""
+        """End the threads (each after its current read; reads not yet started are dropped);
+        returns the names of any still in a read after `timeout` seconds (hung: they end with
+        the process)."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancel()
         for _ in self._threads:
             self._jobs.put(None)
         for t in self._threads:
