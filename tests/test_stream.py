@@ -177,15 +177,16 @@ def test_another_seed_shuffles_differently(shuffles):
 
 
 def test_values_are_the_store_rows_named(store):
-    s = stream(store)
     clr = zarr.open_group(store, mode="r")["clr"][:]
-    for x, rows in itertools.islice(s, 5):
-        assert x.dtype == torch.float32 and x.shape == (BATCH, 2772)
-        np.testing.assert_array_equal(x.numpy(), clr[rows.numpy()])
+    with stream(store) as s:
+        for x, rows in itertools.islice(s, 5):
+            assert x.dtype == torch.float32 and x.shape == (BATCH, 2772)
+            np.testing.assert_array_equal(x.numpy(), clr[rows.numpy()])
 
 
 def test_batches_can_be_streamed_as_bfloat16(store):
-    x16, _ = next(iter(stream(store, dtype=torch.bfloat16)))
+    with stream(store, dtype=torch.bfloat16) as s:
+        x16, _ = next(iter(s))
     assert x16.dtype == torch.bfloat16
 
 

@@ -54,14 +54,14 @@ class Feed:
         """The highest tier `--cache` allows that holds both streams' chunks, and why."""
         share = streams["train"].share
         n_columns = streams["train"].width
-        dtype = streams["train"].slab_dtype
+        dtype = streams["train"].store_dtype  # what a kept slab holds
         sizes = (f"{share.train_row_count:,} training + {share.val_row_count:,} validation rows x {n_columns:,} "
                  f"columns {str(dtype).removeprefix('torch.')}")
         if cfg.cache == "auto" and cfg.epochs == 1:
             return "none", "cache: none (a single epoch reads every row once)"
         cr, item = streams["train"].info.chunk_rows, dtype.itemsize
         need = sum(len(s.share_chunks()) for s in streams.values()) * cr * n_columns * item
-        rolling = sum(s.memory() for s in streams.values())
+        rolling = max(s.memory() for s in streams.values())  # one pass at a time
         residency = choose_tier(cfg.cache, need, ctx.device, cfg.cache_fraction, ranks_per_host(),
                                 stream_bytes=rolling)
         if residency.tier == "none":

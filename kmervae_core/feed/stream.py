@@ -20,6 +20,7 @@ batches k.. need.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections import deque
 from typing import Iterator
 
@@ -144,10 +145,14 @@ class KmerStream:
         if split == "train" and train_rows < batch_size:
             raise ValueError(f"{path}: {train_rows} training rows, fewer than one global batch of {batch_size}")
         self.device = torch.device(device)
-        self.storage = self.device if storage is None else torch.device(storage)
         self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
         self.width = N_FEATURES if columns is None else len(self.columns)
-        self.slab_dtype = torch.float16 if self.info.dtype == np.float16 else torch.float32
+        self.store_dtype = torch.float16 if self.info.dtype == np.float16 else torch.float32
+        # a kept or GPU slab holds the store's dtype (half the memory for a float16 store, converted
+        # where the batch is gathered); a rolling host slab the batches' (converted by the reader
+        # threads, in parallel, so that each batch is one gather)
+        self.storage = self.device if storage is None else torch.device(storage)
+        self.slab_dtype = self.store_dtype if keep or self.storage.type == "cuda" else dtype
         self.workers, self.keep, self.read_timeout = workers, keep, read_timeout
         self._read_ahead = read_ahead
         self.epoch, self.start_batch = 0, 0
@@ -210,7 +215,11 @@ class KmerStream:
         return READ_AHEAD_PER_THREAD * self.workers if self._read_ahead is None else self._read_ahead
 
     def _rolling_slots(self, batches: list[np.ndarray]) -> int:
-        return schedule(batches, self.info.chunk_rows).live + self.read_ahead
+        """The chunks needed at once plus the read-ahead, never more than the share has."""
+        return self._slots_for(schedule(batches, self.info.chunk_rows))
+
+    def _slots_for(self, plan: Schedule) -> int:
+        return min(plan.live + self.read_ahead, max(plan.live, len(plan.order)))
 
     def _staging_slots(self) -> int:
         return max(1, self.read_ahead) if self.storage.type == "cuda" else 0
@@ -229,10 +238,12 @@ class KmerStream:
         array = self._clr()
         a, b = chunk_span(chunk, self.info.chunk_rows, self.info.rows)
         try:
-            if self.columns is None:
+            if self.columns is None and target.dtype == self.store_dtype:
                 array.get_basic_selection(slice(a, b), out=NDBuffer.from_numpy_array(target.numpy()))
+            elif self.columns is None:
+                target.copy_(torch.from_numpy(array[a:b]))
             else:
-                torch.index_select(torch.from_numpy(array[a:b]), 1, torch.from_numpy(self.columns), out=target)
+                target.copy_(torch.from_numpy(array[a:b]).index_select(1, torch.from_numpy(self.columns)))
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - codecs raise ValueError, RuntimeError, zlib.error...
@@ -262,12 +273,13 @@ class KmerStream:
 
     def _serve(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = schedule(batches, self.info.chunk_rows)
-        if not self.keep and (self._slab is None or self._slab.slots < plan.live + self.read_ahead):
-            self._slab = None  # freed before the larger one is made
-            self._slab = self._make_slab(plan.live + self.read_ahead)
+        if not self.keep or self._slab is None:  # a rolling slab lives for one pass (training and validation
+            # ones never at once); a kept one is made again only after a hung read abandoned it
+            self._slab = self._make_slab(len(self.share_chunks()) if self.keep else self._slots_for(plan))
         slab = self._slab
         if self._reader is None:
             self._reader = ChunkReader(self.workers, self.read_timeout)
+            weakref.finalize(self, self._reader.close, 0)  # a stream dropped without close() ends its threads too
         pending = deque(c for c in plan.order if c not in slab.ready)
         jobs: dict[int, tuple[Job, int]] = {}
 
@@ -309,8 +321,7 @@ class KmerStream:
                         pass
                 slab.drop(chunk, staged)
             if not self.keep:
-                for chunk in list(slab.slot_of):
-                    slab.drop(chunk)
+                self._slab = None
 
     def close(self) -> list[str]:
         """End the reader threads; returns the names of any hung in a read (they end with the
