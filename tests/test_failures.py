@@ -25,8 +25,15 @@ def start(*args, umask: int | None = None) -> subprocess.Popen:
                             preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
-def reader_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(READER_THREAD_PREFIX)]
+@pytest.fixture
+def earlier_threads() -> set[threading.Thread]:
+    """Threads alive before the test (another test's unclosed stream is not this test's to check)."""
+    return set(threading.enumerate())
+
+
+def reader_threads(before: set[threading.Thread]) -> list[str]:
+    """Reader threads started since `before` and still alive."""
+    return [t.name for t in set(threading.enumerate()) - before if t.name.startswith(READER_THREAD_PREFIX)]
 
 
 def failing_read(stream: KmerStream, failure: BaseException | threading.Event, at: int = 3):
@@ -52,17 +59,17 @@ def first_error(stream: KmerStream) -> str:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_an_unexpected_error_in_a_reader_is_one_line_naming_the_rank_and_chunk(train_store, workers):
+def test_an_unexpected_error_in_a_reader_is_one_line_naming_the_rank_and_chunk(earlier_threads, train_store, workers):
     store, _ = train_store
     with KmerStream(store, batch_size=48, rank=1, world_size=2, workers=workers) as s:
         failing_read(s, RuntimeError("disk says no\nsecond line"))
         line = first_error(s)
     assert line.startswith("rank 1: a reader thread failed reading ") and "clr chunk" in line
     assert line.endswith("RuntimeError: disk says no") and "\n" not in line
-    assert not reader_threads()
+    assert not reader_threads(earlier_threads)
 
 
-def test_a_reader_out_of_memory_is_one_line_that_says_what_to_try(train_store):
+def test_a_reader_out_of_memory_is_one_line_that_says_what_to_try(earlier_threads, train_store):
     store, _ = train_store
     with KmerStream(store, batch_size=48, workers=2) as s:
         failing_read(s, MemoryError())
@@ -70,10 +77,10 @@ def test_a_reader_out_of_memory_is_one_line_that_says_what_to_try(train_store):
     assert "ran out of memory decoding" in line and "clr chunk" in line
     for hint in ("--workers", "--cache none", "--cache-fraction"):
         assert hint in line
-    assert not reader_threads()
+    assert not reader_threads(earlier_threads)
 
 
-def test_a_hung_read_stops_the_batches_after_the_timeout_with_one_line(train_store):
+def test_a_hung_read_stops_the_batches_after_the_timeout_with_one_line(earlier_threads, train_store):
     store, _ = train_store
     release = threading.Event()
     s = KmerStream(store, batch_size=48, workers=2, read_timeout=0.5)
@@ -84,7 +91,7 @@ def test_a_hung_read_stops_the_batches_after_the_timeout_with_one_line(train_sto
     finally:
         release.set()  # the stalled read returns (as a stalled disk may): the thread can end
         assert s.close() == []
-    assert not reader_threads()
+    assert not reader_threads(earlier_threads)
 
 
 def test_a_stream_whose_reads_fail_can_be_iterated_again(train_store):

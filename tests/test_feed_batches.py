@@ -33,14 +33,22 @@ def recorded() -> dict[str, np.ndarray]:
         return dict(f)
 
 
-def reader_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(READER_THREAD_PREFIX)]
+@pytest.fixture
+def earlier_threads() -> set[threading.Thread]:
+    """Threads alive before the test (another test's unclosed stream is not this test's to check)."""
+    return set(threading.enumerate())
+
+
+def reader_threads(before: set[threading.Thread]) -> list[str]:
+    """Reader threads started since `before` and still alive."""
+    return [t.name for t in set(threading.enumerate()) - before if t.name.startswith(READER_THREAD_PREFIX)]
 
 
 @pytest.mark.parametrize("world", made.WORLDS)
 @pytest.mark.parametrize("plan", list(made.PLANS))
 @pytest.mark.parametrize("name", list(made.STORES))
-def test_every_batch_holds_the_rows_and_values_the_loader_worker_stream_gave(stores, recorded, name, plan, world):
+def test_every_batch_holds_the_rows_and_values_the_loader_worker_stream_gave(earlier_threads, stores, recorded, name,
+                                                                           plan, world):
     clr = zarr.open_group(stores[name], mode="r")["clr"][:]  # the store read with zarr, not the feed
     for rank in range(world):
         key = f"{name}/{plan}/w{world}/r{rank}"
@@ -56,7 +64,7 @@ def test_every_batch_holds_the_rows_and_values_the_loader_worker_stream_gave(sto
             val = [rows.numpy() for _, rows in v]
         assert [len(b) for b in val] == recorded[f"{key}/val-lengths"].tolist()
         np.testing.assert_array_equal(np.concatenate(val or [np.zeros(0, np.int64)]), recorded[f"{key}/val"])
-    assert not reader_threads()
+    assert not reader_threads(earlier_threads)
 
 
 def counted(s: KmerStream) -> list[int]:
@@ -104,11 +112,11 @@ def test_a_kept_share_feeds_the_batches_streaming_does(stores):
                 assert torch.equal(rows, want) and torch.equal(x, y)
 
 
-def test_a_stream_abandoned_mid_epoch_and_closed_leaves_no_thread(stores):
+def test_a_stream_abandoned_mid_epoch_and_closed_leaves_no_thread(earlier_threads, stores):
     s = KmerStream(stores["f32"], batch_size=30, partitions=6, workers=3)
     batches = iter(s)
     next(batches)
     batches.close()  # the consumer broke off: reads in flight finish, queued ones are dropped
-    assert reader_threads()
+    assert reader_threads(earlier_threads)
     assert s.close() == []
-    assert not reader_threads()
+    assert not reader_threads(earlier_threads)
