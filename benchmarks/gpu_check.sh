@@ -6,6 +6,9 @@
 #   3. benchmarks/train.py: each way of feeding the step against the graph ceiling, batch 1024 and 4096
 #   4. a 3-epoch training run with the default settings: its start-up lines (step mode, cache tier)
 #   5. check 1 with a VampPrior and per-scale latents (the variants' step captured)
+#   6. benchmarks/feed.py: the in-rank feed (reader threads, GPU slab) against its decode ceiling,
+#      float16 lz4 and float32 zstd-1 stores at batch 1024 and 128 (issue 20's targets with part 3:
+#      graph + f16 lz4 stream >= 0.8x of the graph ceiling, f32 zstd-1 >= 0.5x, device cache >= 0.95x)
 # PARTS="1 3" runs some. Each part has its own time limit, so one that hangs leaves the others' figures. Outputs go to
 # $OUT (the device tool brings them back). Carried wheels (.whl/) supply zarr, numcodecs and dask
 # where the image lacks them. Try it on a CPU first: DEVICE=cpu ROWS=20000 WORKERS=1 STEPS=5 BATCHES=256 bash benchmarks/gpu_check.sh
@@ -17,7 +20,7 @@ if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then
 fi
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-DEVICE=${DEVICE:-cuda}; ROWS=${ROWS:-200000}; WORKERS=${WORKERS:-14}; STEPS=${STEPS:-100}; BATCHES=${BATCHES:-1024 4096}; PARTS=${PARTS:-1 2 3 4 5}
+DEVICE=${DEVICE:-cuda}; ROWS=${ROWS:-200000}; WORKERS=${WORKERS:-14}; STEPS=${STEPS:-100}; BATCHES=${BATCHES:-1024 4096}; PARTS=${PARTS:-1 2 3 4 5 6}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 $PY -c "import sys, torch, zarr, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'zarr', zarr.__version__, 'numpy', numpy.__version__)"
 part() { echo "== $1 ($(date +%T))"; }
@@ -52,5 +55,18 @@ if want 5; then
   part "5. captured step == eager step, VampPrior and per-scale latents"
   timeout 100 $PY benchmarks/cuda_graph_check.py --device "$DEVICE" --rows 40000 --batch 1024 --epochs 3 \
     --prior vamp:16 --latent-blocks 128,64,64 2>&1 | tee "$OUT/graph_check_variants.txt"
+fi
+if want 6; then
+  part "6. the in-rank feed against its decode ceiling (reader threads, GPU slab)"
+  d=$(mktemp -d)
+  for spec in "lz4 float16" "zstd:1 float32"; do
+    set -- $spec
+    url=$($PY -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from benchmarks.ingest import ingested_store; print(ingested_store(Path('$d'), $ROWS, 4096, '$1', '$2'))") || continue
+    for b in 1024 128; do
+      timeout 150 $PY benchmarks/feed.py --store "$url" --batch-size "$b" --workers "$WORKERS" --device "$DEVICE" --rounds 2 2>&1 \
+        | tee -a "$OUT/feed.txt"
+    done
+  done
+  rm -rf "$d"
 fi
 part "done"

@@ -1,11 +1,14 @@
-"""How much memory one training process and its loader workers take, to size a job's --mem.
+"""How much memory one training process (with its reader threads) takes, to size a job's --mem.
 
 Runs `python -m train` on a store of --rows rows (made like benchmarks/ingest.py's) in a new,
 unlimited child of this process's memory cgroup where one can be made (root, a writable v1 or
 v2 memory controller), and reports each process's peak RSS and USS (sampled every 0.25 s) and
 the cgroup's peak anonymous + shared memory: what a memory limit must hold, page cache aside.
 
-    python benchmarks/memory.py [--rows 60800] [--dir /tmp] -- --epochs 2 --cache none --workers 1
+    python benchmarks/memory.py [--rows 60800] [--dir /tmp] [--limit-mib 1434] -- --epochs 2 --cache none
+
+--limit-mib puts a memory limit on that cgroup (memory.max, v2; memory.limit_in_bytes, v1): whether
+the run finishes within it.
 """
 from __future__ import annotations
 
@@ -40,12 +43,7 @@ def child_cgroup() -> Path | None:
 
 
 def role(p: psutil.Process, rank: int) -> str:
-    cmd = " ".join(p.cmdline())
-    if p.pid == rank:
-        return "rank"
-    if "resource_tracker" in cmd:
-        return "resource tracker"
-    return "forkserver" if p.ppid() == rank else "loader worker"
+    return "rank" if p.pid == rank else " ".join(p.cmdline())[:40]
 
 
 def cgroup_anon_shmem(path: Path) -> int:
@@ -59,11 +57,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=60800)
     p.add_argument("--dir", default=tempfile.gettempdir())
+    p.add_argument("--limit-mib", type=int, default=0, help="memory limit of the run's cgroup (0: none)")
     p.add_argument("train_args", nargs="*", help="after --: arguments for python -m train (not --data, --out)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
         store = ingested_store(Path(work), args.rows, 4096)
         cgroup = child_cgroup()
+        if cgroup and args.limit_mib:
+            limit = cgroup / ("memory.max" if (cgroup / "memory.max").exists() else "memory.limit_in_bytes")
+            limit.write_text(str(args.limit_mib * 2**20))
         enter = (lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))) if cgroup else None
         cmd = [sys.executable, "-m", "train", "--data", store, "--out", f"{work}/run", "--metrics-port", "0",
                *args.train_args]

@@ -138,7 +138,7 @@ def main() -> None:
         stores = {kind: build_store(work, args.rows, args.chunk_rows, *kind) for kind in kinds}
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
         print(f"machine: {name}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; "
-              f"store {args.rows:,} rows in {args.chunk_rows:,}-row chunks; {args.workers} loader workers; {args.precision}")
+              f"store {args.rows:,} rows in {args.chunk_rows:,}-row chunks; {args.workers} reader threads; {args.precision}")
         print(f"{'batch':>6} {'mode':<32} {'ceiling rows/s':>15} {'rows/s':>12} {'ratio':>6} {'data wait':>9}")
         for batch in args.batches:
             for mode in args.modes:

@@ -67,9 +67,10 @@ class TrainConfig:
     val_fraction: float = setting(PLAN, 0.1, "held-out share of the rows")
     val_split: str = setting(PLAN, "random", "random: seeded whole chunks; tail: the last rows, as the reference",
                              SPLIT_MODES)
-    workers: int = setting(RUN, 2, "DataLoader workers per rank")
+    workers: int = setting(RUN, 2, "reader threads per rank, decoding whole chunks in its own process (0: read in the "
+                           "training loop's thread, no read-ahead)")
     window_chunks: int = setting(PLAN, 1, "chunks whose rows are shuffled together (the shuffle window)")
-    lanes: int = setting(PLAN, 4, "regions a partition is read in, dealt to loader workers round-robin")
+    lanes: int = setting(PLAN, 4, "regions a partition is read in, interleaved batch by batch (part of the epoch plan)")
     partitions: int = setting(PLAN, 0, "epoch plan partitions: every world size dividing it trains on the same "
                               "batches and can resume the others' checkpoints; 0: gcd(batch size, 48), or a multiple "
                               "of the world size above that (epoch_plan.default_partitions); a resumed run keeps its own")

@@ -14,14 +14,9 @@ class StoreError(KmervaeError):
 
 
 class DamagedChunk(StoreError):
-    """A chunk that is missing or cannot be decoded (checksum, truncation). A DataLoader
-    re-raises a worker's error as the same type around the worker's traceback, whose last line
-    is this one: only that line is kept, so the user still reads one line."""
-
-    def __init__(self, message: str) -> None:
-        last = message.rstrip().splitlines()[-1] if message.strip() else message
-        super().__init__(last.removeprefix(f"{DamagedChunk.__module__}.{DamagedChunk.__qualname__}: "))
+    """A chunk that is missing or cannot be decoded (checksum, truncation)."""
 
 
-class LoaderWorkerDied(KmervaeError):
-    """A DataLoader worker was killed (the OOM killer, a signal): the run stops, checkpoints kept."""
+class ReaderFailed(KmervaeError):
+    """A feed reader thread's read failed other than on a damaged chunk (out of memory, an
+    unexpected error) or hung: the run stops with one line (exit 4), checkpoints kept."""

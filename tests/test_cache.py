@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from kmervae_core import KmerStream
-from kmervae_core.feed.cache import RowCache, choose_tier
+from kmervae_core.feed.cache import choose_tier
 from kmervae_core.config import TrainConfig
 from kmervae_core.training.distributed import DistContext
 from kmervae_core.feed.rank_feed import Feed
@@ -41,9 +41,8 @@ def assert_same_batches(a: list, b: list) -> None:
         np.testing.assert_array_equal(x_a, x_b)
 
 
-class Unreadable:
-    def __iter__(self):
-        raise AssertionError("a cached epoch read the stream")
+def unreadable(chunk: int, target: torch.Tensor) -> None:
+    raise AssertionError(f"a cached epoch read chunk {chunk} from the store")
 
 
 def test_cached_epochs_feed_the_streamed_batches_row_for_row(train_store):
@@ -52,9 +51,9 @@ def test_cached_epochs_feed_the_streamed_batches_row_for_row(train_store):
     cached = make_feed(store, cache="host")
     assert cached.cache is not None and streamed.cache is None
     first = epoch(cached, 0)
-    assert cached.cache.complete  # the first epoch filled it (and read the rows it did not yield)
+    assert cached.cache.complete  # the first epoch filled it
     assert_same_batches(first, epoch(streamed, 0))
-    cached.train_loader = Unreadable()
+    cached.train_stream._read = unreadable
     for number in (1, 2):
         again = epoch(cached, number)
         assert_same_batches(again, epoch(streamed, number))
@@ -67,8 +66,8 @@ def test_validation_passes_after_the_first_come_from_the_cache_in_the_same_order
     store, _ = train_store
     cached = make_feed(store, cache="host")
     first = [(rows.numpy().copy(), x.numpy().copy()) for x, rows in cached.val()]
-    assert cached.val_cache.complete
-    cached.val_loader = Unreadable()
+    assert cached.val_stream.complete
+    cached.val_stream._read = unreadable
     again = [(rows.numpy().copy(), x.numpy().copy()) for x, rows in cached.val()]
     assert_same_batches(again, first)
     rows = np.concatenate([r for r, _ in again])
@@ -83,16 +82,18 @@ def test_each_rank_caches_only_its_own_rows_and_feeds_its_streamed_batches(train
     clr = zarr.open_group(store, mode="r")["clr"]
     held = []
     for rank in range(world):
+        kept = KmerStream(store, batch_size=48, seed=42, rank=rank, world_size=world, keep=True)
         stream = KmerStream(store, batch_size=48, seed=42, rank=rank, world_size=world)
-        cache = RowCache(stream.share.train_ranges, 2772, None, torch.float32, CPU)
-        for x, rows in stream:  # epoch 0 streams and fills
-            cache.put(rows, x)
-        cache.fill(lambda a, b: clr[a:b])
-        held.append(np.concatenate([np.arange(a, a + n) for a, n in zip(cache.starts, cache.lengths)]))
-        for number in (1, 2):
+        held.append(np.concatenate([np.arange(a, b) for a, b in kept.share.train_ranges]))
+        for number in (0, 1, 2):
+            kept.set_epoch(number)
             stream.set_epoch(number)
-            got = list(cache.batches(stream.plan(number), stream.share.partitions, 0, CPU))
-            assert_same_batches([(r.numpy(), x.numpy()) for x, r in got], [(r.numpy(), x.numpy()) for x, r in stream])
+            batches = [(r.numpy(), x.numpy()) for x, r in kept]
+            assert_same_batches(batches, [(r.numpy(), x.numpy()) for x, r in stream])
+            assert np.isin(np.concatenate([r for r, _ in batches]), held[-1]).all()
+        assert kept.complete
+        kept.close()
+        stream.close()
     rows = np.concatenate(held)
     assert len(np.unique(rows)) == len(rows)  # disjoint across ranks
     assert len(rows) == int(stream.split.train_counts.sum())  # together: every training row
@@ -104,8 +105,9 @@ def test_a_run_resumed_mid_epoch_completes_the_cache_and_then_feeds_the_same_bat
     cached = make_feed(store, cache="host")
     tail = epoch(cached, 0, start=7)  # as after a restart at batch 7: rows before it never streamed
     assert_same_batches(tail, epoch(streamed, 0, start=7))
+    assert_same_batches(epoch(cached, 1), epoch(streamed, 1))
     assert cached.cache.complete
-    cached.train_loader = Unreadable()
+    cached.train_stream._read = unreadable
     assert_same_batches(epoch(cached, 1), epoch(streamed, 1))
     assert_same_batches(epoch(cached, 2, start=3), epoch(streamed, 2, start=3))
 
@@ -114,7 +116,7 @@ def test_some_kmer_groups_are_cached_as_the_columns_trained(train_store):
     store, _ = train_store
     streamed = make_feed(store, cache="none", kmers=[3, 2, 1])
     cached = make_feed(store, cache="host", kmers=[3, 2, 1])
-    assert cached.cache.data.shape[1] == 32 + 10 + 2
+    assert cached.cache.width == 32 + 10 + 2
     epoch(cached, 0)
     later = epoch(cached, 1)
     assert_same_batches(later, epoch(streamed, 1))
@@ -129,7 +131,7 @@ def test_a_float16_store_is_cached_in_float16_and_fed_as_float32(train_store, tm
     run("ingest", Path(store).parent / "all_kmers.npy", half, "--chunk-rows", 40, "--dtype", "float16", check=True)
     streamed = make_feed(str(half), cache="none")
     cached = make_feed(str(half), cache="host")
-    assert cached.cache.data.dtype == torch.float16
+    assert cached.cache.slab_dtype == torch.float16
     epoch(cached, 0)
     later = epoch(cached, 1)
     assert later[0][1].dtype == np.float32
@@ -170,17 +172,17 @@ def test_the_device_tier_asked_without_a_gpu_falls_back_to_the_host_and_says_why
     assert asked.tier == "host" and "no CUDA device" in asked.message
 
 
-def test_the_loader_workers_memory_is_taken_from_the_host_budget():
-    limited = choose_tier("auto", NEED, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), loader_bytes=2 * GiB)
-    assert limited.tier == "host" and "0.8 x (cgroup v2 memory.max - 2.00 GiB for loader workers)" in limited.message
-    workers = choose_tier("auto", NEED, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), loader_bytes=4 * GiB)
-    assert workers.tier == "none"  # 0.8 x (16 - 4) GiB < 10 GiB: the loader workers' memory counts
+def test_the_streams_rolling_slabs_are_taken_from_the_host_budget():
+    limited = choose_tier("auto", NEED, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), stream_bytes=2 * GiB)
+    assert limited.tier == "host" and "0.8 x (cgroup v2 memory.max - 2.00 GiB for the stream's slabs)" in limited.message
+    workers = choose_tier("auto", NEED, CPU, 0.8, host_free=(16 * GiB, "cgroup v2 memory.max"), stream_bytes=4 * GiB)
+    assert workers.tier == "none"  # 0.8 x (16 - 4) GiB < 10 GiB: the rolling slabs count
     assert "fewer --workers" not in workers.message
 
 
-def test_loader_workers_that_alone_may_not_fit_are_named_with_what_to_try():
-    crowded = choose_tier("auto", NEED, CPU, 0.8, host_free=(1 * GiB, "cgroup v2 memory.max"), loader_bytes=2 * GiB)
-    assert crowded.tier == "none" and "the loader workers alone may not fit: fewer --workers" in crowded.message
+def test_slabs_that_alone_may_not_fit_are_named_with_what_to_try():
+    crowded = choose_tier("auto", NEED, CPU, 0.8, host_free=(1 * GiB, "cgroup v2 memory.max"), stream_bytes=2 * GiB)
+    assert crowded.tier == "none" and "the stream's slabs alone may not fit: fewer --workers" in crowded.message
 
 
 def test_an_unknown_tier_is_refused():

@@ -37,7 +37,7 @@ def wait_for_step(agent: subprocess.Popen, out: Path, step: int, timeout: float 
 
 
 def processes_of(agent: subprocess.Popen) -> list[psutil.Process]:
-    """torchrun's ranks and everything they started (loader workers, their forkserver)."""
+    """torchrun's ranks and everything they started (none are expected: the feed's readers are threads)."""
     return psutil.Process(agent.pid).children(recursive=True)
 
 
@@ -157,7 +157,7 @@ def free_port() -> int:
 
 
 def end_tree(proc: subprocess.Popen) -> None:
-    """Kill `proc` and every process under it (ranks, loader workers), whatever state it is in."""
+    """Kill `proc` and every process under it (ranks and anything they started), whatever state it is in."""
     try:
         family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:

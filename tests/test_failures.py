@@ -1,21 +1,21 @@
-"""What a run leaves when things go wrong or are shared: a killed loader worker is one line (rank,
-signal, what to try) with the checkpoints kept and no process left behind; every file a run
-writes has the permissions the user's umask asks for."""
+"""What a run leaves when things go wrong or are shared: a reader thread whose read fails or
+hangs stops the batches with one line naming the rank and the chunk, and leaves no thread
+behind; every file a run writes has the permissions the user's umask asks for."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
+import threading
 
-import psutil
 import pytest
 import torch
 
+from kmervae_core import KmerStream
+from kmervae_core.errors import ReaderFailed
+from kmervae_core.feed.reader import READER_THREAD_PREFIX
 from tests.conftest import ROOT, child_env
 
-pytestmark = pytest.mark.slow
 TINY = ["--hidden", "64,32", "--latent", "8", "--batch-size", "48", "--metrics-port", "0"]
 
 
@@ -25,59 +25,85 @@ def start(*args, umask: int | None = None) -> subprocess.Popen:
                             preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
-def loader_workers(rank: psutil.Process) -> list[psutil.Process]:
-    """The rank's DataLoader workers: children of the forkserver it started, oldest first."""
-    servers = [c for c in rank.children() if "forkserver" in " ".join(c.cmdline())]
-    return sorted((w for s in servers for w in s.children()), key=lambda p: p.create_time())
+@pytest.fixture
+def earlier_threads() -> set[threading.Thread]:
+    """Threads alive before the test (another test's unclosed stream is not this test's to check)."""
+    return set(threading.enumerate())
 
 
-@pytest.fixture(scope="module")
-def worker_killed(train_store, tmp_path_factory) -> dict:
-    """A run whose training loader worker is killed by SIGKILL in its third epoch: the pid
-    killed, the exit status, stderr, the run folder, and the run's processes still alive 10 s on."""
+def reader_threads(before: set[threading.Thread]) -> list[str]:
+    """Reader threads started since `before` and still alive."""
+    return [t.name for t in set(threading.enumerate()) - before if t.name.startswith(READER_THREAD_PREFIX)]
+
+
+def failing_read(stream: KmerStream, failure: BaseException | threading.Event, at: int = 3):
+    """Make the stream's `at`-th chunk read raise `failure`, or block until the event is set."""
+    original, count = stream._read, [0]
+
+    def read(chunk: int, target: torch.Tensor) -> None:
+        count[0] += 1
+        if count[0] == at:
+            if isinstance(failure, threading.Event):
+                failure.wait()
+            else:
+                raise failure
+        original(chunk, target)
+    stream._read = read
+
+
+def first_error(stream: KmerStream) -> str:
+    with pytest.raises(ReaderFailed) as caught:
+        for _ in stream:
+            pass
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unexpected_error_in_a_reader_is_one_line_naming_the_rank_and_chunk(earlier_threads, train_store, workers):
     store, _ = train_store
-    out = tmp_path_factory.mktemp("killed") / "run"
-    proc = start("-m", "train", "--data", store, "--out", out, "--epochs", 500, "--workers", 1, "--cache", "none",
-                 "--latent-sample", 0, *TINY)
-    for line in proc.stdout:  # two epochs done: checkpoints written, the third epoch streaming
-        if line.startswith("Epoch 2/"):
-            break
-    rank = psutil.Process(proc.pid)
-    family = rank.children(recursive=True)
-    train_worker = loader_workers(rank)[0]  # the training loader is iterated (and started) first
-    train_worker.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=120)
-    deadline = time.time() + 10
-    while time.time() < deadline and (left := [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]):
-        time.sleep(0.2)
-    return {"pid": train_worker.pid, "returncode": proc.returncode, "err": err, "out": out,
-            "left": [p.cmdline() for p in left]}
+    with KmerStream(store, batch_size=48, rank=1, world_size=2, workers=workers) as s:
+        failing_read(s, RuntimeError("disk says no\nsecond line"))
+        line = first_error(s)
+    assert line.startswith("rank 1: a reader thread failed reading ") and "clr chunk" in line
+    assert line.endswith("RuntimeError: disk says no") and "\n" not in line
+    assert not reader_threads(earlier_threads)
 
 
-def test_a_loader_worker_killed_mid_epoch_stops_the_run_with_one_line(worker_killed):
-    err = worker_killed["err"]
-    lines = err.strip().splitlines()
-    assert worker_killed["returncode"] == 4 and len(lines) == 1, err[-3000:]
-    assert f"rank 0: a data loader worker (pid {worker_killed['pid']}) was killed by SIGKILL" in lines[0]
-
-
-def test_the_line_for_a_killed_loader_worker_says_what_to_try(worker_killed):
-    line = worker_killed["err"].strip().splitlines()[0]
+def test_a_reader_out_of_memory_is_one_line_that_says_what_to_try(earlier_threads, train_store):
+    store, _ = train_store
+    with KmerStream(store, batch_size=48, workers=2) as s:
+        failing_read(s, MemoryError())
+        line = first_error(s)
+    assert "ran out of memory decoding" in line and "clr chunk" in line
     for hint in ("--workers", "--cache none", "--cache-fraction"):
         assert hint in line
+    assert not reader_threads(earlier_threads)
 
 
-def test_a_run_stopped_by_a_killed_loader_worker_keeps_whole_checkpoints(worker_killed):
-    checkpoints = sorted((worker_killed["out"] / "checkpoints").glob("*.pt"))
-    assert checkpoints and not list((worker_killed["out"] / "checkpoints").glob(".*.tmp"))
-    for path in checkpoints:
-        torch.load(path, weights_only=True)
+def test_a_hung_read_stops_the_batches_after_the_timeout_with_one_line(earlier_threads, train_store):
+    store, _ = train_store
+    release = threading.Event()
+    s = KmerStream(store, batch_size=48, workers=2, read_timeout=0.5)
+    failing_read(s, release)
+    try:
+        line = first_error(s)
+        assert line.startswith("rank 0: reading ") and "did not finish in 0.5 s" in line
+    finally:
+        release.set()  # the stalled read returns (as a stalled disk may): the thread can end
+        assert s.close() == []
+    assert not reader_threads(earlier_threads)
 
 
-def test_a_run_stopped_by_a_killed_loader_worker_leaves_no_process_behind(worker_killed):
-    assert not worker_killed["left"], worker_killed["left"]
+def test_a_stream_whose_reads_fail_can_be_iterated_again(train_store):
+    """The failure belongs to the read, not the stream: the next epoch reads afresh."""
+    store, _ = train_store
+    with KmerStream(store, batch_size=48, workers=2) as s:
+        failing_read(s, RuntimeError("once"))
+        first_error(s)
+        assert len(list(s)) == len(s)
 
 
+@pytest.mark.slow
 def test_everything_a_run_writes_follows_the_umask(train_store, tmp_path):
     store, _ = train_store
     run_dir, latents = tmp_path / "run", tmp_path / "latents.zarr"

@@ -100,7 +100,7 @@ def test_an_all_zero_chunk_is_still_written(tmp_path):
 @pytest.mark.parametrize("command", ["train", "encode", "verify"])
 def test_a_lost_or_damaged_chunk_is_refused_with_one_line(store, encoder, tmp_path, how, command):
     copy = damaged_copy(store, tmp_path, 3, how)
-    if command == "train":  # the chunk is decoded in a loader worker
+    if command == "train":  # the chunk is decoded by a reader thread
         proc = run("train", "--data", copy, "--out", tmp_path / "run", "--epochs", 2, "--workers", 1, *TINY)
     elif command == "encode":
         proc = run("train.encode", "--checkpoint", encoder, "--data", copy, "--out", tmp_path / "z.zarr")
@@ -116,7 +116,7 @@ def test_a_lost_or_damaged_chunk_is_refused_with_one_line(store, encoder, tmp_pa
 @pytest.fixture(scope="module", params=[0, 1], ids=["workers=0", "workers=1"])
 def damaged_mid_run(store, tmp_path_factory, request) -> dict:
     """A 2-epoch run (checkpoints then), a training chunk damaged, and the run resumed to 3
-    epochs with `request.param` loader workers: what it said and its checkpoints before and after."""
+    epochs with `request.param` reader threads: what it said and its checkpoints before and after."""
     d = tmp_path_factory.mktemp("midrun")
     copy, out = d / "copy.zarr", d / "run"
     shutil.copytree(store, copy)

@@ -81,8 +81,8 @@ def test_two_processes_train_like_one(train_store, tmp_path):
 
 def test_killed_rank_restarts_and_ends_with_the_uninterrupted_weights_leaving_none_of_its_processes(
         train_store, tmp_path):
-    """SIGKILL leaves a rank no chance to end its loader workers: they (and their forkserver)
-    must see it die and end, or they outlive the job holding torchrun's output pipe open."""
+    """SIGKILL leaves a rank no chance to end anything: whatever it started must end with it, or it
+    outlives the job holding torchrun's output pipe open (its reader threads die with it)."""
     store, _ = train_store
     args = ("--epochs", 3, "--checkpoint-every", 4)
     full = torchrun("train", *train_args(store, tmp_path / "full", *args))
@@ -94,12 +94,11 @@ def test_killed_rank_restarts_and_ends_with_the_uninterrupted_weights_leaving_no
     while time.time() < deadline and killed is None and agent.poll() is None:
         if any(int(p.name.split("-s")[1][:9]) >= 6 for p in (out / "checkpoints").glob("ckpt-*.pt")):
             killed = psutil.Process(agent.pid).children()[-1]  # a rank
-            its_processes = killed.children(recursive=True)  # its forkserver and loader workers
+            its_processes = killed.children(recursive=True)  # none expected: the feed reads in threads
             killed.send_signal(signal.SIGKILL)
         time.sleep(0.01)
     output = agent.communicate(timeout=300)[0]  # returns once every holder of the pipe is gone
     assert killed is not None, "the run ended before a rank could be killed"
-    assert len(its_processes) >= 3, [p.cmdline() for p in its_processes]
     assert not [p for p in its_processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert agent.returncode == 0, output[-3000:]
     assert "resuming from" in output

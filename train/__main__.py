@@ -11,10 +11,11 @@ import sys
 import threading
 
 from kmervae_core.config import ROLES, TrainConfig, load_config, shown
-from kmervae_core.errors import KmervaeError, LoaderWorkerDied
-from kmervae_core.feed.workers import STOP_SIGNALS
+from kmervae_core.errors import KmervaeError, ReaderFailed
 
-EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_WORKER_KILLED = 2, 3, 4
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # preemption, eviction; Slurm's advance warning; Ctrl-C
+
+EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_READER_FAILED = 2, 3, 4
 EXIT_STOPPED = 143  # 128 + SIGTERM, as schedulers expect of a terminated task (Kubeflow's ExitCode policy retries 128-255)
 
 
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m train", description=__doc__, argument_default=None,
         epilog="Defaults are the reference recipe; a --config TOML file (keys as the long flags, with "
                "underscores) overrides them and flags override the file. Exit status: 0 done, 2 bad input, "
-               "3 non-finite loss, 4 a data loader worker was killed (the last good checkpoint is kept), 143 stopped by "
+               "3 non-finite loss, 4 a reader thread failed or hung (the last good checkpoint is kept), 143 stopped by "
                "SIGTERM, SIGUSR1 or Ctrl-C (every rank finished its step and a checkpoint was written; --resume auto "
                "continues exactly); a second Ctrl-C stops at once, keeping the last checkpoint. Every rank exits "
                "with the same status and one of them prints the line. torchrun itself exits 1 on any of these; "
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is not None:
             trainer.finish(failed=isinstance(e, NonFiniteLoss))
         status = EXIT_NON_FINITE if isinstance(e, NonFiniteLoss) else \
-            EXIT_WORKER_KILLED if isinstance(e, LoaderWorkerDied) else EXIT_BAD_INPUT
+            EXIT_READER_FAILED if isinstance(e, ReaderFailed) else EXIT_BAD_INPUT
         where = f"rank {ctx.rank}: " if ctx.active and not str(e).startswith(f"rank {ctx.rank}:") else ""
         return agreement.fail(status, f"train: error: {where}{e}")
     except Exception:
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop.leaving()
         if trainer is not None:
-            trainer.close()  # loader workers and DDP go before the process group does
+            trainer.close()  # reader threads and DDP go before the process group does
         agreement.close()
         shutdown(clean)
 

@@ -7,7 +7,7 @@ ranks did: a stopped run that wrote its checkpoint reads as a crash. This runs t
 (torch.distributed.run, the same options) in this process and instead
   - exits 0 when every rank did;
   - exits with the ranks' status when they agree on one of the trainer's (2 bad input, 3 non-finite
-    loss, 4 a data loader worker killed, 143 stopped with a checkpoint), printing nothing more:
+    loss, 4 a feed reader thread failed or hung, 143 stopped with a checkpoint), printing nothing more:
     the rank that failed has printed its line;
   - exits 128 + the signal when torchrun was signalled (130 Ctrl-C, 143 SIGTERM): torchrun passes
     the signal on and waits for the ranks, which stop at one step with a checkpoint;

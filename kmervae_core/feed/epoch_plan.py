@@ -41,8 +41,8 @@ def default_partitions(global_batch: int, world_size: int) -> int:
     """The partition count used unless one is set: gcd(global batch, 48), so every world size
     dividing it (1, 2, 4, 8, 16 at a power-of-two batch such as 1024 or 4096) trains on the same
     batches and can resume from another's checkpoint; a larger world size W dividing the batch
-    gets lcm(that, W). More partitions cost each loader worker one open window per partition its
-    rank serves and re-read about one window per region boundary, hence a bounded count."""
+    gets lcm(that, W). More partitions cost each rank one open window per partition it serves
+    (decoded chunks are shared, so none is read twice), hence a bounded count."""
     return math.lcm(math.gcd(global_batch, PARTITION_FAMILY), world_size)
 
 
@@ -113,11 +113,17 @@ class EpochPlan:
     seed: int
     epoch: int
     global_batch: int
-    window_chunks: int = 1
-    lanes: int = 4
-    partitions: int = 8
+    window_chunks: int | None = None  # None: the trainer's default (config.TrainConfig), as for lanes
+    lanes: int | None = None
+    partitions: int | None = None  # None or 0: default_partitions(global_batch, 1)
 
     def __post_init__(self) -> None:
+        from ..config import TrainConfig  # here: config imports this module
+        for name in ("window_chunks", "lanes"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, TrainConfig.__dataclass_fields__[name].default)
+        if not self.partitions:
+            object.__setattr__(self, "partitions", default_partitions(self.global_batch, 1))
         if min(self.window_chunks, self.lanes, self.partitions) < 1:
             raise ValueError("window_chunks, lanes and partitions must be at least 1")
         if self.global_batch < 1 or self.global_batch % self.partitions:

@@ -1,35 +1,47 @@
-"""KmerStream: a torch IterableDataset that streams whole chunks of a kmervae store.
+"""KmerStream: a rank's batches, read and decoded whole chunks at a time inside the rank.
 
-Batches are assembled in the DataLoader workers following the epoch plan (epoch_plan.py):
-each worker reads only the windows of its lanes, whole chunks at a time, and keeps at most
-one window per lane it serves. The plan does not depend on the worker count, so the batch
-sequence is the same with 0, 1 or 8 workers; `set_epoch(e, start_batch=k)` resumes exactly.
+The batches follow the epoch plan (epoch_plan.py): the stream knows every batch of the epoch
+ahead, so it knows when each chunk is first and last needed. Reader threads (reader.py) decode
+whole chunks, in the order they are first needed and as far ahead as the slab's free slots
+allow, into a preallocated slab (slab.py); each batch is then one gather from the slab, and a
+chunk's slot is freed after its last batch. A chunk shared by several regions of the plan
+(partitions, lanes, windows that split it) is decoded once and gathered from by all of them.
+With `keep` the slab holds every chunk of the rank's share and frees none: the row cache, each
+chunk decoded once per run. `set_epoch(e, start_batch=k)` resumes exactly and reads only what
+batches k.. need.
+
+    from kmervae_core import KmerStream
+    with KmerStream("kmers.zarr", batch_size=1024, workers=4) as stream:
+        for epoch in range(3):
+            stream.set_epoch(epoch)
+            for x, rows in stream:   # x float32 [1024, 2772], rows int64 [1024]: store rows
+                ...
 """
 from __future__ import annotations
 
-import functools
-import multiprocessing
-import os
-import signal
-import sys
-from collections import OrderedDict
+import dataclasses
+import weakref
+from collections import deque
 from typing import Iterator
 
 import numpy as np
 import torch
 import zarr
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from zarr.core.buffer.cpu import NDBuffer
 
-from .epoch_plan import EpochPlan, default_partitions, make_split, rank_share, worker_batches
+from ..config import TrainConfig
+from ..errors import DamagedChunk, KmervaeError, ReaderFailed
+from ..store.contract import StoreInfo, chunk_name, chunk_span, damaged_chunk, open_array, open_store
 from ..store.kmers import N_FEATURES
-from ..store.contract import StoreInfo, open_array, open_store, read_rows
-from .workers import worker_init
+from .epoch_plan import EpochPlan, default_partitions, make_split, rank_share
+from .reader import ChunkReader, Job, ReadTimeout
+from .slab import Slab
 
 SPLITS = ("train", "val")
 TRANSPORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# A started loader worker before it holds any rows (python, torch, numpy, zarr): 150-240 MiB
-# RSS measured here (docs/memory.md), rounded up.
-WORKER_BASE_BYTES = 256 * 2**20
+READ_TIMEOUT_S = 600.0  # a chunk read this long is hung (a stalled disk or object store)
+READ_AHEAD_PER_THREAD = 2  # chunks decoded ahead per reader thread, within the memory budget
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # one source: the trainer's settings
 
 
 def _distributed_rank_world() -> tuple[int, int]:
@@ -39,8 +51,39 @@ def _distributed_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-class KmerStream(IterableDataset):
-    """Yields (x float [b, 2772], rows int64 [b]) with b = batch_size / world_size.
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When each chunk is needed by a sequence of batches: `order`, the chunks in the order
+    they are first needed; `new[j]`, those first needed by batch j; `done[j]`, those last
+    needed by it; `live`, the most chunks any batch needs resident at once."""
+
+    order: list[int]
+    new: list[list[int]]
+    done: list[list[int]]
+    live: int
+
+
+def schedule(batches: list[np.ndarray], chunk_rows: int) -> Schedule:
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for j, rows in enumerate(batches):
+        for c in np.unique(rows // chunk_rows).tolist():
+            first.setdefault(c, j)
+            last[c] = j
+    n = len(batches)
+    new: list[list[int]] = [[] for _ in range(n)]
+    done: list[list[int]] = [[] for _ in range(n)]
+    for c, j in first.items():  # dicts keep insertion order: by first use, then chunk
+        new[j].append(c)
+        done[last[c]].append(c)
+    delta = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(delta, list(first.values()), 1)
+    np.add.at(delta, [last[c] + 1 for c in first], -1)
+    return Schedule(list(first), new, done, int(np.cumsum(delta).max(initial=0)))
+
+
+class KmerStream:
+    """Yields (x [b, columns] on `device` as `dtype`, rows int64 [b]) with b = batch_size / world_size.
 
     Args:
         path: a complete kmervae store (checked here, with one clear line if it is not).
@@ -50,27 +93,36 @@ class KmerStream(IterableDataset):
         seed: seeds the epoch plan and the random validation split.
         rank, world_size: default to torch.distributed's when it is initialised.
         val_fraction, val_split: the held-out share, "random" (seeded whole chunks) or "tail".
-        window_chunks: chunks whose rows are shuffled together (the shuffle buffer per region).
-        lanes: interleaved streams in time; worker counts dividing it read each chunk once.
-        partitions: the fixed split of every global batch; world sizes dividing it see the
-            same global batches (so 1 GPU and 8 GPUs train on the same sequence). None:
-            epoch_plan.default_partitions(batch_size, world_size).
-        dtype: what batches hold: torch.float32; torch.float16, which halves what workers hand
-            over and what crosses to a GPU, exact for a float16 store (a float32 store's values
-            would be rounded); or torch.bfloat16.
-        info: the store as open_store gave it, where the caller has opened it already (opening
-            lists every chunk, once is enough).
+        window_chunks, lanes, partitions: the epoch plan's shape (epoch_plan.py); partitions 0:
+            epoch_plan.default_partitions(batch_size, world_size). Defaults: the trainer's.
+        dtype: what batches hold (float32, float16, bfloat16; a float32 store's values are
+            rounded by the last two).
+        info: the store as open_store gave it, where the caller has opened it already.
+        workers: reader threads decoding whole chunks (0: each read runs in the iterating
+            thread when its batch comes, with no read-ahead).
+        keep: keep every chunk of the rank's share resident once read (the row cache): later
+            epochs read nothing. The slab is allocated here, so it cannot run out later.
+        device: where batches go; storage: where the slab is (None: the device).
+        columns: store columns the batches hold (None: all 2,772), selected as chunks land.
+        read_ahead: chunks decoded ahead of need (None: 2 per reader thread).
+        read_timeout: seconds after which a chunk read counts as hung.
     """
 
-    def __init__(self, path: str, split: str = "train", batch_size: int = 1024, seed: int = 42,
-                 rank: int | None = None, world_size: int | None = None, val_fraction: float = 0.1,
-                 val_split: str = "random", window_chunks: int = 1, lanes: int = 4,
-                 partitions: int | None = None, dtype: torch.dtype = torch.float32, info: StoreInfo | None = None) -> None:
-        super().__init__()
+    def __init__(self, path: str, split: str = "train", batch_size: int = _DEFAULTS["batch_size"],
+                 seed: int = _DEFAULTS["seed"], rank: int | None = None, world_size: int | None = None,
+                 val_fraction: float = _DEFAULTS["val_fraction"], val_split: str = _DEFAULTS["val_split"],
+                 window_chunks: int = _DEFAULTS["window_chunks"], lanes: int = _DEFAULTS["lanes"],
+                 partitions: int | None = _DEFAULTS["partitions"], dtype: torch.dtype = torch.float32,
+                 info: StoreInfo | None = None, workers: int = _DEFAULTS["workers"], keep: bool = False,
+                 device: torch.device | str = "cpu", storage: torch.device | str | None = None,
+                 columns: np.ndarray | None = None, read_ahead: int | None = None,
+                 read_timeout: float = READ_TIMEOUT_S) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if dtype not in TRANSPORT_DTYPES:
             raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
+        if workers < 0:
+            raise ValueError(f"workers must be non-negative, got {workers}")
         self.info = open_store(path) if info is None else info
         default_rank, default_world = _distributed_rank_world()
         self.rank = default_rank if rank is None else rank
@@ -80,179 +132,200 @@ class KmerStream(IterableDataset):
         if batch_size < 1 or batch_size % self.world_size:
             raise ValueError(f"global batch {batch_size} does not divide evenly over {self.world_size} ranks")
         self.split_name, self.batch_size, self.seed = split, batch_size, seed
-        if partitions is None:
-            partitions = default_partitions(batch_size, self.world_size)
-        self.window_chunks, self.lanes, self.partitions, self.dtype = window_chunks, lanes, partitions, dtype
+        self.window_chunks, self.lanes, self.dtype = window_chunks, lanes, dtype
+        self.partitions = partitions or default_partitions(batch_size, self.world_size)
         self.split = make_split(self.info.rows, self.info.chunk_rows, val_fraction, val_split, seed)
         self.share = rank_share(self.plan(0), self.rank, self.world_size)  # checks the shapes
         train_rows = int(self.split.train_counts.sum())
         if split == "train" and train_rows < batch_size:
             raise ValueError(f"{path}: {train_rows} training rows, fewer than one global batch of {batch_size}")
-        self._state = torch.zeros(2, dtype=torch.int64).share_memory_()  # epoch, start batch: seen by workers
-        self._array = None
-        self.ring_slots = 0  # set by make_loader(reuse_buffers=True)
-        self._ring: list[torch.Tensor] | None = None
-        self._ring_next = 0
+        self.device = torch.device(device)
+        self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
+        self.width = N_FEATURES if columns is None else len(self.columns)
+        self.store_dtype = torch.float16 if self.info.dtype == np.float16 else torch.float32
+        # a kept or GPU slab holds the store's dtype (half the memory for a float16 store, converted
+        # where the batch is gathered); a rolling host slab the batches' (converted by the reader
+        # threads, in parallel, so that each batch is one gather)
+        self.storage = self.device if storage is None else torch.device(storage)
+        self.slab_dtype = self.store_dtype if keep or self.storage.type == "cuda" else dtype
+        self.workers, self.keep, self.read_timeout = workers, keep, read_timeout
+        self._read_ahead = read_ahead
+        self.epoch, self.start_batch = 0, 0
+        self.decoded = 0  # chunks read and decoded so far (each once per epoch; with keep, once per run)
+        self._array: zarr.Array | None = None
+        self._reader: ChunkReader | None = None
+        self._slab: Slab | None = None
+        if keep:
+            self._slab = self._make_slab(len(self.share_chunks()))
+
+    # ---- the plan ----
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch to iterate next, from batch start_batch on (exact resume)."""
         if start_batch < 0 or (self.split_name == "train" and start_batch > self.plan(epoch).batches):
             raise ValueError(f"start_batch {start_batch} is outside epoch {epoch}")
-        self._state[0], self._state[1] = epoch, start_batch
+        self.epoch, self.start_batch = epoch, start_batch
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
-        return EpochPlan(self.split, self.seed, int(self._state[0]) if epoch is None else epoch,
-                         self.batch_size, self.window_chunks, self.lanes, self.partitions)
+        return EpochPlan(self.split, self.seed, self.epoch if epoch is None else epoch, self.batch_size,
+                         window_chunks=self.window_chunks, lanes=self.lanes, partitions=self.partitions)
 
     def __len__(self) -> int:
         """Batches this rank yields in the selected epoch (from its start batch)."""
         if self.split_name == "train":
-            return self.plan().batches - int(self._state[1])
+            return self.plan().batches - self.start_batch
         return sum(-(-(b - a) // self.share.local_batch) for a, b in self.share.val_ranges)
 
-    def worker_memory(self, num_workers: int) -> int:
-        """The most bytes one of `num_workers` loader workers holds for this stream (with 0, what
-        the process itself holds for it): its base, the decoded rows it keeps (training: one window
-        per region it reads and one more, never more than this rank's rows; validation: one
-        chunk), one chunk being decoded, and its ring of batches."""
+    def batch_rows(self, epoch: int, start_batch: int = 0) -> list[np.ndarray]:
+        """The store rows of each batch this rank yields in `epoch` from `start_batch` on."""
         if self.split_name == "val":
-            rows = 0
-        else:
-            plan = self.plan(0)
-            window = max(sum(b - a for a, b in w) for w in plan.windows)
-            regions = len(self.share.partitions) * -(-self.lanes // max(1, num_workers))
-            rows = min((regions + 1) * window, self.share.train_row_count)
-        held = (rows + self.info.chunk_rows) * N_FEATURES * self.info.dtype.itemsize
-        ring = self.ring_slots * self.share.local_batch * N_FEATURES * self.dtype.itemsize
-        return (WORKER_BASE_BYTES if num_workers else 0) + held + ring
+            b = self.share.local_batch
+            return [np.arange(s, min(s + b, stop)) for start, stop in self.share.val_ranges
+                    for s in range(start, stop, b)]
+        plan = self.plan(epoch)
+        return list(plan.order()[plan.batch_positions(self.share.partitions, start_batch)])
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_array": None, "_ring": None}  # opened/allocated in each worker
+    def share_chunks(self) -> list[int]:
+        """The chunks holding this rank's rows of this split."""
+        ranges = self.share.train_ranges if self.split_name == "train" else self.share.val_ranges
+        cr = self.info.chunk_rows
+        return sorted({c for a, b in ranges for c in range(a // cr, -(-b // cr))})
+
+    @property
+    def complete(self) -> bool:
+        """With keep: every chunk of the share is resident (later epochs read nothing)."""
+        return self.keep and self._slab is not None and len(self._slab.ready) == len(self.share_chunks())
+
+    def memory(self) -> int:
+        """Bytes the slab takes: every chunk of the share (keep), else the most chunks an epoch
+        needs resident at once (epoch 0's) plus the read-ahead; on a GPU slab, staging too."""
+        slots = len(self.share_chunks()) if self.keep else self._rolling_slots(self.batch_rows(0))
+        return Slab.bytes_for(slots, self.info.chunk_rows, self.width, self.slab_dtype, self._staging_slots())
+
+    # ---- reading ----
+
+    @property
+    def read_ahead(self) -> int:
+        """Chunks decoded ahead of need. `workers` may change between iterations after close()."""
+        return READ_AHEAD_PER_THREAD * self.workers if self._read_ahead is None else self._read_ahead
+
+    def _rolling_slots(self, batches: list[np.ndarray]) -> int:
+        """The chunks needed at once plus the read-ahead, never more than the share has."""
+        return self._slots_for(schedule(batches, self.info.chunk_rows))
+
+    def _slots_for(self, plan: Schedule) -> int:
+        return min(plan.live + self.read_ahead, max(plan.live, len(plan.order)))
+
+    def _staging_slots(self) -> int:
+        return max(1, self.read_ahead) if self.storage.type == "cuda" else 0
+
+    def _make_slab(self, slots: int) -> Slab:
+        return Slab(max(1, slots), self.info.n_chunks, self.info.chunk_rows, self.width, self.slab_dtype, self.storage,
+                    pin=self.device.type == "cuda", staging=self._staging_slots())
 
     def _clr(self) -> zarr.Array:
         if self._array is None:
             self._array = open_array(self.info.url)
         return self._array
 
-    def _gather(self, pieces: list[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
-        """One batch from (chunk data, row indices) pieces. In a DataLoader worker it is
-        gathered straight into shared memory (as torch's default_collate does), so the batch
-        reaches the main process without another copy."""
-        n, columns = sum(len(idx) for _, idx in pieces), pieces[0][0].shape[1]
-        if get_worker_info() is None:
-            x = torch.empty((n, columns), dtype=self.dtype)
-        elif self.ring_slots:
-            x = self._ring_slot(columns)[:n]
-        else:
-            x = _shared_empty((n, columns), self.dtype)
-        pos = 0
-        for data, idx in pieces:  # torch's row gather runs 3-4x np.take's speed on one thread
-            rows, source, picks = x[pos:pos + len(idx)], torch.from_numpy(data), torch.from_numpy(idx)
-            if source.dtype == x.dtype:
-                torch.index_select(source, 0, picks, out=rows)
+    def _read(self, chunk: int, target: torch.Tensor) -> None:
+        """Decode a whole chunk into `target` (a reader thread's job); DamagedChunk names it."""
+        array = self._clr()
+        a, b = chunk_span(chunk, self.info.chunk_rows, self.info.rows)
+        try:
+            if self.columns is None and target.dtype == self.store_dtype:
+                array.get_basic_selection(slice(a, b), out=NDBuffer.from_numpy_array(target.numpy()))
+            elif self.columns is None:
+                target.copy_(torch.from_numpy(array[a:b]))
             else:
-                rows.copy_(source.index_select(0, picks))
-            pos += len(idx)
-        return x
+                target.copy_(torch.from_numpy(array[a:b]).index_select(1, torch.from_numpy(self.columns)))
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - codecs raise ValueError, RuntimeError, zlib.error...
+            raise damaged_chunk(self.info.url, array, a, b, e) from None
 
-    def _ring_slot(self, columns: int) -> torch.Tensor:
-        """The next of `ring_slots` shared buffers, allocated once per worker: refilling mapped
-        pages costs a fifth of what a fresh shared segment per batch does."""
-        if self._ring is None:
-            self._ring = [_shared_empty((self.share.local_batch, columns), self.dtype) for _ in range(self.ring_slots)]
-        slot = self._ring[self._ring_next % self.ring_slots]
-        self._ring_next += 1
-        return slot
+    def _wait(self, job: Job, chunk: int) -> None:
+        """A chunk's read, done: its failure becomes one line naming the chunk and this rank."""
+        try:
+            job.wait(self.read_timeout)
+        except (DamagedChunk, KmervaeError):
+            raise
+        except ReadTimeout:
+            raise ReaderFailed(f"rank {self.rank}: reading {chunk_name(self.info.url, self._clr(), chunk)} did not "
+                               f"finish in {self.read_timeout:g} s (a stalled disk or object store?)") from None
+        except MemoryError:
+            raise ReaderFailed(f"rank {self.rank}: a reader thread ran out of memory decoding "
+                               f"{chunk_name(self.info.url, self._clr(), chunk)}; try fewer --workers, --cache none "
+                               "or a smaller --cache-fraction (docs/memory.md sizes a job)") from None
+        except Exception as e:  # noqa: BLE001 - an unexpected error in a reader thread
+            text = str(e).splitlines()[0] if str(e) else ""
+            raise ReaderFailed(f"rank {self.rank}: a reader thread failed reading "
+                               f"{chunk_name(self.info.url, self._clr(), chunk)}: {type(e).__name__}"
+                               + (f": {text}" if text else "")) from None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.batches_for(worker, workers)
+        return self._serve(self.batch_rows(self.epoch, self.start_batch))
 
-    def batches_for(self, worker: int, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """What DataLoader worker `worker` of `num_workers` yields (all of it for 0 of 1)."""
-        epoch, start = (int(v) for v in self._state)
-        if self.split_name == "val":
-            yield from self._validation(worker, num_workers)
-            return
-        plan = self.plan(epoch)
-        mine = worker_batches(plan.batches, start, worker, num_workers)
-        regions = len({plan.region(s, k) for k in mine[: plan.lanes] for s in self.share.partitions})
-        windows: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
-        for k in mine:
-            pieces, rows = [], []
-            for s in self.share.partitions:
-                p0, p1 = plan.positions(s, k)
-                for w in plan.windows_of(p0, p1):
-                    if w not in windows:
-                        windows[w] = self._read_window(plan, w)
-                        while len(windows) > regions + 1:
-                            windows.popitem(last=False)
-                    windows.move_to_end(w)
-                    data, wrows, shuffle = windows[w]
-                    s0 = int(plan.window_starts[w])
-                    pick = shuffle[max(p0, s0) - s0: min(p1, int(plan.window_starts[w + 1])) - s0]
-                    pieces.append((data, pick))  # in position order: plan.order()[p0:p1]
-                    rows.append(wrows[pick])
-            yield self._gather(pieces), torch.from_numpy(np.concatenate(rows))
+    def _serve(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        plan = schedule(batches, self.info.chunk_rows)
+        if not self.keep or self._slab is None:  # a rolling slab lives for one pass (training and validation
+            # ones never at once); a kept one is made again only after a hung read abandoned it
+            self._slab = self._make_slab(len(self.share_chunks()) if self.keep else self._slots_for(plan))
+        slab = self._slab
+        if self._reader is None:
+            self._reader = ChunkReader(self.workers, self.read_timeout)
+            weakref.finalize(self, self._reader.close, 0)  # a stream dropped without close() ends its threads too
+        pending = deque(c for c in plan.order if c not in slab.ready)
+        jobs: dict[int, tuple[Job, int]] = {}
 
-    def _read_window(self, plan: EpochPlan, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Window w: its rows' values (whole-chunk reads), store rows, and the shuffle."""
-        rows, shuffle = plan.window_rows(w)
-        array = self._clr()
-        parts = [read_rows(self.info.url, array, slice(a, b)) for a, b in plan.windows[w]]
-        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), rows, shuffle
+        def submit() -> None:
+            while pending and slab.can_take():
+                chunk = pending.popleft()
+                a, b = chunk_span(chunk, self.info.chunk_rows, self.info.rows)
+                target, staged = slab.take(chunk, b - a)
+                jobs[chunk] = (self._reader.submit(lambda c=chunk, t=target: self._read(c, t)), staged)
 
-    def _validation(self, worker: int, num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        array, b = self._clr(), self.share.local_batch
-        for start, stop in self.share.val_ranges[worker::num_workers]:
-            rows = np.arange(start, stop)
-            data = read_rows(self.info.url, array, slice(start, stop))
-            for s in range(0, len(rows), b):
-                pick = np.arange(s, min(s + b, len(rows)))
-                yield self._gather([(data, pick)]), torch.from_numpy(rows[pick])
+        try:
+            submit()
+            for j, rows in enumerate(batches):
+                for chunk in plan.new[j]:
+                    if chunk in slab.ready:
+                        continue
+                    if chunk not in jobs:  # all ahead of it in `order` were waited for: slots came free
+                        submit()
+                    job, staged = jobs[chunk]
+                    self._wait(job, chunk)
+                    del jobs[chunk]
+                    a, b = chunk_span(chunk, self.info.chunk_rows, self.info.rows)
+                    slab.land(chunk, b - a, staged)
+                    self.decoded += 1
+                x = slab.gather(slab.index(rows), self.device, self.dtype)
+                yield x, torch.from_numpy(rows)
+                if not self.keep:
+                    for chunk in plan.done[j]:
+                        slab.drop(chunk)
+                submit()
+        finally:  # ended early (a stop, an error, a consumer that broke off): no read left running
+            for chunk, (job, staged) in jobs.items():
+                if not job.cancel():
+                    try:
+                        job.wait(self.read_timeout)
+                    except ReadTimeout:  # a hung read may still write into its slot: never reuse this slab
+                        self._slab = None
+                    except BaseException:  # noqa: BLE001 - abandoned: its error is not this run's
+                        pass
+                slab.drop(chunk, staged)
+            if not self.keep:
+                self._slab = None
 
+    def close(self) -> list[str]:
+        """End the reader threads; returns the names of any hung in a read (they end with the
+        process). The stream can be iterated again (new threads start)."""
+        reader, self._reader = self._reader, None
+        return [] if reader is None else reader.close()
 
-def _shared_empty(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """A tensor in shared memory, made there (as torch's default_collate does) so the
-    DataLoader passes it to the main process without another copy."""
-    storage = torch.UntypedStorage._new_shared(shape[0] * shape[1] * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+    def __enter__(self) -> KmerStream:
+        return self
 
-
-def worker_death(loader: DataLoader) -> str | None:
-    """How a worker of `loader` ended, where one has (torch reports only "exited unexpectedly"
-    once it notices; the kernel's OOM killer sends SIGKILL); None where all still run."""
-    for w in getattr(getattr(loader, "_iterator", None), "_workers", []):  # torch keeps its Process objects there
-        code = w.exitcode
-        if code is not None and code < 0:
-            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
-            why = " (what the kernel's OOM killer sends when the job runs out of memory)" if name == "SIGKILL" else ""
-            return f"a data loader worker (pid {w.pid}) was killed by {name}{why}"
-        if code is not None:
-            return f"a data loader worker (pid {w.pid}) exited with status {code}"
-    return None
-
-
-def make_loader(stream: KmerStream, num_workers: int = 4, pin_memory: bool | None = None,
-                prefetch_factor: int = 4, reuse_buffers: bool = False) -> DataLoader:
-    """A DataLoader configured for KmerStream: batches come ready-made (batch_size=None),
-    persistent workers started with forkserver (spawn off Linux), since forking a process that
-    runs zarr's asyncio thread is fragile (zarr #2812, #2729); pinned memory on CUDA. Forkserver
-    workers end when this process does and leave stop signals to it (workers.py).
-
-    reuse_buffers: each worker fills a ring of prefetch_factor + 2 shared buffers instead of a
-    fresh one per batch (5x cheaper hand-over). Only for consumers done with each batch before
-    drawing the next prefetch_factor + 1 (a training loop is; `list(loader)` is not)."""
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
-    stream.ring_slots = prefetch_factor + 2 if reuse_buffers and num_workers > 0 else 0
-    kwargs = {}
-    if num_workers > 0:
-        linux = sys.platform.startswith("linux")
-        context = multiprocessing.get_context("forkserver" if linux else "spawn")
-        if linux:  # takes effect when this process starts its forkserver
-            context.set_forkserver_preload(["kmervae_core.feed.forkserver_init"])
-        kwargs = dict(prefetch_factor=prefetch_factor, persistent_workers=True, multiprocessing_context=context,
-                      worker_init_fn=functools.partial(worker_init, os.getpid()) if linux else None)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+    def __exit__(self, *exc) -> None:
+        self.close()

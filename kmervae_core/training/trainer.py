@@ -184,7 +184,7 @@ class Trainer:
     # ---- the end ----
 
     def close(self) -> None:
-        """Before the process groups go (distributed.shutdown): end the loader workers and wait
+        """Before the process groups go (distributed.shutdown): end the reader threads and wait
         for the stop vote in flight."""
         self.feed.close()
         self.stop_vote.close()
