@@ -36,6 +36,7 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+    key_space: str = "kmervae"  # this round's prefix on the job's store (round_token)
 
     @property
     def is_main(self) -> bool:
@@ -56,16 +57,26 @@ def init_distributed() -> DistContext:
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
+    key_space = "kmervae"
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # the store outlives restarts
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
-            store = dist.PrefixStore(f"kmervae/{round_token(store, rank, world)}", store)
-            dist.init_process_group(backend, store=store, rank=rank, world_size=world, **kwargs)
+            store = store_client(world)
+            key_space = f"kmervae/{round_token(store, rank, world)}"
+            dist.init_process_group(backend, store=dist.PrefixStore(key_space, store), rank=rank, world_size=world,
+                                    **kwargs)
         else:
             dist.init_process_group(backend, **kwargs)
-    return DistContext(rank, world, local, device)
+    return DistContext(rank, world, local, device, key_space)
+
+
+def store_client(world: int) -> dist.TCPStore:
+    """A connection of this process's own to the job's store (torchrun's agent store, or rank 0's
+    under a plain env:// launch: both at MASTER_ADDR:MASTER_PORT). A connection runs one request
+    at a time, and a rank blocked in a store wait (a group's rendezvous) holds its connection
+    until the wait ends: a thread that must reach the store then needs a connection of its own."""
+    return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
 
 
 def round_token(store: dist.Store, rank: int, world: int, timeout: timedelta = timedelta(minutes=5)) -> str:
@@ -186,8 +197,9 @@ class FailureAgreement:
     def __init__(self, ctx: DistContext) -> None:
         self.rank, self.world = ctx.rank, ctx.world_size
         active = ctx.active and dist.is_available() and dist.is_initialized()
-        # the default group's store: torchrun's (round-scoped, see round_token) or rank 0's
-        self.store = dist.distributed_c10d._get_default_store() if active else None
+        # a connection of its own (store_client): the watcher must reach the store while the main
+        # thread is blocked in a group's rendezvous, which holds the main connection
+        self.store = dist.PrefixStore(ctx.key_space, store_client(ctx.world_size)) if active else None
         self._done = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="failure-watch", daemon=True)
         if self.store is not None:
