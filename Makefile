@@ -32,7 +32,7 @@ demo: setup
 		--out $(RUN)/latents.zarr --overwrite
 	@$(PY) -c "import json; b = [h for h in json.load(open('$(RUN)/history.json')) if h['best']][-1]; print(f\"every row's latents from the best epoch's encoder (epoch {b['epoch']}, vae_multi_encoder_best.pt):\")"
 	$(PY) -m train.evaluate $(RUN)/latents.zarr --labels Data/all_kmers_labels.npy --store Data/kmers.zarr
-	@$(PY) -c "import json; h = json.load(open('$(RUN)/history.json'))[-1]; print(f\"latent metrics of the last epoch (epoch {h['epoch']}, held-out sample): active units {h['latent_active_units']}, distance Spearman {h['latent_spearman']:.3f}, kNN {h['latent_knn']:.3f}\")"
+	@$(PY) -c "import json; h = json.load(open('$(RUN)/history.json'))[-1]; print(f\"latent metrics of the last epoch (epoch {h['epoch']}, latent sample of the store's rows): active units {h['latent_active_units']}, distance Spearman {h['latent_spearman']:.3f}, kNN {h['latent_knn']:.3f}\")"
 	$(PY) -m train.report $(RUN)
 
 test: setup
