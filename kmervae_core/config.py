@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from .evaluation.embedding import LATENT_SAMPLE_CHUNKS
 from .feed.epoch_plan import SPLIT_MODES
 from .errors import KmervaeError
 
@@ -93,7 +94,9 @@ class TrainConfig:
     metrics_addr: str = setting(RUN, "0.0.0.0", "address to bind /metrics to")
     pushgateway: str = setting(RUN, "", "Pushgateway URL to push a final summary to when the run ends")
     log_every: int = setting(RUN, 50, "steps between non-finite checks and metric updates")
-    latent_sample: int = setting(RECIPE, 5000, "rows drawn from the whole store for the per-epoch latent metrics; 0 = off")
+    latent_sample: int = setting(RECIPE, 5000, "rows for the per-epoch latent metrics, drawn from up to "
+                                 f"{LATENT_SAMPLE_CHUNKS} chunks spread over the whole store (read once at "
+                                 "start-up); 0 = off")
     latent_pairs: int = setting(RECIPE, 20000, "row pairs for the latent/input distance correlation")
     select_by: str = setting(RECIPE, "val_loss", "what vae_multi_best.pt tracks: lowest val_loss (the reference), or "
                              "highest latent/input distance correlation (spearman) or label kNN accuracy (knn, "

@@ -9,12 +9,11 @@ import pytest
 import torch
 import zarr
 
-from kmervae_core.evaluation.embedding import knn_cv_accuracy
+from kmervae_core.evaluation.embedding import knn_cv_accuracy, sample_rows
 from kmervae_core.model.vae import Encoder
 from kmervae_core.store.synth import write_sample
 from tests.conftest import run
 
-pytestmark = pytest.mark.slow
 GENOMES, ROWS, CHUNK = 16, 800, 50
 
 
@@ -35,6 +34,7 @@ def grouped_run(tmp_path_factory):
     return store, out, proc.stdout
 
 
+@pytest.mark.slow
 def test_the_live_knn_matches_the_offline_5_fold_knn_over_every_row(grouped_run):
     store, out, stdout = grouped_run
     last = json.loads((out / "history.json").read_text())[-1]
@@ -48,8 +48,26 @@ def test_the_live_knn_matches_the_offline_5_fold_knn_over_every_row(grouped_run)
     assert last["latent_knn"] == pytest.approx(offline, abs=0.06)
 
 
+@pytest.mark.slow
 def test_the_epoch_line_says_how_many_labels_the_sample_holds(grouped_run):
     store, _, stdout = grouped_run
     held = len(np.unique(zarr.open_group(store, mode="r")["labels"][:]))
     line = next(line for line in stdout.splitlines() if line.startswith("Epoch 2/2"))
     assert held > 10 and f"kNN " in line and f"({held} labels)" in line
+
+
+def test_a_large_stores_latent_sample_comes_from_64_chunks_spread_over_all_of_it():
+    total, chunk = 17_000_000, 4096  # 4,151 chunks: drawing from all would decode nearly every one at start-up
+    n_chunks = -(-total // chunk)
+    rows = sample_rows(total, chunk, 5000, seed=42)
+    assert len(np.unique(rows)) == 5000 and (np.diff(rows) > 0).all() and 0 <= rows[0] and rows[-1] < total
+    chunks = np.unique(rows // chunk)
+    assert len(chunks) == 64
+    span = n_chunks / 64  # one chunk from each 64th of the store: no gap wider than two such spans
+    assert chunks[0] < span and chunks[-1] >= n_chunks - span and np.diff(chunks).max() < 2 * span
+    assert np.array_equal(sample_rows(total, chunk, 5000, seed=42), rows)  # fixed by the seed
+
+
+def test_a_small_stores_latent_sample_comes_from_every_chunk():
+    rows = sample_rows(10_000, 200, 5000, seed=0)  # 50 chunks
+    assert len(np.unique(rows)) == 5000 and len(np.unique(rows // 200)) == 50

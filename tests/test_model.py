@@ -150,12 +150,13 @@ def test_sampled_pairs_are_of_distinct_rows_and_fixed_by_the_seed():
 
 def test_distance_spearman_matches_scipy_over_the_pairs():
     from scipy.stats import spearmanr
-    from kmervae_core.evaluation.embedding import distance_spearman, sample_pairs
+    from kmervae_core.evaluation.embedding import distance_spearman, pair_distances, sample_pairs
     z, x = latents(), np.random.default_rng(9).normal(size=(200, 30))
     i, j = sample_pairs(200, 500, seed=1)
     dz = [np.sqrt(((z[p] - z[q]) ** 2).sum()) for p, q in zip(i, j)]
     dx = [np.sqrt(((x[p] - x[q]) ** 2).sum()) for p, q in zip(i, j)]
-    assert distance_spearman(z, x, (i, j)) == pytest.approx(spearmanr(dz, dx).statistic, abs=1e-12)
+    assert pair_distances(x, i, j) == pytest.approx(dx, rel=1e-12)
+    assert distance_spearman(z, pair_distances(x, i, j), (i, j)) == pytest.approx(spearmanr(dz, dx).statistic, abs=1e-12)
 
 
 def weighted_subset() -> tuple:

@@ -38,6 +38,30 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
 
 
+LATENT_SAMPLE_CHUNKS = 64  # the most chunks the latent sample's rows come from: its read at start-up
+
+
+def sample_rows(total: int, chunk_rows: int, size: int, seed: int,
+                max_chunks: int = LATENT_SAMPLE_CHUNKS) -> np.ndarray:
+    """`size` distinct store rows (sorted), fixed by the seed, drawn uniformly from the rows of
+    at most `max_chunks` whole chunks: one chunk from each of `max_chunks` equal spans of the
+    store, or every chunk where it has no more.
+
+    Spread over the whole store, because a store in file order holds a few samples' (genomes')
+    rows in each chunk, and a sample of a few neighbouring chunks would hold a few labels and
+    flatter the kNN (issue 22). At most `max_chunks` chunks, because reading the rows decodes
+    every chunk they fall in: 5,000 rows drawn from all of a 17M-row store would decode nearly
+    all of its 4,150 chunks before the first step."""
+    rng = np.random.default_rng([seed, 0x1A7])
+    n_chunks = -(-total // chunk_rows)
+    if n_chunks <= max_chunks:
+        return np.sort(rng.choice(total, min(total, size), replace=False)).astype(np.int64)
+    edges = np.linspace(0, n_chunks, max_chunks + 1).astype(np.int64)
+    chunks = edges[:-1] + (rng.random(max_chunks) * np.diff(edges)).astype(np.int64)
+    pool = np.concatenate([np.arange(c * chunk_rows, min((c + 1) * chunk_rows, total)) for c in chunks])
+    return np.sort(rng.choice(pool, min(len(pool), size), replace=False)).astype(np.int64)
+
+
 def sample_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """`count` random pairs (i, j) of distinct rows, fixed by the seed."""
     rng = np.random.default_rng([seed, 0xD15])
@@ -56,10 +80,12 @@ def pair_distances(a: np.ndarray, i: np.ndarray, j: np.ndarray, block: int = 102
     return out
 
 
-def distance_spearman(z: np.ndarray, x: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> float:
-    """Spearman correlation between latent and input Euclidean distances over the pairs."""
+def distance_spearman(z: np.ndarray, x_distances: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> float:
+    """Spearman correlation between the latent Euclidean distances over the pairs and the
+    inputs' (`pair_distances` of the inputs over the same pairs: computed once, since the inputs
+    do not change from epoch to epoch, and they are the costly half at 2,772 columns)."""
     i, j = pairs
-    return spearman(pair_distances(np.asarray(z), i, j), pair_distances(np.asarray(x), i, j))
+    return spearman(pair_distances(np.asarray(z), i, j), x_distances)
 
 
 def knn_accuracy(z: np.ndarray, labels: np.ndarray, k: int = 5, block: int = 1024) -> float:

@@ -13,7 +13,8 @@ from ..atomic import atomic_file
 from ..config import TrainConfig
 from .distributed import DistContext, all_reduce
 from ..errors import KmervaeError
-from ..evaluation.embedding import active_units, distance_spearman, knn_accuracy, sample_pairs
+from ..evaluation.embedding import (active_units, distance_spearman, knn_accuracy, pair_distances, sample_pairs,
+                                   sample_rows)
 from ..feed.rank_feed import Feed
 from ..model.losses import N_SUMS, summarise, vae_loss
 from .step_runner import StepRunner
@@ -44,22 +45,20 @@ class Validator:
         """A fixed seeded sample of the store's rows (CLR, labels, distance pairs) for the latent
         metrics; None where the split holds too few validation rows (then there is no validation pass).
 
-        The rows are drawn uniformly from the whole store, not from the validation chunks: a
-        store in file order holds a few samples' (genomes') rows in each chunk, so a sample of
-        a few validation chunks holds a few labels and its kNN reads far above the figure over
-        all rows (0.960 against 0.594 in issue 22). Drawn from every chunk, its labels are as
-        varied as the store's, in the store's proportions, and its kNN estimates the offline
-        one; the encoder is unsupervised, so rows it trained on judge it as binning does."""
+        The rows are drawn from chunks spread over the whole store (embedding.sample_rows), not
+        from the validation chunks: a store in file order holds a few samples' (genomes') rows
+        in each chunk, so a sample of a few validation chunks holds a few labels and its kNN
+        reads far above the figure over all rows (0.960 against 0.594 in issue 22). The encoder
+        is unsupervised, so rows it trained on judge it as binning does."""
         cfg, split = self.cfg, self.feed.val_stream.split
-        rows = split.val_rows()
-        if len(rows) <= MIN_HELDOUT:
+        if len(split.val_rows()) <= MIN_HELDOUT:
             return None
-        total = self.feed.train_stream.info.rows
-        rng = np.random.default_rng([cfg.seed, 0x1A7])
-        rows = np.sort(rng.choice(total, min(total, cfg.latent_sample), replace=False)).astype(np.int64)
-        labels = read_rows(cfg.data, open_array(cfg.data, LABELS), rows) if self.feed.train_stream.info.has_labels else None
+        info = self.feed.train_stream.info
+        rows = sample_rows(info.rows, info.chunk_rows, cfg.latent_sample, cfg.seed)
+        labels = read_rows(cfg.data, open_array(cfg.data, LABELS), rows) if info.has_labels else None
         x = np.asarray(read_rows(cfg.data, open_array(cfg.data), rows), dtype=np.float32)[:, columns]
-        return {"rows": rows, "x": x, "labels": labels, "pairs": sample_pairs(len(rows), cfg.latent_pairs, cfg.seed)}
+        pairs = sample_pairs(len(rows), cfg.latent_pairs, cfg.seed)
+        return {"rows": rows, "x": x, "labels": labels, "pairs": pairs, "x_distances": pair_distances(x, *pairs)}
 
     @torch.no_grad()
     def validate(self, beta: float) -> dict | None:
@@ -85,7 +84,7 @@ class Validator:
             z = torch.cat([self.model.encoder(b.to(self.ctx.device))[0].float().cpu() for b in x.split(1024)]).numpy()
             self.model.train()
             labels = self.heldout["labels"]
-            values = torch.tensor([active_units(z), distance_spearman(z, self.heldout["x"], self.heldout["pairs"]),
+            values = torch.tensor([active_units(z), distance_spearman(z, self.heldout["x_distances"], self.heldout["pairs"]),
                                    knn_accuracy(z, labels) if labels is not None else math.nan,
                                    len(np.unique(labels)) if labels is not None else math.nan],
                                   dtype=torch.float64, device=self.ctx.device)
