@@ -1,14 +1,22 @@
 """The in-rank feed against its decode ceiling, side by side in one run, on any store.
 
-- decode ceiling: the same reader threads decoding every whole chunk of the store, and nothing
-  else (no slab, no gather): what the codecs allow on this machine with these threads;
+- decode ceiling: the same reader threads decoding every whole chunk of the store with the
+  feed's own decode call (`KmerStream.read_chunk`, into reused buffers), and nothing else (no
+  plan, no slab bookkeeping, no gather): what the codecs allow on this machine with these threads;
 - feed: one rank's KmerStream (world size 1) from the second epoch on (steady state: threads
-  started, slab allocated), consuming batches and doing nothing else, cache off.
+  started), consuming batches and doing nothing else, cache off.
 
-Rounds alternate ceiling and feed; figures are means over rounds. The last line is
+Rounds alternate ceiling and feed; figures are means over rounds. `--scaling` first prints the
+ceiling at 1, 2, 4, ... threads (do the codecs decode in parallel here?). The last line is
 `feed rows/s N`, to hold against a store of one's own.
 
     python benchmarks/feed.py --store kmers.zarr --batch-size 1024 [--workers N] [--rounds 3]
+        [--dtype float32|store] [--scaling]
+    python benchmarks/feed.py --codec lz4 --store-dtype float16 --batch-size 1024   # the sample store
+
+Without --store it makes the sample store docs/benchmarks.md reports (61,440 rows, copies of a
+2,000-contig synthetic sample, 4,096-row chunks) with --codec and --store-dtype, in a temporary
+folder it removes afterwards.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -26,23 +35,27 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core import KmerStream  # noqa: E402
 from kmervae_core.feed.reader import ChunkReader  # noqa: E402
 from kmervae_core.feed.stream import READ_AHEAD_PER_THREAD, READ_TIMEOUT_S  # noqa: E402
 from kmervae_core.limits import usable_cpus  # noqa: E402
-from kmervae_core.store.contract import chunk_span, open_array, open_store  # noqa: E402
+from kmervae_core.store.contract import chunk_span  # noqa: E402
 
 
-def ceiling(url: str, workers: int) -> float:
-    """Rows/s of `workers` reader threads decoding every chunk whole, as far ahead as the feed reads."""
-    info, array = open_store(url), open_array(url)
+def ceiling(stream: KmerStream, workers: int) -> float:
+    """Rows/s of `workers` reader threads decoding every chunk whole with the feed's decode call,
+    as far ahead as the feed reads, each into a buffer reused once its read is waited for."""
+    info, ahead = stream.info, max(1, READ_AHEAD_PER_THREAD * workers)
+    buffers = [torch.empty((info.chunk_rows, stream.width), dtype=stream.store_dtype) for _ in range(ahead + 1)]
     reader = ChunkReader(workers, READ_TIMEOUT_S)
-    in_flight = deque()
+    in_flight: deque = deque()
     start = time.perf_counter()
     for chunk in range(info.n_chunks):
         a, b = chunk_span(chunk, info.chunk_rows, info.rows)
-        in_flight.append(reader.submit(lambda a=a, b=b: array[a:b]))
-        if len(in_flight) > max(1, READ_AHEAD_PER_THREAD * workers):
+        target = buffers[chunk % len(buffers)][:b - a]
+        in_flight.append(reader.submit(lambda c=chunk, t=target: stream.read_chunk(c, t)))
+        if len(in_flight) > ahead:
             in_flight.popleft().wait(READ_TIMEOUT_S)
     while in_flight:
         in_flight.popleft().wait(READ_TIMEOUT_S)
@@ -62,29 +75,59 @@ def feed(stream: KmerStream, epoch: int) -> float:
     return rows / (time.perf_counter() - start)
 
 
+def measure(store: str, batch_size: int, workers: int, rounds: int, device: str = "cpu",
+            dtype: torch.dtype = torch.float32, log=print) -> tuple[float, float]:
+    """(decode ceiling, feed) in rows/s, means over alternating rounds."""
+    ceilings, feeds = [], []
+    with KmerStream(store, batch_size=batch_size, workers=workers, device=device, dtype=dtype) as stream:
+        feed(stream, 0)  # warm: threads started, page cache and allocator warm
+        for r in range(rounds):
+            ceilings.append(ceiling(stream, workers))
+            feeds.append(feed(stream, r + 1))
+            log(f"  round {r + 1}: decode ceiling {ceilings[-1]:,.0f} rows/s, feed {feeds[-1]:,.0f} rows/s "
+                f"({feeds[-1] / ceilings[-1]:.2f}x)")
+    return float(np.mean(ceilings)), float(np.mean(feeds))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True)
+    p.add_argument("--store", help="a complete store (a path or an fsspec URL); none: the sample store")
+    p.add_argument("--codec", default="zstd:1", help="the sample store's codec (as python -m ingest --codec)")
+    p.add_argument("--store-dtype", default="float32", choices=("float32", "float16"), help="the sample store's dtype")
+    p.add_argument("--rows", type=int, default=61440, help="the sample store's rows")
     p.add_argument("--batch-size", type=int, default=1024, help="global batch (one rank)")
     p.add_argument("--workers", type=int, default=usable_cpus(), help="reader threads (default: the usable CPUs)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of ceiling and feed")
     p.add_argument("--device", default="cpu", help="where batches go: cpu (gathered from a host slab) or cuda "
                    "(decoded chunks copied to a GPU slab, batches gathered there)")
+    p.add_argument("--dtype", choices=("float32", "store"), default="float32",
+                   help="what batches hold: float32 (what the trainer's step takes) or the store's dtype "
+                        "(float16 for a float16 store: what a step converting on the GPU could take)")
+    p.add_argument("--scaling", action="store_true", help="first print the decode ceiling at 1, 2, 4, ... threads")
     args = p.parse_args()
-    info = open_store(args.store)
-    print(f"{platform.node()}: {os.cpu_count()} CPUs ({usable_cpus()} usable), Python {platform.python_version()}; "
-          f"{args.store}: {info.rows:,} rows in {info.n_chunks} chunks of {info.chunk_rows:,}, {info.dtype}; "
-          f"batch {args.batch_size}, {args.workers} reader threads, batches to {args.device}")
-    ceilings, feeds = [], []
-    with KmerStream(args.store, batch_size=args.batch_size, workers=args.workers, info=info,
-                    device=args.device) as stream:
-        feed(stream, 0)  # warm: threads started, slab allocated
-        for r in range(args.rounds):
-            ceilings.append(ceiling(args.store, args.workers))
-            feeds.append(feed(stream, r + 1))
-            print(f"  round {r + 1}: decode ceiling {ceilings[-1]:,.0f} rows/s, feed {feeds[-1]:,.0f} rows/s "
-                  f"({feeds[-1] / ceilings[-1]:.2f}x)")
-    c, f = float(np.mean(ceilings)), float(np.mean(feeds))
+    if args.store is None:
+        with tempfile.TemporaryDirectory(prefix="kmervae-feed-") as work:
+            args.store = ingested_store(Path(work), args.rows, 4096, args.codec, args.store_dtype)
+            report(args)
+    else:
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
+    with KmerStream(args.store, batch_size=args.batch_size, workers=args.workers) as probe:
+        info = probe.info
+        dtype = probe.store_dtype if args.dtype == "store" else torch.float32
+        print(f"{platform.node()}: {os.cpu_count()} CPUs ({usable_cpus()} usable), Python "
+              f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} intra-op threads); "
+              f"{args.store}: {info.rows:,} rows in {info.n_chunks} chunks of {info.chunk_rows:,}, {info.dtype}; "
+              f"batch {args.batch_size}, {args.workers} reader threads, {str(dtype).removeprefix('torch.')} "
+              f"batches to {args.device}")
+        if args.scaling:
+            ceiling(probe, args.workers)  # warm: page cache, allocator
+            threads = sorted({1 << i for i in range(max(1, args.workers).bit_length())} | {args.workers})
+            for n in threads:
+                print(f"  decode ceiling, {n} thread{'s' if n > 1 else ''}: {ceiling(probe, n):,.0f} rows/s")
+    c, f = measure(args.store, args.batch_size, args.workers, args.rounds, args.device, dtype)
     print(f"decode ceiling rows/s {c:,.0f}")
     print(f"feed / ceiling {f / c:.2f}x")
     print(f"feed rows/s {f:,.0f}")

@@ -6,6 +6,7 @@ takes `root` so that tests can hand it a tree of fake files. No torch here: inge
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from dataclasses import dataclass
@@ -160,3 +161,19 @@ def usable_cpus(root: Path = Path("/")) -> int:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     quota = cpu_quota(root)
     return max(1, min(affinity, math.ceil(quota) if quota is not None else affinity))
+
+
+LARGE_BLOCK = 16 * 2**20  # freed blocks this large go back to the system (return_large_blocks)
+
+
+def return_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
+    """Have glibc's malloc hand every block of `threshold` bytes or more back to the system when
+    it is freed (mallopt M_MMAP_THRESHOLD); False where the C library has no mallopt. By default
+    that threshold rises with each large block freed, up to 32 MiB, and freed blocks below it stay
+    in the heaps of the threads that made them: a training rank whose reader threads, gathers and
+    latent metrics allocate 10-30 MiB buffers then holds about 100 MiB it no longer uses
+    (docs/memory.md). It is the process's setting, so the command line calls it, not the library."""
+    try:
+        return bool(ctypes.CDLL(None).mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False

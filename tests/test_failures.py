@@ -38,7 +38,7 @@ def reader_threads(before: set[threading.Thread]) -> list[str]:
 
 def failing_read(stream: KmerStream, failure: BaseException | threading.Event, at: int = 3):
     """Make the stream's `at`-th chunk read raise `failure`, or block until the event is set."""
-    original, count = stream._read, [0]
+    original, count = stream.read_chunk, [0]
 
     def read(chunk: int, target: torch.Tensor) -> None:
         count[0] += 1
@@ -48,7 +48,7 @@ def failing_read(stream: KmerStream, failure: BaseException | threading.Event, a
             else:
                 raise failure
         original(chunk, target)
-    stream._read = read
+    stream.read_chunk = read
 
 
 def first_error(stream: KmerStream) -> str:

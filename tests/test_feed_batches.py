@@ -70,8 +70,8 @@ def test_every_batch_holds_the_rows_and_values_the_loader_worker_stream_gave(ear
 def counted(s: KmerStream) -> list[int]:
     """Every chunk `s` decodes from now on, in order."""
     reads: list[int] = []
-    original = s._read
-    s._read = lambda chunk, target: (reads.append(chunk), original(chunk, target))[1]
+    original = s.read_chunk
+    s.read_chunk = lambda chunk, target: (reads.append(chunk), original(chunk, target))[1]
     return reads
 
 

@@ -194,3 +194,26 @@ def test_cache_auto_fits_the_cgroup_limit_and_the_run_finishes_inside_it(store_2
     line = next(l for l in proc.stdout.splitlines() if l.startswith("cache:"))
     assert line.startswith(f"cache: {tier}") and f"{limit_file} {limit_gib:.2f} GiB" in line, line
     assert "for the stream's slabs" in line and "Epoch 2/2" in proc.stdout
+
+
+FREED_BLOCK_PROBE = """
+import sys, numpy as np
+from kmervae_core.limits import return_large_blocks
+if sys.argv[1] == "set":
+    assert return_large_blocks()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+a = np.ones(24 * 2**20 // 8); del a  # glibc's default: its threshold rises to this block's size
+before = rss()
+b = np.ones(24 * 2**20 // 8); del b  # ... so the next such block comes from a heap that keeps it
+print((rss() - before) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_freed_large_buffer_goes_back_to_the_system_once_the_process_asks():
+    kept = {mode: float(subprocess.run([sys.executable, "-c", FREED_BLOCK_PROBE, mode], cwd=ROOT, env=child_env(),
+                                       capture_output=True, text=True, check=True).stdout)
+            for mode in ("default", "set")}
+    assert kept["default"] > 20  # MiB: what a rank kept per such buffer before `python -m train` asked
+    assert kept["set"] < 2

@@ -212,8 +212,8 @@ def test_start_batch_resumes_exactly_without_reading_what_it_skips(store):
     k = len(full) - 4
     needed = {int(c) for b in full[k:] for c in b // CHUNK}
     read = []
-    original = s._read
-    s._read = lambda chunk, target: (read.append(chunk), original(chunk, target))[1]
+    original = s.read_chunk
+    s.read_chunk = lambda chunk, target: (read.append(chunk), original(chunk, target))[1]
     s.set_epoch(4, start_batch=k)
     for workers in (0, 3):
         read.clear()

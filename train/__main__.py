@@ -12,6 +12,7 @@ import threading
 
 from kmervae_core.config import ROLES, TrainConfig, load_config, shown
 from kmervae_core.errors import KmervaeError, ReaderFailed
+from kmervae_core.limits import return_large_blocks
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # preemption, eviction; Slurm's advance warning; Ctrl-C
 
@@ -99,6 +100,7 @@ class StopRequest:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
+    return_large_blocks()  # a rank's memory is its slab and model, not freed buffers kept (docs/memory.md)
     toml_path = args.pop("config")
     try:
         cfg = load_config(toml_path, args)

@@ -32,7 +32,8 @@ class Feed:
                     lanes=cfg.lanes, partitions=cfg.partitions, info=open_store(cfg.data), workers=cfg.workers,
                     device=ctx.device, columns=columns)
         try:
-            streams = {split: KmerStream(cfg.data, split, **args) for split in ("train", "val")}
+            train = KmerStream(cfg.data, "train", **args)
+            streams = {"train": train, "val": KmerStream(cfg.data, "val", **args, share_slab=train)}  # one rolling slab
         except ValueError as e:
             raise KmervaeError(str(e)) from None
         self.tier, self.message = self._residency(cfg, ctx, streams, columns)

@@ -106,6 +106,8 @@ class KmerStream:
         columns: store columns the batches hold (None: all 2,772), selected as chunks land.
         read_ahead: chunks decoded ahead of need (None: 2 per reader thread).
         read_timeout: seconds after which a chunk read counts as hung.
+        share_slab: a stream of the same store, columns and device whose passes never overlap this
+            one's (the rank's other split): both use one rolling slab (not with keep).
     """
 
     def __init__(self, path: str, split: str = "train", batch_size: int = _DEFAULTS["batch_size"],
@@ -116,7 +118,7 @@ class KmerStream:
                  info: StoreInfo | None = None, workers: int = _DEFAULTS["workers"], keep: bool = False,
                  device: torch.device | str = "cpu", storage: torch.device | str | None = None,
                  columns: np.ndarray | None = None, read_ahead: int | None = None,
-                 read_timeout: float = READ_TIMEOUT_S) -> None:
+                 read_timeout: float = READ_TIMEOUT_S, share_slab: KmerStream | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if dtype not in TRANSPORT_DTYPES:
@@ -143,20 +145,20 @@ class KmerStream:
         self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
         self.width = N_FEATURES if columns is None else len(self.columns)
         self.store_dtype = torch.float16 if self.info.dtype == np.float16 else torch.float32
-        # a kept or GPU slab holds the store's dtype (half the memory for a float16 store, converted
-        # where the batch is gathered); a rolling host slab the batches' (converted by the reader
-        # threads, in parallel, so that each batch is one gather)
+        # the slab holds the store's dtype: reader threads decode straight into it, and a float16
+        # store takes half the memory and half the gathered bytes (converted where the batch is
+        # gathered, one pass: docs/benchmarks.md, "The in-rank feed")
         self.storage = self.device if storage is None else torch.device(storage)
-        self.slab_dtype = self.store_dtype if keep or self.storage.type == "cuda" else dtype
         self.workers, self.keep, self.read_timeout = workers, keep, read_timeout
         self._read_ahead = read_ahead
         self.epoch, self.start_batch = 0, 0
         self.decoded = 0  # chunks read and decoded so far (each once per epoch; with keep, once per run)
         self._array: zarr.Array | None = None
         self._reader: ChunkReader | None = None
-        self._slab: Slab | None = None
+        # the slab, in a box that a rolling stream may share with another (share_slab)
+        self._slab: list[Slab | None] = share_slab._slab if share_slab is not None and not keep else [None]
         if keep:
-            self._slab = self._make_slab(len(self.share_chunks()))
+            self._slab[0] = self._make_slab(len(self.share_chunks()))
 
     # ---- the plan ----
 
@@ -194,13 +196,13 @@ class KmerStream:
     @property
     def complete(self) -> bool:
         """With keep: every chunk of the share is resident (later epochs read nothing)."""
-        return self.keep and self._slab is not None and len(self._slab.ready) == len(self.share_chunks())
+        return self.keep and self._slab[0] is not None and len(self._slab[0].ready) == len(self.share_chunks())
 
     def memory(self) -> int:
         """Bytes the slab takes: every chunk of the share (keep), else the most chunks an epoch
         needs resident at once (epoch 0's) plus the read-ahead; on a GPU slab, staging too."""
         slots = len(self.share_chunks()) if self.keep else self._rolling_slots(self.batch_rows(0))
-        return Slab.bytes_for(slots, self.info.chunk_rows, self.width, self.slab_dtype, self._staging_slots())
+        return Slab.bytes_for(slots, self.info.chunk_rows, self.width, self.store_dtype, self._staging_slots())
 
     # ---- reading ----
 
@@ -220,25 +222,24 @@ class KmerStream:
         return max(1, self.read_ahead) if self.storage.type == "cuda" else 0
 
     def _make_slab(self, slots: int) -> Slab:
-        return Slab(max(1, slots), self.info.n_chunks, self.info.chunk_rows, self.width, self.slab_dtype, self.storage,
-                    pin=self.device.type == "cuda", staging=self._staging_slots())
+        return Slab(max(1, slots), self.info.n_chunks, self.info.chunk_rows, self.width, self.store_dtype,
+                    self.storage, pin=self.device.type == "cuda", staging=self._staging_slots())
 
     def _clr(self) -> zarr.Array:
         if self._array is None:
             self._array = open_array(self.info.url)
         return self._array
 
-    def _read(self, chunk: int, target: torch.Tensor) -> None:
-        """Decode a whole chunk into `target` (a reader thread's job); DamagedChunk names it."""
+    def read_chunk(self, chunk: int, target: torch.Tensor) -> None:
+        """Decode a whole chunk into `target` (a reader thread's job: rows x the stream's columns,
+        in the store's dtype); DamagedChunk names a chunk that cannot be decoded."""
         array = self._clr()
         a, b = chunk_span(chunk, self.info.chunk_rows, self.info.rows)
         try:
-            if self.columns is None and target.dtype == self.store_dtype:
+            if self.columns is None:
                 array.get_basic_selection(slice(a, b), out=NDBuffer.from_numpy_array(target.numpy()))
-            elif self.columns is None:
-                target.copy_(torch.from_numpy(array[a:b]))
             else:
-                target.copy_(torch.from_numpy(array[a:b]).index_select(1, torch.from_numpy(self.columns)))
+                torch.index_select(torch.from_numpy(array[a:b]), 1, torch.from_numpy(self.columns), out=target)
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - codecs raise ValueError, RuntimeError, zlib.error...
@@ -268,10 +269,14 @@ class KmerStream:
 
     def _serve(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = schedule(batches, self.info.chunk_rows)
-        if not self.keep or self._slab is None:  # a rolling slab lives for one pass (training and validation
-            # ones never at once); a kept one is made again only after a hung read abandoned it
-            self._slab = self._make_slab(len(self.share_chunks()) if self.keep else self._slots_for(plan))
-        slab = self._slab
+        # a kept slab is made again only after a hung read abandoned it; a rolling one is reused by every
+        # pass (its pages are not faulted in again each epoch: docs/benchmarks.md), also by the passes of the
+        # stream it was shared with (the rank's other split: never at once), and grown where one needs more
+        box, need = self._slab, len(self.share_chunks()) if self.keep else self._slots_for(plan)
+        if box[0] is None or box[0].slots < need:
+            box[0] = None  # the old slab goes before the new one is allocated
+            box[0] = self._make_slab(need)
+        slab = box[0]
         if self._reader is None:
             self._reader = ChunkReader(self.workers, self.read_timeout)
             weakref.finalize(self, self._reader.close, 0)  # a stream dropped without close() ends its threads too
@@ -283,7 +288,7 @@ class KmerStream:
                 chunk = pending.popleft()
                 a, b = chunk_span(chunk, self.info.chunk_rows, self.info.rows)
                 target, staged = slab.take(chunk, b - a)
-                jobs[chunk] = (self._reader.submit(lambda c=chunk, t=target: self._read(c, t)), staged)
+                jobs[chunk] = (self._reader.submit(lambda c=chunk, t=target: self.read_chunk(c, t)), staged)
 
         try:
             submit()
@@ -311,12 +316,13 @@ class KmerStream:
                     try:
                         job.wait(self.read_timeout)
                     except ReadTimeout:  # a hung read may still write into its slot: never reuse this slab
-                        self._slab = None
+                        box[0] = None
                     except BaseException:  # noqa: BLE001 - abandoned: its error is not this run's
                         pass
                 slab.drop(chunk, staged)
-            if not self.keep:
-                self._slab = None
+            if not self.keep:  # a pass ended early leaves chunks resident: the next starts from an empty slab
+                for chunk in list(slab.slot_of):
+                    slab.drop(chunk)
 
     def close(self) -> list[str]:
         """End the reader threads; returns the names of any hung in a read (they end with the
