@@ -43,11 +43,17 @@ from kmervae_core.limits import usable_cpus  # noqa: E402
 from kmervae_core.store.contract import chunk_span  # noqa: E402
 
 
+BUFFERS: dict[tuple, list[torch.Tensor]] = {}  # the ceiling's chunk buffers, made and touched once
+
+
 def ceiling(stream: KmerStream, workers: int) -> float:
     """Rows/s of `workers` reader threads decoding every chunk whole with the feed's decode call,
-    as far ahead as the feed reads, each into a buffer reused once its read is waited for."""
+    as far ahead as the feed reads, each into a buffer reused once its read is waited for (made
+    before the clock starts, as the feed's slab is from its second epoch on)."""
     info, ahead = stream.info, max(1, READ_AHEAD_PER_THREAD * workers)
-    buffers = [torch.empty((info.chunk_rows, stream.width), dtype=stream.store_dtype) for _ in range(ahead + 1)]
+    shape = (info.chunk_rows, stream.width)
+    buffers = BUFFERS.setdefault((shape, stream.store_dtype, ahead),
+                                 [torch.zeros(shape, dtype=stream.store_dtype) for _ in range(ahead + 1)])
     reader = ChunkReader(workers, READ_TIMEOUT_S)
     in_flight: deque = deque()
     start = time.perf_counter()

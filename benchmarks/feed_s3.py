@@ -11,6 +11,7 @@ object store gives.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
@@ -26,6 +27,7 @@ def serve(store: str) -> tuple[object, str]:
     """(the running server, the store's s3:// URL on it); the environment names the server."""
     import s3fs
     from moto.server import ThreadedMotoServer
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
