@@ -15,7 +15,7 @@ import zarr
 from kmervae_core import KmerStream
 from kmervae_core.feed.epoch_plan import EpochPlan, default_partitions, make_split
 from kmervae_core.errors import StoreError
-from tests.conftest import ROOT, random_kmers, run, write_npy
+from tests.conftest import ROOT, child_env, random_kmers, run, write_npy
 
 ROWS, CHUNK, BATCH, PARTS = 1009, 37, 30, 6  # 1009 is prime: nothing divides it
 
@@ -304,3 +304,23 @@ def test_settings_that_cannot_work_fail_at_construction(store):
         stream(store, batch_size=36, world_size=4, rank=0)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         stream(store, batch_size=3000)
+
+
+DROPPED_STREAM = """
+import sys
+from kmervae_core import KmerStream
+def epoch():
+    stream = KmerStream(sys.argv[1], batch_size=48, workers=2)
+    return sum(len(x) for x, _ in stream)  # the stream goes, unclosed, with its reader threads
+print(epoch())
+"""
+
+
+@pytest.mark.slow
+def test_a_stream_dropped_without_close_lets_the_process_exit_cleanly(train_store):
+    """Its threads are joined when it goes: one still ending as the interpreter shut down
+    aborted the process ("terminate called without an active exception") 2 times in 3."""
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", DROPPED_STREAM, train_store[0]], cwd=ROOT, capture_output=True,
+                              text=True, env=child_env(), timeout=120)
+        assert proc.returncode == 0 and "terminate" not in proc.stderr, proc.stderr[-2000:]

@@ -279,7 +279,9 @@ class KmerStream:
         slab = box[0]
         if self._reader is None:
             self._reader = ChunkReader(self.workers, self.read_timeout)
-            weakref.finalize(self, self._reader.close, 0)  # a stream dropped without close() ends its threads too
+            # a stream dropped without close() ends and joins its threads too: one still ending while the
+            # interpreter shuts down aborts the process ("terminate called without an active exception")
+            weakref.finalize(self, self._reader.close)
         pending = deque(c for c in plan.order if c not in slab.ready)
         jobs: dict[int, tuple[Job, int]] = {}
 
