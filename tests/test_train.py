@@ -109,6 +109,34 @@ def test_killed_rank_restarts_and_ends_with_the_uninterrupted_weights_leaving_no
     assert [h["train_recon"] for h in history(out)] == [h["train_recon"] for h in history(tmp_path / "full")]
 
 
+def test_a_stop_after_the_last_step_of_an_epoch_resumes_to_the_uninterrupted_weights(train_store, tmp_path):
+    """A stop signal seen after an epoch's last step, before its validation, writes a checkpoint at
+    batch = the epoch's batch count; resuming it ends that epoch and trains on (it used to fail:
+    no batches left to plan)."""
+    from kmervae_core.config import TrainConfig
+    from kmervae_core.training.distributed import DistContext
+    from kmervae_core.training.trainer import Stopped, Trainer
+
+    def train(out: Path, stop_after_epoch_1: bool = False) -> None:
+        cfg = TrainConfig(data=train_store[0], out=str(out), batch_size=48, workers=0, hidden=[64, 32], latent=8,
+                          metrics_port=0, latent_sample=0, epochs=2, deterministic=True)
+        trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lambda line: None,
+                          stop=lambda: stop_after_epoch_1 and trainer.epoch == 0 and trainer.batch == trainer.batches)
+        try:
+            trainer.run()
+        finally:
+            trainer.finish()
+            trainer.close()
+
+    train(tmp_path / "straight")
+    with pytest.raises(Stopped, match=r"stopped at epoch 1, step (\d+) \(batch \1\) on a signal"):
+        train(tmp_path / "cut", stop_after_epoch_1=True)
+    train(tmp_path / "cut")
+    for name, w in final_weights(tmp_path / "straight").items():
+        assert torch.equal(w, final_weights(tmp_path / "cut")[name]), name
+    assert [h["val_loss"] for h in history(tmp_path / "cut")] == [h["val_loss"] for h in history(tmp_path / "straight")]
+
+
 def test_resume_auto_continues_a_finished_run_exactly(train_store, tmp_path):
     store, _ = train_store
     run("train", *train_args(store, tmp_path / "a", "--epochs", 3, *TINY), check=True)

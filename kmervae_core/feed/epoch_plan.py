@@ -215,7 +215,7 @@ class EpochPlan:
         partitions' parts of every batch from start_batch on, in the order a rank yields them."""
         k = np.arange(start_batch, self.batches)
         first = self.bounds[list(partitions)][None, :, None] + (self._first_sub_batch(k) * self.sub_batch)[:, None, None]
-        return (first + np.arange(self.sub_batch)).reshape(len(k), -1)
+        return (first + np.arange(self.sub_batch)).reshape(len(k), len(partitions) * self.sub_batch)
 
     def region(self, partition: int, k: int) -> tuple[int, int]:
         return partition, k % self.lanes
