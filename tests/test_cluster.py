@@ -69,11 +69,23 @@ def assert_stopped_with_a_checkpoint(output: str, out: Path, family: list[psutil
     return step
 
 
-def test_a_stop_signal_checkpoints_every_rank_at_one_step_and_the_next_start_continues_exactly(train_store, tmp_path):
+# The uninterrupted run the interrupted ones below must end like: 2 processes, 3 epochs
+ARGS = ("--epochs", 3, "--checkpoint-every", 1, *TINY)
+
+
+@pytest.fixture(scope="module")
+def full(train_store, tmp_path_factory) -> Path:
+    """The run folder of `torchrun` with ARGS on the train store, left alone."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "full"
+    proc = torchrun("train", *train_args(train_store[0], out, *ARGS))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_a_stop_signal_checkpoints_every_rank_at_one_step_and_the_next_start_continues_exactly(train_store, full,
+                                                                                               tmp_path):
     store, _ = train_store
-    args = ("--epochs", 3, "--checkpoint-every", 1, *TINY)
-    full = torchrun("train", *train_args(store, tmp_path / "full", *args))
-    assert full.returncode == 0, full.stderr[-3000:]
+    args = ARGS  # checkpoints at every step, also in the uninterrupted run: the epoch sums reduce alike
     out = tmp_path / "cut"
 
     # SIGTERM to torchrun, as `scancel` and a Kubernetes eviction send it: torchrun passes it on
@@ -94,10 +106,10 @@ def test_a_stop_signal_checkpoints_every_rank_at_one_step_and_the_next_start_con
 
     rest = torchrun("train", *train_args(store, out, *args))
     assert rest.returncode == 0, rest.stderr[-3000:]
-    w_full, w_cut = final_weights(tmp_path / "full"), final_weights(out)
+    w_full, w_cut = final_weights(full), final_weights(out)
     assert all(torch.equal(w_full[k], w_cut[k]) for k in w_full)
     assert history(out) == [{**h, "seconds": c["seconds"], "samples_per_s": c["samples_per_s"]}
-                            for h, c in zip(history(tmp_path / "full"), history(out), strict=True)]
+                            for h, c in zip(history(full), history(out), strict=True)]
 
 
 def test_one_process_stopped_by_sigterm_exits_143_after_its_checkpoint(train_store, tmp_path):
@@ -177,16 +189,15 @@ def sigterm_pending(process: psutil.Process) -> bool:
     return any(mask & (1 << (signal.SIGTERM - 1)) for mask in pending)
 
 
-def test_two_nodes_rendezvous_and_a_killed_workers_restart_ends_with_the_uninterrupted_weights(train_store, tmp_path):
+def test_two_nodes_rendezvous_and_a_killed_workers_restart_ends_with_the_uninterrupted_weights(train_store, full,
+                                                                                             tmp_path):
     """Two torchrun agents as two nodes (c10d rendezvous on loopback, one process each): node 1's
     worker is killed while node 0's is busy (frozen, as a rank waiting in a collective would be),
     so node 1's agent restarts for a failure and node 0's for the new rendezvous, and the two
     agents count different restarts; both start their worker once more, and the workers resume
     from the newest checkpoint and end with the weights of an uninterrupted run."""
     store, _ = train_store
-    args = ("--epochs", 3, "--checkpoint-every", 2, *TINY)
-    full = torchrun("train", *train_args(store, tmp_path / "full", *args))
-    assert full.returncode == 0, full.stderr[-3000:]
+    args = ("--epochs", 3, "--checkpoint-every", 2, *TINY)  # the weights do not depend on checkpoints
     out, port = tmp_path / "nodes", free_port()
     logs = [tmp_path / f"node{n}.log" for n in range(2)]
     nodes = [subprocess.Popen(
@@ -232,5 +243,5 @@ def test_two_nodes_rendezvous_and_a_killed_workers_restart_ends_with_the_uninter
     assert error is None and codes == [0, 0], f"{error!r}\n{outputs}"
     assert [len(seen) for seen in workers] == [2, 2], outputs
     assert "resuming from" in outputs
-    w_full, w_nodes = final_weights(tmp_path / "full"), final_weights(out)
+    w_full, w_nodes = final_weights(full), final_weights(out)
     assert all(torch.equal(w_full[k], w_nodes[k]) for k in w_full)
