@@ -51,6 +51,14 @@ CHUNK_ROWS = 256  # about one genome's fragments a chunk in file order
 # name: (input store, extra flags of `python -m train` over the shared ones)
 VARIANTS = {"reference": ("global", []),
             "per-k-input": ("per_k", []),
+            # the 6-mers left out (issue 22's table: on short contigs they are mostly sampling noise)
+            "no-6mers": ("global", ["--kmers", "5,4,3,2,1"]),
+            "per-k-no-6mers": ("per_k", ["--kmers", "5,4,3,2,1"]),
+            "per-k-4-to-1mers": ("per_k", ["--kmers", "4,3,2,1"]),
+            "per-k-6mer-weight-0.1": ("per_k", ["--kmer-weights", "0.1,1,1,1,1,1"]),
+            "per-k-4-to-1mers-latent-32": ("per_k", ["--kmers", "4,3,2,1", "--latent", "32"]),
+            "per-k-4-to-1mers-beta-0.03": ("per_k", ["--kmers", "4,3,2,1", "--beta", "0.03"]),
+            "per-k-4-to-1mers-small": ("per_k", ["--kmers", "4,3,2,1", "--hidden", "256,128", "--latent", "32"]),
             "6mer-weight-0.25": ("global", ["--kmer-weights", "0.25,1,1,1,1,1"]),
             "per-scale": ("global", ["--latent-blocks", "128,64,64"]),
             "latent-512": ("global", ["--latent", "512"]),

@@ -17,5 +17,10 @@ bench --variants reference | tee "$OUT/1_reference.txt"
 bench --no-baselines --variants per-k-input 6mer-weight-0.25 per-scale | tee "$OUT/2_inputs.txt"
 # 3. point 6: the same rows shuffled before ingest (against file order in 1)
 bench --order shuffled --variants reference | tee "$OUT/3_shuffled.txt"
-# 4. the seed's own list
-bench --no-baselines --variants latent-512 wide beta-0.03 cyclical-beta mog-16 vamp-16 | tee "$OUT/4_seed_list.txt"
+# 4. the input without the noisy 6-mers (docs/experiments.md, "Trained quick runs")
+bench --no-baselines --variants no-6mers per-k-no-6mers per-k-4-to-1mers per-k-6mer-weight-0.1 | tee "$OUT/4_no_6mers.txt"
+# 5. around the best of 4
+bench --no-baselines --variants per-k-4-to-1mers-latent-32 per-k-4-to-1mers-beta-0.03 per-k-4-to-1mers-small \
+  | tee "$OUT/5_4_to_1mers.txt"
+# 6. the seed's own list
+bench --no-baselines --variants latent-512 wide beta-0.03 cyclical-beta mog-16 vamp-16 | tee "$OUT/6_seed_list.txt"
