@@ -69,6 +69,34 @@ def run(module: str, *args: str, check: bool = False, env: dict | None = None, *
     return proc
 
 
+def train_config(cfg, stop=lambda trainer: False) -> list[str]:
+    """Train TrainConfig `cfg` in this process, one CPU rank, as `python -m train` would: the
+    lines the run said. `stop(trainer)` is the signal handler's flag, asked at every step.
+    Torch's deterministic mode is left as it was found."""
+    import torch
+    from kmervae_core.training.distributed import DistContext
+    from kmervae_core.training.trainer import Trainer
+    deterministic, said = torch.are_deterministic_algorithms_enabled(), []
+    trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=said.append, stop=lambda: stop(trainer))
+    try:
+        trainer.run()
+    finally:
+        trainer.finish()
+        trainer.close()
+        torch.use_deterministic_algorithms(deterministic)
+    return said
+
+
+def train_here(*args) -> str:
+    """`python -m train args` run in this process: what it printed. For fixtures that need a
+    finished run, not the command's own behaviour (exit status, signals, stderr): each process
+    saved is ~5 CPU-seconds of imports (torch, torch._dynamo), the largest cost of the suite."""
+    from kmervae_core.config import load_config
+    from train.__main__ import parse_args
+    flags = vars(parse_args([str(a) for a in args]))
+    return "\n".join(train_config(load_config(flags.pop("config"), flags)))
+
+
 def store_attrs(path: Path) -> dict:
     return json.loads((path / "zarr.json").read_text())["attributes"]["kmervae"]
 

@@ -17,7 +17,7 @@ from kmervae_core.config import TrainConfig
 from kmervae_core.training.distributed import DistContext
 from kmervae_core.feed.rank_feed import Feed
 from kmervae_core.store.kmers import selected_groups
-from tests.conftest import run
+from tests.conftest import run, train_here
 
 GiB = 2**30
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
@@ -197,8 +197,7 @@ def tier_runs(train_store, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     out = tmp_path_factory.mktemp("tiers")
     common = ["--data", store, "--batch-size", "48", "--workers", "1", "--deterministic", "--metrics-port", "0",
               "--epochs", "3", "--hidden", "64,32", "--latent", "8"]
-    return out, {tier: run("train", *common, "--out", out / tier, "--cache", tier, check=True).stdout
-                 for tier in ("none", "host")}
+    return out, {tier: train_here(*common, "--out", out / tier, "--cache", tier) for tier in ("none", "host")}
 
 
 @pytest.mark.slow
@@ -225,8 +224,8 @@ def test_cached_and_streamed_runs_train_identically(tier_runs):
 @pytest.mark.slow
 def test_a_cache_that_does_not_fit_falls_back_to_streaming_with_one_line(train_store, tmp_path):
     store, _ = train_store
-    proc = run("train", "--data", store, "--out", tmp_path, "--batch-size", "48", "--workers", "0", "--epochs", "2",
-               "--metrics-port", "0", "--hidden", "64,32", "--latent", "8", "--cache-fraction", "1e-9", check=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("cache:")]
-    assert len(lines) == 1 and lines[0].startswith("cache: none") and "does not fit" in lines[0], proc.stdout
-    assert "Epoch 2/2" in proc.stdout
+    said = train_here("--data", store, "--out", tmp_path, "--batch-size", "48", "--workers", "0", "--epochs", "2",
+                      "--metrics-port", "0", "--hidden", "64,32", "--latent", "8", "--cache-fraction", "1e-9")
+    lines = [line for line in said.splitlines() if line.startswith("cache:")]
+    assert len(lines) == 1 and lines[0].startswith("cache: none") and "does not fit" in lines[0], said
+    assert "Epoch 2/2" in said

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from kmervae_core.training.checkpoint import NAME, list_checkpoints
-from tests.conftest import ROOT, child_env, run
+from tests.conftest import ROOT, child_env, run, train_here
 from tests.test_train import TINY, final_weights, history, torchrun, train_args
 
 pytestmark = pytest.mark.slow
@@ -131,7 +131,7 @@ def test_a_run_stopped_on_two_processes_resumes_on_one_and_trains_every_row_once
     batches: the interrupted epoch's rows and losses are those of an uninterrupted run."""
     store, _ = train_store
     args = ("--epochs", 2, "--checkpoint-every", 1, *TINY)
-    run("train", *train_args(store, tmp_path / "one", *args), check=True)
+    train_here(*train_args(store, tmp_path / "one", *args))
     out = tmp_path / "cut"
     agent = torchrun("train", *train_args(store, out, *args), popen=True)
     output, family = stop_midway(agent, out, lambda agent, ranks: agent.send_signal(signal.SIGTERM))
@@ -142,8 +142,8 @@ def test_a_run_stopped_on_two_processes_resumes_on_one_and_trains_every_row_once
     assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1
     assert "partitions 48 in the checkpoint, 24 now: a resumed run keeps its batches" in changed.stderr
 
-    rest = run("train", *train_args(store, out, *args), check=True)
-    assert f"step {step} (written by 2 process(es), now 1; 48 partitions)" in rest.stdout
+    rest = train_here(*train_args(store, out, *args))
+    assert f"step {step} (written by 2 process(es), now 1; 48 partitions)" in rest
     for a, b in zip(history(tmp_path / "one"), history(out), strict=True):
         assert a["train_rows"] == b["train_rows"]
         for key in ("train_recon", "train_kl", "val_loss"):
@@ -152,7 +152,7 @@ def test_a_run_stopped_on_two_processes_resumes_on_one_and_trains_every_row_once
 
 def test_a_checkpoint_whose_plan_does_not_fit_the_new_world_size_is_refused_in_one_line(train_store, tmp_path):
     store, _ = train_store
-    run("train", *train_args(store, tmp_path, "--epochs", 1, "--partitions", 3, *TINY), check=True)
+    train_here(*train_args(store, tmp_path, "--epochs", 1, "--partitions", 3, *TINY))
     before = {p: p.stat().st_mtime_ns for p in list_checkpoints(tmp_path)}
     proc = torchrun("train", *train_args(store, tmp_path, "--epochs", 2, *TINY))
     assert proc.returncode != 0

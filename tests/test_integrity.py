@@ -16,7 +16,7 @@ import zarr
 from kmervae_core.errors import StoreError
 from kmervae_core.store.contract import open_store
 from kmervae_core.feed.stream import KmerStream
-from tests.conftest import random_kmers, run, store_attrs
+from tests.conftest import random_kmers, run, store_attrs, train_here
 
 CHUNK_ROWS = 40
 TINY = ["--hidden", "64,32", "--latent", "8", "--batch-size", "48", "--metrics-port", "0"]
@@ -34,7 +34,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def encoder(store, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("enc")
-    run("train", "--data", store, "--out", out, "--epochs", 1, "--workers", 0, *TINY, check=True)
+    train_here("--data", store, "--out", out, "--epochs", 1, "--workers", 0, *TINY)
     return out / "vae_multi_encoder_final.pt"
 
 

@@ -12,7 +12,7 @@ import zarr
 from kmervae_core.evaluation.embedding import knn_cv_accuracy, sample_rows
 from kmervae_core.model.vae import Encoder
 from kmervae_core.store.synth import write_sample
-from tests.conftest import run
+from tests.conftest import run, train_here
 
 GENOMES, ROWS, CHUNK = 16, 800, 50
 
@@ -28,10 +28,9 @@ def grouped_run(tmp_path_factory):
     np.save(d / "labels.npy", labels[order])
     store, out = d / "kmers.zarr", d / "run"
     run("ingest", d / "all_kmers.npy", store, "--chunk-rows", CHUNK, "--labels", d / "labels.npy", "--quiet", check=True)
-    proc = run("train", "--data", store, "--out", out, "--epochs", 2, "--batch-size", 48, "--workers", 0,
-               "--metrics-port", 0, "--hidden", "64,32", "--latent", 8, "--lr", "1e-3", "--latent-sample", 600,
-               "--deterministic", check=True)
-    return store, out, proc.stdout
+    return store, out, train_here("--data", store, "--out", out, "--epochs", 2, "--batch-size", 48, "--workers", 0,
+                                  "--metrics-port", 0, "--hidden", "64,32", "--latent", 8, "--lr", "1e-3",
+                                  "--latent-sample", 600, "--deterministic")
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import sys
 import psutil
 import pytest
 
-from tests.conftest import ROOT, child_env, run
+from tests.conftest import ROOT, child_env, run, train_here
 from tests.test_integrity import damage, training_chunk
 from tests.test_train import TINY, torchrun, train_args
 
@@ -70,7 +70,7 @@ def test_an_odd_world_size_is_refused_once_with_batch_sizes_that_work(train_stor
 
 
 def test_encode_under_torchrun_refuses_an_existing_out_on_every_rank_and_leaves_it_alone(train_store, tmp_path):
-    run("train", *train_args(train_store[0], tmp_path / "run", "--epochs", 1, *TINY), check=True)
+    train_here(*train_args(train_store[0], tmp_path / "run", "--epochs", 1, *TINY))
     out = tmp_path / "latents.zarr"
     out.mkdir()
     (out / "mine.txt").write_text("the user's")
@@ -143,8 +143,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint_and_one_line(trai
     assert len(stops) == 1 and not any(noise in output for noise in (*NOISE, "KeyboardInterrupt")), output[-3000:]
     written = stops[0].split("after writing ")[1].split(";")[0]
     assert os.path.isfile(written) and not left, left
-    resumed = run("train", *train_args(train_store[0], out, "--epochs", 3, *TINY), check=True)
-    assert f"resuming from {written}" in resumed.stdout
+    assert f"resuming from {written}" in train_here(*train_args(train_store[0], out, "--epochs", 3, *TINY))
 
 
 def test_a_first_ctrl_c_asks_for_a_stop_and_leaves_the_second_to_end_the_process_at_once():

@@ -14,9 +14,7 @@ import torch
 from kmervae_core.config import TrainConfig
 from kmervae_core.errors import KmervaeError
 from kmervae_core.training.checkpoint import list_checkpoints, read_checkpoint
-from kmervae_core.training.distributed import DistContext
-from kmervae_core.training.trainer import Trainer
-from tests.conftest import run
+from tests.conftest import run, train_config
 from tests.test_train import TINY, final_weights, history, train_args
 
 pytestmark = pytest.mark.slow
@@ -25,18 +23,10 @@ SETTINGS = dict(batch_size=48, workers=0, metrics_port=0, hidden=[64, 32], laten
 
 
 def train(store: str, out: Path, **change) -> list[str]:
-    """Train in this process (one torch import for the whole module) as `python -m train` would
-    with SETTINGS and `change`: what the run said."""
+    """Train in this process as `python -m train` would with SETTINGS and `change`: what the run said."""
     cfg = TrainConfig(data=store, out=str(out), **{**SETTINGS, **change})
     cfg.validate()
-    said: list[str] = []
-    trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=said.append)
-    try:
-        trainer.run()
-        trainer.finish()
-    finally:
-        trainer.close()
-    return said
+    return train_config(cfg)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 import zarr
 
 from kmervae_core.model.vae import VAE, Encoder
-from tests.conftest import ROOT, child_env, run
+from tests.conftest import ROOT, child_env, run, train_config, train_here
 
 pytestmark = pytest.mark.slow
 TINY = ["--hidden", "64,32", "--latent", "8"]
@@ -51,10 +51,10 @@ def history(out: Path) -> list[dict]:
 
 def test_two_processes_train_like_one(train_store, tmp_path):
     store, _ = train_store
-    one = run("train", *train_args(store, tmp_path / "one", "--epochs", 2, *TINY), check=True)
+    one = train_here(*train_args(store, tmp_path / "one", "--epochs", 2, *TINY))
     two = torchrun("train", *train_args(store, tmp_path / "two", "--epochs", 2, *TINY))
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "Epoch 2/2: Recon:" in one.stdout and "Epoch 2/2: Recon:" in two.stdout
+    assert "Epoch 2/2: Recon:" in one and "Epoch 2/2: Recon:" in two.stdout
     for a, b in zip(history(tmp_path / "one"), history(tmp_path / "two"), strict=True):
         for key in ("train_recon", "train_kl", "val_loss", "val_mse_6mer", "val_mse_1mer"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
@@ -114,19 +114,12 @@ def test_a_stop_after_the_last_step_of_an_epoch_resumes_to_the_uninterrupted_wei
     batch = the epoch's batch count; resuming it ends that epoch and trains on (it used to fail:
     no batches left to plan)."""
     from kmervae_core.config import TrainConfig
-    from kmervae_core.training.distributed import DistContext
-    from kmervae_core.training.trainer import Stopped, Trainer
+    from kmervae_core.training.trainer import Stopped
 
     def train(out: Path, stop_after_epoch_1: bool = False) -> None:
         cfg = TrainConfig(data=train_store[0], out=str(out), batch_size=48, workers=0, hidden=[64, 32], latent=8,
                           metrics_port=0, latent_sample=0, epochs=2, deterministic=True)
-        trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lambda line: None,
-                          stop=lambda: stop_after_epoch_1 and trainer.epoch == 0 and trainer.batch == trainer.batches)
-        try:
-            trainer.run()
-        finally:
-            trainer.finish()
-            trainer.close()
+        train_config(cfg, stop=lambda t: stop_after_epoch_1 and t.epoch == 0 and t.batch == t.batches)
 
     train(tmp_path / "straight")
     with pytest.raises(Stopped, match=r"stopped at epoch 1, step (\d+) \(batch \1\) on a signal"):
@@ -139,8 +132,8 @@ def test_a_stop_after_the_last_step_of_an_epoch_resumes_to_the_uninterrupted_wei
 
 def test_resume_auto_continues_a_finished_run_exactly(train_store, tmp_path):
     store, _ = train_store
-    run("train", *train_args(store, tmp_path / "a", "--epochs", 3, *TINY), check=True)
-    run("train", *train_args(store, tmp_path / "b", "--epochs", 2, *TINY), check=True)
+    train_here(*train_args(store, tmp_path / "a", "--epochs", 3, *TINY))
+    train_here(*train_args(store, tmp_path / "b", "--epochs", 2, *TINY))
     more = run("train", *train_args(store, tmp_path / "b", "--epochs", 3, *TINY), check=True)
     assert "resuming from" in more.stdout and "Epoch 3/3" in more.stdout and "Epoch 2/3" not in more.stdout
     a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
@@ -150,7 +143,7 @@ def test_resume_auto_continues_a_finished_run_exactly(train_store, tmp_path):
 
 def test_checkpoints_and_exports_load_with_weights_only(train_store, tmp_path):
     store, _ = train_store
-    run("train", *train_args(store, tmp_path, "--epochs", 1, "--checkpoint-every", 5, *TINY), check=True)
+    train_here(*train_args(store, tmp_path, "--epochs", 1, "--checkpoint-every", 5, *TINY))
     names = {p.name for p in tmp_path.glob("vae_multi*.pt")}
     assert names == {f"vae_multi{part}_{tag}.pt" for part in ("", "_encoder", "_decoder") for tag in ("best", "final")}
     vae = VAE(hidden=(64, 32), latent=8)
@@ -226,7 +219,7 @@ def test_a_setting_out_of_range_is_refused_before_the_store_is_read(tmp_path):
 
 def test_encode_writes_every_row_once_in_store_order(train_store, tmp_path):
     store, _ = train_store
-    run("train", *train_args(store, tmp_path / "run", "--epochs", 1, *TINY), check=True)
+    train_here(*train_args(store, tmp_path / "run", "--epochs", 1, *TINY))
     enc_path = tmp_path / "run" / "vae_multi_encoder_best.pt"
     # one thread, as torchrun's ranks have: a matrix product's last bits depend on the thread count
     run("train.encode", "--checkpoint", enc_path, "--data", store, "--out", tmp_path / "one.zarr", "--log-var",
@@ -248,7 +241,7 @@ def test_encode_writes_every_row_once_in_store_order(train_store, tmp_path):
 def encoded(train_store, tmp_path_factory) -> Path:
     """A one-epoch run and its latents (RUN/latents.zarr): the folder."""
     out = tmp_path_factory.mktemp("encoded") / "run"
-    run("train", *train_args(train_store[0], out, "--epochs", 1, *TINY), check=True)
+    train_here(*train_args(train_store[0], out, "--epochs", 1, *TINY))
     run("train.encode", "--checkpoint", out / "vae_multi_encoder_best.pt", "--data", train_store[0],
         "--out", out / "latents.zarr", check=True)
     return out
@@ -304,8 +297,7 @@ def test_rerunning_a_finished_run_says_it_is_already_finished(train_store, encod
 def knn_run(train_store, tmp_path_factory) -> tuple[Path, str]:
     """A 3-epoch run that keeps the epoch of the best kNN accuracy: (its folder, its output)."""
     out = tmp_path_factory.mktemp("knn") / "run"
-    proc = run("train", *train_args(train_store[0], out, "--epochs", 3, "--select-by", "knn", *TINY), check=True)
-    return out, proc.stdout
+    return out, train_here(*train_args(train_store[0], out, "--epochs", 3, "--select-by", "knn", *TINY))
 
 
 def test_select_by_knn_keeps_the_epoch_with_the_best_knn(train_store, knn_run):
@@ -366,9 +358,8 @@ def test_a_report_of_a_folder_without_history_is_one_line_and_exit_2(tmp_path):
 def test_training_on_some_kmer_groups_reports_and_encodes_those(train_store, tmp_path):
     store, _ = train_store
     out = tmp_path / "run"
-    proc = run("train", *train_args(store, out, "--epochs", 1, "--kmers", "5,4,3,2,1",
-                                    "--kmer-weights", "2,1,1,1,1", *TINY), check=True)
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("Epoch 1/1"))
+    said = train_here(*train_args(store, out, "--epochs", 1, "--kmers", "5,4,3,2,1", "--kmer-weights", "2,1,1,1,1", *TINY))
+    line = next(l for l in said.splitlines() if l.startswith("Epoch 1/1"))
     assert "6mer" not in line and "5mer=" in line and "1mer=" in line
     assert "val_mse_6mer" not in history(out)[0] and "val_mse_5mer" in history(out)[0]
     enc_path = out / "vae_multi_encoder_final.pt"

@@ -10,7 +10,7 @@ import torch
 import zarr
 
 from kmervae_core.model.vae import encoder_from_state
-from tests.conftest import run
+from tests.conftest import run, train_here
 from tests.test_train import TINY, final_weights, history, torchrun, train_args
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def one_and_two(train_store, tmp_path_factory, request) -> tuple[list[str], Path
     store, _ = train_store
     d = tmp_path_factory.mktemp("variant")
     args = ("--epochs", 2, "--latent-sample", 0, *TINY, *request.param)
-    run("train", *train_args(store, d / "one", *args), check=True)
+    train_here(*train_args(store, d / "one", *args))
     two = torchrun("train", *train_args(store, d / "two", *args))
     assert two.returncode == 0, two.stderr[-3000:]
     return request.param, d
@@ -66,9 +66,9 @@ def resumed(train_store, tmp_path_factory) -> tuple[Path, str]:
     then 1 more (`b`): the folder and what the resumed run said."""
     store, _ = train_store
     d = tmp_path_factory.mktemp("resumed")
-    run("train", *train_args(store, d / "a", "--epochs", 3, *VARIANT), check=True)
-    run("train", *train_args(store, d / "b", "--epochs", 2, *VARIANT), check=True)
-    return d, run("train", *train_args(store, d / "b", "--epochs", 3, *VARIANT), check=True).stdout
+    train_here(*train_args(store, d / "a", "--epochs", 3, *VARIANT))
+    train_here(*train_args(store, d / "b", "--epochs", 2, *VARIANT))
+    return d, train_here(*train_args(store, d / "b", "--epochs", 3, *VARIANT))
 
 
 def test_a_learned_prior_with_per_scale_latents_resumes_exactly(resumed):
@@ -119,6 +119,6 @@ def test_settings_that_cannot_work_are_one_line(train_store, tmp_path, args, mes
 
 def test_resuming_a_flat_run_with_latent_blocks_is_one_line(train_store, tmp_path):
     store, _ = train_store
-    run("train", *train_args(store, tmp_path / "flat", "--epochs", 1, *TINY), check=True)
+    train_here(*train_args(store, tmp_path / "flat", "--epochs", 1, *TINY))
     one_line_refusal(run("train", *train_args(store, tmp_path / "flat", "--epochs", 2, *TINY, *BLOCKS)),
                      "latent_blocks none in the checkpoint, 4,2,2 now: a resumed run keeps its model")

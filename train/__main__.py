@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -119,21 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         if refusal := batch_refusal(cfg.batch_size, ctx.world_size):
             raise KmervaeError(refusal)
         trainer = Trainer(cfg, ctx, log, stop=stop.is_set)
-        cfg = trainer.cfg  # with the epoch plan's partitions settled
-        if ctx.is_main:
-            trainer.run_dir.mkdir(parents=True, exist_ok=True)
-            (trainer.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-            log(f"config ({ctx.world_size} process(es) on {ctx.device.type}, {trainer.batches} batches/epoch): "
-                + json.dumps(cfg.to_dict()))
-            log(trainer.runner.mode_line)
-            log(trainer.feed.message)
-            if trainer.recorder.metrics_url:
-                log(f"metrics: {trainer.recorder.metrics_url} (Prometheus scrape target; see deploy/README.md)")
         summary = trainer.run()
         trainer.finish()
         best = summary["best"]
         log(f"done: {summary['epochs']} epochs, {summary['steps']} steps; best {best['by']} "
-            f"{best['value']:.4g} at epoch {best['epoch'] + 1}; exports in {cfg.out}")
+            f"{best['value']:.4g} at epoch {best['epoch'] + 1}; exports in {trainer.cfg.out}")
         clean = True
         return 0
     except Stopped as e:

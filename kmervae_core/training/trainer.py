@@ -12,6 +12,7 @@ The Trainer itself keeps the position in the epoch plan (epoch, batch) and says 
 checkpoint holds (`state_dict`)."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -86,6 +87,7 @@ class Trainer:
 
     def run(self) -> dict:
         cfg, runner = self.cfg, self.runner
+        self.announce()
         self.resume()
         while self.epoch < cfg.epochs:
             beta = beta_at(cfg, self.epoch)
@@ -125,6 +127,21 @@ class Trainer:
         if best:
             self.checkpointer.export(self.model, "best")
         self.recorder.end_epoch(self.epoch, beta, self.tracker.lr, train, val, latent, best)
+
+    def announce(self) -> None:
+        """Rank 0 records the settings in force (RUN/config.json, read by the report) and says
+        how the run will go: settings, step mode, data tier, metrics address."""
+        if not self.ctx.is_main:
+            return
+        cfg = self.cfg.to_dict()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=1))
+        self.log(f"config ({self.ctx.world_size} process(es) on {self.ctx.device.type}, {self.batches} "
+                 "batches/epoch): " + json.dumps(cfg))
+        self.log(self.runner.mode_line)
+        self.log(self.feed.message)
+        if self.recorder.metrics_url:
+            self.log(f"metrics: {self.recorder.metrics_url} (Prometheus scrape target; see deploy/README.md)")
 
     # ---- checkpoints ----
 
