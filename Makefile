@@ -10,7 +10,8 @@ DEMO_EPOCHS ?= 15
 RUN ?= runs/demo
 # Test workers (pytest-xdist, one test module each): run serially the suite leaves a third of two
 # cores idle while its tests wait on the processes they start. On an idle 2-core machine
-# (2026-12-03): 3 workers 7 min 36 s, 2 workers 7 min 49 s, serial 10.5-13 min.
+# (2026-12-03): 3 workers 7 min 36 s, 2 workers 7 min 49 s, serial 10.5-13 min; 6 min 57 s on 3
+# workers once the tests that only need a finished run trained it in their own process.
 TEST_WORKERS ?= 3
 
 .PHONY: setup demo test test-fast bench gpu-wheels clean
