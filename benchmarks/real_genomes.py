@@ -59,6 +59,17 @@ VARIANTS = {"reference": ("global", []),
             "per-k-4-to-1mers-latent-32": ("per_k", ["--kmers", "4,3,2,1", "--latent", "32"]),
             "per-k-4-to-1mers-beta-0.03": ("per_k", ["--kmers", "4,3,2,1", "--beta", "0.03"]),
             "per-k-4-to-1mers-small": ("per_k", ["--kmers", "4,3,2,1", "--hidden", "256,128", "--latent", "32"]),
+            # around the best of those: slower learning (30 epochs scored lower), smaller still, 5-mers weighted in
+            "per-k-4-to-1mers-small-lr-3e-4": ("per_k", ["--kmers", "4,3,2,1", "--hidden", "256,128", "--latent", "32",
+                                                         "--lr", "3e-4"]),
+            "per-k-4-to-1mers-tiny": ("per_k", ["--kmers", "4,3,2,1", "--hidden", "128,64", "--latent", "16"]),
+            "per-k-5mer-weight-0.3-small": ("per_k", ["--kmers", "5,4,3,2,1", "--kmer-weights", "0.3,1,1,1,1",
+                                                      "--hidden", "256,128", "--latent", "32"]),
+            # around tiny, the best of those
+            "per-k-4-to-1mers-micro": ("per_k", ["--kmers", "4,3,2,1", "--hidden", "64,32", "--latent", "16"]),
+            "per-k-4-to-1mers-tiny-latent-8": ("per_k", ["--kmers", "4,3,2,1", "--hidden", "128,64", "--latent", "8"]),
+            # shipped as configs/per-k-tiny.toml (5..1-mers, 5-mers weighted 0.3, hidden 128,64, latent 16)
+            "per-k-5mer-weight-0.3-tiny": ("per_k", ["--config", str(ROOT / "configs" / "per-k-tiny.toml")]),
             "6mer-weight-0.25": ("global", ["--kmer-weights", "0.25,1,1,1,1,1"]),
             "per-scale": ("global", ["--latent-blocks", "128,64,64"]),
             "latent-512": ("global", ["--latent", "512"]),

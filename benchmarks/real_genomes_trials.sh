@@ -22,5 +22,14 @@ bench --no-baselines --variants no-6mers per-k-no-6mers per-k-4-to-1mers per-k-6
 # 5. around the best of 4
 bench --no-baselines --variants per-k-4-to-1mers-latent-32 per-k-4-to-1mers-beta-0.03 per-k-4-to-1mers-small \
   | tee "$OUT/5_4_to_1mers.txt"
+# 5b. around the best of 5 (a later `--lr` in a variant's flags wins over the shared one)
+bench --no-baselines --variants per-k-4-to-1mers-small-lr-3e-4 per-k-4-to-1mers-tiny per-k-5mer-weight-0.3-small \
+  | tee "$OUT/5b_around_small.txt"
+# 5c. around tiny, the best of 5b (per-k-5mer-weight-0.3-tiny is configs/per-k-tiny.toml)
+bench --no-baselines --variants per-k-4-to-1mers-micro per-k-4-to-1mers-tiny-latent-8 per-k-5mer-weight-0.3-tiny \
+  | tee "$OUT/5c_around_tiny.txt"
+# 5d. the best of 5 to 5c on a second draw of the fragments, baselines too
+bench --data-seed 43 --variants per-k-4-to-1mers-small per-k-4-to-1mers-tiny per-k-4-to-1mers-tiny-latent-8 \
+  per-k-5mer-weight-0.3-tiny | tee "$OUT/5d_data_seed_43.txt"
 # 6. the seed's own list
 bench --no-baselines --variants latent-512 wide beta-0.03 cyclical-beta mog-16 vamp-16 | tee "$OUT/6_seed_list.txt"

@@ -9,7 +9,7 @@ import resource
 import sys
 
 from kmervae_core.cli_help import DefaultsHelp
-from kmervae_core.store.clr import ClrSpec
+from kmervae_core.store.clr import SCOPE_FLAGS, ClrSpec
 from kmervae_core.store.convert import CODEC_LEVELS, DEFAULT_CHUNK_ROWS, IngestPlan, find_bad_rows, ingest
 from kmervae_core.errors import KmervaeError
 from kmervae_core.limits import usable_cpus
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verify", metavar="STORE", default=None,
                    help="instead of ingesting: read every chunk of STORE, check its checksums and row count, "
                         "print a summary; run it after copying a store")
-    p.add_argument("--clr", choices=("global", "per-k"), default="global",
+    p.add_argument("--clr", choices=SCOPE_FLAGS, default="global",
                    help="CLR over all 2,772 columns (the reference, pseudocount 1e-6) or per k group (0.5/|group|)")
     p.add_argument("--pseudocount", type=float, default=None, help="override the scope's pseudocount")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per Zarr chunk and per task")

@@ -13,6 +13,7 @@ from typing import Any
 from .evaluation.embedding import LATENT_SAMPLE_CHUNKS
 from .feed.epoch_plan import SPLIT_MODES
 from .errors import KmervaeError
+from .store.clr import SCOPE_FLAGS
 
 BETA_SCHEDULES = ("warmup", "cyclical")
 SELECT_BY = ("val_loss", "spearman", "knn")  # what the best checkpoint tracks
@@ -50,6 +51,8 @@ def setting(role: str, default: Any, help: str, choices: tuple[str, ...] | None 
 @dataclass
 class TrainConfig:
     data: str = setting(RUN, "Data/kmers.zarr", "the kmervae store")
+    store_clr: str = setting(RUN, "any", "the CLR the store must hold (`ingest --clr`): a config tuned on one "
+                             "refuses a store of the other; any: either", ("any",) + SCOPE_FLAGS)
     out: str = setting(RUN, "runs/kmervae", "run folder: checkpoints, history, exports")
     epochs: int = setting(RECIPE, 100, "training epochs")
     batch_size: int = setting(PLAN, 1024, "global batch, over all ranks")

@@ -93,7 +93,7 @@ ROLES = {
     "model": "hidden latent kmers prior latent_blocks block_kmers",
     "recipe": "epochs lr beta beta_schedule beta_warmup_epochs beta_cycle_epochs plateau_factor plateau_patience min_lr "
               "precision latent_sample latent_pairs select_by kmer_weights",
-    "run": "data out workers resume checkpoint_every keep_checkpoints deterministic compile cuda_graphs cache "
+    "run": "data store_clr out workers resume checkpoint_every keep_checkpoints deterministic compile cuda_graphs cache "
            "cache_fraction metrics_port metrics_addr pushgateway log_every",
 }
 
@@ -105,7 +105,7 @@ def test_every_setting_declares_its_role_on_resume():
 
 @pytest.mark.parametrize("change", [dict(workers=0), dict(out="elsewhere"), dict(data="moved.zarr"),
                                     dict(cache="none"), dict(deterministic=True), dict(checkpoint_every=7),
-                                    dict(metrics_port=0), dict(cuda_graphs="off")], ids=lambda c: next(iter(c)))
+                                    dict(metrics_port=0), dict(cuda_graphs="off"), dict(store_clr="per-k")], ids=lambda c: next(iter(c)))
 def test_the_config_hash_ignores_how_the_run_is_carried_out(change):
     assert TrainConfig(**change).digest() == TrainConfig().digest()
 
@@ -151,7 +151,7 @@ def some_flags() -> dict:
 
 
 # every flag of `python -m train --help`, as a user types it (a boolean has its --no- form)
-FLAGS = """--config --data --out --epochs --batch-size --lr --seed --hidden --latent --beta --beta-schedule
+FLAGS = """--config --data --store-clr --out --epochs --batch-size --lr --seed --hidden --latent --beta --beta-schedule
     --beta-warmup-epochs --beta-cycle-epochs --plateau-factor --plateau-patience --min-lr --val-fraction --val-split
     --workers --window-chunks --lanes --partitions --resume --checkpoint-every --keep-checkpoints --deterministic
     --no-deterministic --precision --compile --no-compile --cuda-graphs --cache --cache-fraction --metrics-port

@@ -13,6 +13,7 @@ import numpy as np
 from .kmers import KMER_GROUPS, N_FEATURES
 
 SCOPES = ("global", "per_k")
+SCOPE_FLAGS = tuple(s.replace("_", "-") for s in SCOPES)  # as `ingest --clr` and `train --store-clr` spell them
 GLOBAL_PSEUDOCOUNT = 1e-6
 
 
