@@ -217,6 +217,15 @@ def test_a_setting_out_of_range_is_refused_before_the_store_is_read(tmp_path):
     assert proc.returncode == 2 and "epochs must be at least 1" in proc.stderr
 
 
+def test_a_run_without_validation_rows_says_so_and_names_the_training_loss_as_its_best(train_store, tmp_path):
+    proc = run("train", *train_args(train_store[0], tmp_path / "run", "--epochs", 1, "--val-fraction", 0, *TINY),
+               check=True)
+    assert ("validation: none (--val-fraction 0); vae_multi_best.pt tracks the training loss and the latent "
+            "metrics are off") in proc.stdout
+    done = proc.stdout.split("done:")[1]
+    assert "best training loss" in done and "val_loss" not in done
+
+
 def test_encode_writes_every_row_once_in_store_order(train_store, tmp_path):
     store, _ = train_store
     train_here(*train_args(store, tmp_path / "run", "--epochs", 1, *TINY))

@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = trainer.run()
         trainer.finish()
         best = summary["best"]
-        log(f"done: {summary['epochs']} epochs, {summary['steps']} steps; best {best['by']} "
+        by = best["by"] if summary["validated"] else "training loss"  # the tracker's val_loss falls back to it
+        log(f"done: {summary['epochs']} epochs, {summary['steps']} steps; best {by} "
             f"{best['value']:.4g} at epoch {best['epoch'] + 1}; exports in {trainer.cfg.out}")
         clean = True
         return 0

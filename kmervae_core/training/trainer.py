@@ -113,7 +113,8 @@ class Trainer:
             runner.epoch_sums.zero_()
             self.save()
         self.checkpointer.export(self.model, "final")
-        return {"epochs": self.epoch, "steps": runner.step, "best": self.tracker.best}
+        return {"epochs": self.epoch, "steps": runner.step, "best": self.tracker.best,
+                "validated": self.validator.val_rows > 0}
 
     def end_epoch(self, beta: float) -> None:
         """Validate, choose the best epoch (exported), step the schedule, record."""
@@ -140,6 +141,8 @@ class Trainer:
                  "batches/epoch): " + json.dumps(cfg))
         self.log(self.runner.mode_line)
         self.log(self.feed.message)
+        if line := self.validator.shortfall():
+            self.log(line)
         if self.recorder.metrics_url:
             self.log(f"metrics: {self.recorder.metrics_url} (Prometheus scrape target; see deploy/README.md)")
 

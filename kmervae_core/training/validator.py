@@ -28,6 +28,7 @@ class Validator:
                  runner: StepRunner, columns: np.ndarray, blocks: tuple[str, ...]) -> None:
         self.cfg, self.ctx, self.model, self.feed, self.runner, self.blocks = cfg, ctx, model, feed, runner, blocks
         self.run_dir = Path(cfg.out)
+        self.val_rows = len(feed.val_stream.split.val_rows())
         if cfg.latent_sample:
             self._refuse()
         self.heldout = self._heldout(columns) if ctx.is_main and cfg.latent_sample else None
@@ -35,7 +36,7 @@ class Validator:
     def _refuse(self) -> None:
         """Refuse a --select-by the store cannot serve, on every rank (from the split and the
         store's metadata, which every rank reads), so that no rank waits for one that refused."""
-        cfg, rows = self.cfg, len(self.feed.val_stream.split.val_rows())
+        cfg, rows = self.cfg, self.val_rows
         if cfg.select_by != "val_loss" and rows <= MIN_HELDOUT:
             raise KmervaeError(f"--select-by {cfg.select_by} needs validation rows; this split has {rows}")
         if cfg.select_by == "knn" and not self.feed.train_stream.info.has_labels:
@@ -50,8 +51,8 @@ class Validator:
         in each chunk, so a sample of a few validation chunks holds a few labels and its kNN
         reads far above the figure over all rows (0.960 against 0.594 in issue 22). The encoder
         is unsupervised, so rows it trained on judge it as binning does."""
-        cfg, split = self.cfg, self.feed.val_stream.split
-        if len(split.val_rows()) <= MIN_HELDOUT:
+        cfg = self.cfg
+        if self.val_rows <= MIN_HELDOUT:
             return None
         info = self.feed.train_stream.info
         rows = sample_rows(info.rows, info.chunk_rows, cfg.latent_sample, cfg.seed)
@@ -59,6 +60,21 @@ class Validator:
         x = np.asarray(read_rows(cfg.data, open_array(cfg.data), rows), dtype=np.float32)[:, columns]
         pairs = sample_pairs(len(rows), cfg.latent_pairs, cfg.seed)
         return {"rows": rows, "x": x, "labels": labels, "pairs": pairs, "x_distances": pair_distances(x, *pairs)}
+
+    def shortfall(self) -> str | None:
+        """One line on what the run goes without for want of validation rows, or None: said at
+        the start, so that a run's "best val_loss" is never silently its training loss."""
+        cfg, split, rows = self.cfg, self.feed.val_stream.split, self.val_rows
+        if rows > MIN_HELDOUT or (rows and not cfg.latent_sample):
+            return None
+        why = ("--val-fraction 0" if cfg.val_fraction == 0 else
+               "--val-split random holds out whole chunks and the store is one chunk: ingest with a smaller "
+               "--chunk-rows, or use --val-split tail" if cfg.val_split == "random" and len(split.length) == 1 else
+               f"the split holds {rows} validation rows")
+        if rows:
+            return f"latent metrics: off ({why}; they need more than {MIN_HELDOUT})"
+        return (f"validation: none ({why}); vae_multi_best.pt tracks the training loss"
+                + (" and the latent metrics are off" if cfg.latent_sample else ""))
 
     @torch.no_grad()
     def validate(self, beta: float) -> dict | None:
