@@ -9,7 +9,7 @@ import resource
 import sys
 
 from kmervae_core.cli_help import DefaultsHelp
-from kmervae_core.store.clr import SCOPE_FLAGS, ClrSpec
+from kmervae_core.store.clr import SCOPE_FLAGS, SCOPES, ClrSpec
 from kmervae_core.store.convert import CODEC_LEVELS, DEFAULT_CHUNK_ROWS, IngestPlan, find_bad_rows, ingest
 from kmervae_core.errors import KmervaeError
 from kmervae_core.limits import usable_cpus
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ingest: error: --workers must be at least 1", file=sys.stderr)
         return 2
     try:
-        spec = ClrSpec(args.clr.replace("-", "_"), args.pseudocount)
+        spec = ClrSpec(SCOPES[SCOPE_FLAGS.index(args.clr)], args.pseudocount)
     except ValueError as e:
         print(f"ingest: error: {e}", file=sys.stderr)
         return 2

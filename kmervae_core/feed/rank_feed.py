@@ -28,9 +28,8 @@ class Feed:
                  log: Callable[[str], None] = print) -> None:
         self.cfg, self.device, self.log, self.rank = cfg, ctx.device, log, ctx.rank
         info = open_store(cfg.data)
-        scope = info.clr.scope.replace("_", "-")
-        if cfg.store_clr not in ("any", scope):
-            raise KmervaeError(f"{cfg.data} holds the {scope} CLR, this configuration is tuned on the "
+        if cfg.store_clr not in ("any", info.clr.flag):
+            raise KmervaeError(f"{cfg.data} holds the {info.clr.flag} CLR, this configuration is tuned on the "
                                f"{cfg.store_clr} CLR: ingest with `python -m ingest ... --clr {cfg.store_clr}`")
         args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
                     val_fraction=cfg.val_fraction, val_split=cfg.val_split, window_chunks=cfg.window_chunks,

@@ -13,7 +13,7 @@ import numpy as np
 from .kmers import KMER_GROUPS, N_FEATURES
 
 SCOPES = ("global", "per_k")
-SCOPE_FLAGS = tuple(s.replace("_", "-") for s in SCOPES)  # as `ingest --clr` and `train --store-clr` spell them
+SCOPE_FLAGS = ("global", "per-k")  # the scopes as `ingest --clr` and `train --store-clr` spell them
 GLOBAL_PSEUDOCOUNT = 1e-6
 
 
@@ -29,6 +29,11 @@ class ClrSpec:
             raise ValueError(f"unknown CLR scope {self.scope!r}; choose from {', '.join(SCOPES)}")
         if self.pseudocount is not None and not self.pseudocount > 0:
             raise ValueError(f"the pseudocount must be positive, got {self.pseudocount}")
+
+    @property
+    def flag(self) -> str:
+        """The scope as the command lines spell it."""
+        return SCOPE_FLAGS[SCOPES.index(self.scope)]
 
     def pseudocounts(self) -> dict[int, float]:
         """Pseudocount per k group."""
