@@ -70,6 +70,11 @@ VARIANTS = {"reference": ("global", []),
             "per-k-4-to-1mers-tiny-latent-8": ("per_k", ["--kmers", "4,3,2,1", "--hidden", "128,64", "--latent", "8"]),
             # shipped as configs/per-k-tiny.toml (5..1-mers, 5-mers weighted 0.3, hidden 128,64, latent 16)
             "per-k-5mer-weight-0.3-tiny": ("per_k", ["--config", str(ROOT / "configs" / "per-k-tiny.toml")]),
+            # denoising on top of it (issue 22's list): the encoder sees the row plus N(0, sd^2) noise
+            "per-k-tiny-input-noise-0.1": ("per_k", ["--config", str(ROOT / "configs" / "per-k-tiny.toml"),
+                                                     "--input-noise", "0.1"]),
+            "per-k-tiny-input-noise-0.3": ("per_k", ["--config", str(ROOT / "configs" / "per-k-tiny.toml"),
+                                                     "--input-noise", "0.3"]),
             "6mer-weight-0.25": ("global", ["--kmer-weights", "0.25,1,1,1,1,1"]),
             "per-scale": ("global", ["--latent-blocks", "128,64,64"]),
             "latent-512": ("global", ["--latent", "512"]),

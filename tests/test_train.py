@@ -386,3 +386,37 @@ def test_training_on_some_kmer_groups_reports_and_encodes_those(train_store, tmp
 def test_a_kmer_group_the_store_does_not_hold_is_refused(train_store, tmp_path):
     bad = run("train", *train_args(train_store[0], tmp_path / "bad", "--kmers", "7,6"))
     assert bad.returncode == 2 and "kmers must be distinct values" in bad.stderr
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_denoising_feeds_the_encoder_a_noisy_row_and_scores_the_reconstruction_against_the_clean_one(
+        train_store, tmp_path, noise):
+    from kmervae_core.config import TrainConfig
+    from kmervae_core.training.distributed import DistContext
+    from kmervae_core.training.trainer import Trainer
+    cfg = TrainConfig(data=train_store[0], out=str(tmp_path / "run"), batch_size=48, workers=0, hidden=[64, 32],
+                      latent=8, epochs=1, metrics_port=0, latent_sample=0, cache="none", input_noise=noise)
+    trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lambda line: None)
+    steps, body = [], trainer.runner.step_body
+
+    def first_step(x, graphed=False):  # the clean batch, what the model saw and returned, the step's sums
+        seen = []
+        hooks = [trainer.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone())),
+                 trainer.model.register_forward_hook(lambda m, args, out: seen.append(out[0].detach().clone()))]
+        before = trainer.runner.epoch_sums.clone()
+        try:
+            return body(x, graphed)
+        finally:
+            for h in hooks:
+                h.remove()
+            steps.append((x.clone(), *seen, trainer.runner.epoch_sums - before))
+    trainer.runner.step_body = first_step
+    try:
+        trainer.run()
+    finally:
+        trainer.finish()
+        trainer.close()
+    clean, seen, recon, sums = (t.double().numpy() for t in steps[0])
+    diff = seen - clean
+    assert abs(diff.mean()) < 0.01 and abs(diff.std() - noise) < 0.01 * max(noise, 1)  # N(0, noise^2) per value
+    assert sums[1] == pytest.approx(((recon - clean) ** 2).sum(), rel=1e-5)  # the recon term: the clean row

@@ -38,6 +38,9 @@ class StepRunner:
         self.noise = torch.Generator(device=device)
         self.eps_full = torch.empty(cfg.batch_size, cfg.latent, device=device)
         self.eps = self.eps_full[batch_slice]
+        width = sum(g.size for g in groups)  # the trained columns: x's width
+        self.x_noise_full = torch.empty(cfg.batch_size, width, device=device) if cfg.input_noise else None
+        self.x_noise = None if self.x_noise_full is None else self.x_noise_full[batch_slice]
         self.static_x: torch.Tensor | None = None  # the captured step's batch
         self.beta_t = torch.zeros((), device=device)
         self.step = 0
@@ -106,10 +109,13 @@ class StepRunner:
         self.step += 1
 
     def draw_noise(self) -> None:
-        """Reparameterisation noise for the whole global batch, drawn from (seed, step) into
-        `eps_full`; this rank uses its rows (`eps`), so any world size draws the same noise."""
+        """Reparameterisation noise (and `--input-noise`'s) for the whole global batch, drawn from
+        (seed, step) into `eps_full` (`x_noise_full`); this rank uses its rows (`eps`,
+        `x_noise`), so any world size draws the same noise."""
         self.noise.manual_seed(self.cfg.seed * 1_000_003 + self.step)
         torch.randn(self.eps_full.shape, generator=self.noise, out=self.eps_full)
+        if self.x_noise_full is not None:
+            torch.randn(self.x_noise_full.shape, generator=self.noise, out=self.x_noise_full)
 
     def autocast(self):
         enabled = self.cfg.precision == "bf16" and self.ctx.device.type == "cuda"
@@ -121,9 +127,10 @@ class StepRunner:
         """One optimisation step on device tensors only (no host values, no syncs), so that it
         can be captured. Under DDP a captured step averages gradients itself (DDP's hooks do
         it for the eager step). Returns the loss."""
+        seen = x if self.x_noise is None else x + self.cfg.input_noise * self.x_noise  # denoising: a noisy input
         with self.autocast():
-            recon, mu, log_var, kl = (self.model if graphed else self.net)(x, self.eps)
-        loss, sums = vae_loss(x, recon, mu, log_var, self.beta_t, self.groups, self.weights, kl)
+            recon, mu, log_var, kl = (self.model if graphed else self.net)(seen, self.eps)
+        loss, sums = vae_loss(x, recon, mu, log_var, self.beta_t, self.groups, self.weights, kl)  # the clean row
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if graphed and self.ctx.active:
