@@ -107,6 +107,9 @@ class TrainConfig:
     kmers: list[int] = setting(MODEL, [6, 5, 4, 3, 2, 1], "k groups to train on, e.g. 5,4,3,2,1")
     kmer_weights: list[float] = setting(RECIPE, [], "weight of each --kmers group's reconstruction term, e.g. "
                                         "1,1,0.5,0.5,0.5 (none: 1 each)")
+    length_weight: float = setting(RECIPE, 0.0, "weigh each row's reconstruction by its contig length (column 0) to "
+                                   "this power, scaled to mean 1 over the store: 1 weighs by inverse sampling variance "
+                                   "(0: off, the reference)")
     input_noise: float = setting(RECIPE, 0.0, "denoising: sd of Gaussian noise added to the encoder's input while "
                                  "training (CLR units); the loss still reconstructs the clean row (0: off, the reference)")
     prior: str = setting(MODEL, "normal", "latent prior: normal (the reference N(0, I)), mog:K (a learned mixture of K "
@@ -131,6 +134,7 @@ class TrainConfig:
             (self.latent >= 1 and len(self.hidden) >= 1 and min(self.hidden) >= 1, "hidden and latent sizes must be positive"),
             (self.beta >= 0, "beta must be non-negative"),
             (self.input_noise >= 0, "input_noise must be non-negative"),
+            (self.length_weight >= 0, "length_weight must be non-negative"),
             (self.beta_warmup_epochs >= 0 and self.beta_cycle_epochs >= 1, "beta epochs must be non-negative"),
             (0 < self.cache_fraction <= 1, "cache_fraction must be in (0, 1]"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be at least 1"),

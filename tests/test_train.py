@@ -388,18 +388,18 @@ def test_a_kmer_group_the_store_does_not_hold_is_refused(train_store, tmp_path):
     assert bad.returncode == 2 and "kmers must be distinct values" in bad.stderr
 
 
-@pytest.mark.parametrize("noise", [0.0, 0.5])
-def test_denoising_feeds_the_encoder_a_noisy_row_and_scores_the_reconstruction_against_the_clean_one(
-        train_store, tmp_path, noise):
+def first_step(store: str, out: Path, **settings) -> list[np.ndarray]:
+    """One epoch trained in this process; of its first step: the clean batch, what the model was
+    given, its reconstruction, and the loss sums the step added (float64)."""
     from kmervae_core.config import TrainConfig
     from kmervae_core.training.distributed import DistContext
     from kmervae_core.training.trainer import Trainer
-    cfg = TrainConfig(data=train_store[0], out=str(tmp_path / "run"), batch_size=48, workers=0, hidden=[64, 32],
-                      latent=8, epochs=1, metrics_port=0, latent_sample=0, cache="none", input_noise=noise)
+    cfg = TrainConfig(data=store, out=str(out), batch_size=48, workers=0, hidden=[64, 32], latent=8, epochs=1,
+                      metrics_port=0, latent_sample=0, cache="none", **settings)
     trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lambda line: None)
     steps, body = [], trainer.runner.step_body
 
-    def first_step(x, graphed=False):  # the clean batch, what the model saw and returned, the step's sums
+    def recorded(x, graphed=False):
         seen = []
         hooks = [trainer.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone())),
                  trainer.model.register_forward_hook(lambda m, args, out: seen.append(out[0].detach().clone()))]
@@ -410,13 +410,36 @@ def test_denoising_feeds_the_encoder_a_noisy_row_and_scores_the_reconstruction_a
             for h in hooks:
                 h.remove()
             steps.append((x.clone(), *seen, trainer.runner.epoch_sums - before))
-    trainer.runner.step_body = first_step
+    trainer.runner.step_body = recorded
     try:
         trainer.run()
     finally:
         trainer.finish()
         trainer.close()
-    clean, seen, recon, sums = (t.double().numpy() for t in steps[0])
+    return [t.double().numpy() for t in steps[0]]
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_denoising_feeds_the_encoder_a_noisy_row_and_scores_the_reconstruction_against_the_clean_one(
+        train_store, tmp_path, noise):
+    clean, seen, recon, sums = first_step(train_store[0], tmp_path / "run", input_noise=noise)
     diff = seen - clean
     assert abs(diff.mean()) < 0.01 and abs(diff.std() - noise) < 0.01 * max(noise, 1)  # N(0, noise^2) per value
     assert sums[1] == pytest.approx(((recon - clean) ** 2).sum(), rel=1e-5)  # the recon term: the clean row
+
+
+def test_length_weights_are_the_lengths_to_the_power_scaled_to_mean_one():
+    from kmervae_core.model.losses import length_weights
+    np.testing.assert_allclose(length_weights(np.array([1000, 2000, 4000]), 1), [3 / 7, 6 / 7, 12 / 7], rtol=1e-6)
+    np.testing.assert_allclose(length_weights(np.array([100, 400]), 0.5), [2 / 3, 4 / 3], rtol=1e-6)
+
+
+def test_length_weighting_weighs_each_rows_reconstruction_by_its_contig_length(train_store, tmp_path):
+    store = train_store[0]
+    clean, _, recon, sums = first_step(store, tmp_path / "run", length_weight=1.0)
+    group = zarr.open_group(store, mode="r")
+    where = {row.tobytes(): i for i, row in enumerate(group["clr"][:])}  # the batch's store rows, by value
+    lengths = group["column0"][:].astype(np.float64)
+    w = lengths[[where[row.astype(np.float32).tobytes()] for row in clean]] / lengths.mean()
+    assert sums[1] == pytest.approx((w[:, None] * (recon - clean) ** 2).sum(), rel=1e-5)
+    assert sums[1] != pytest.approx(((recon - clean) ** 2).sum(), rel=1e-3)  # the weights do change it

@@ -13,7 +13,8 @@ from .cache import choose_tier, gib, ranks_per_host
 from ..config import TrainConfig
 from ..training.distributed import DistContext
 from ..errors import KmervaeError
-from ..store.contract import open_store
+from ..model.losses import length_weights
+from ..store.contract import COLUMN0, open_array, open_store, read_rows
 from .stream import KmerStream
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (x on the device, store rows)
@@ -52,6 +53,14 @@ class Feed:
                 # the streams made without keep are used
         self.train_stream, self.val_stream = streams["train"], streams["val"]
         self.cache = self.train_stream if self.tier != "none" else None
+        self.weight_of_row = (length_weights(read_rows(cfg.data, open_array(cfg.data, COLUMN0), slice(None)),
+                                             cfg.length_weight) if cfg.length_weight else None)
+
+    def row_weights(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The reconstruction weights of a batch's store rows, on the device (None: unweighted)."""
+        if self.weight_of_row is None:
+            return None
+        return torch.from_numpy(self.weight_of_row[rows.numpy()]).to(self.device, non_blocking=True)
 
     @staticmethod
     def _residency(cfg: TrainConfig, ctx: DistContext, streams: dict[str, KmerStream],

@@ -6,6 +6,7 @@ prior gives its own, priors.py), per latent block too; total = recon + beta * KL
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..store.kmers import KMER_GROUPS, USED_KS, KGroup
@@ -19,12 +20,21 @@ KL_BLOCK = SSE + len(KMER_GROUPS)
 N_SUMS = KL_BLOCK + len(KMER_GROUPS)
 
 
+def length_weights(lengths: np.ndarray, power: float) -> np.ndarray:
+    """Each row's reconstruction weight, length^power scaled to mean 1 (float32): a k-mer
+    frequency's sampling variance falls as 1/length, so power 1 weighs rows by inverse variance,
+    and the mean of 1 keeps the loss on the reference's scale."""
+    w = np.asarray(lengths, np.float64) ** power
+    return (w / w.mean()).astype(np.float32)
+
+
 def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor,
              beta: float | torch.Tensor, groups: tuple[KGroup, ...] = KMER_GROUPS,
-             weights: dict[int, float] | None = None, kl: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             weights: dict[int, float] | None = None, kl: torch.Tensor | None = None,
+             row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss averaged over the batch, sums vector for the metrics; no device sync).
     `groups` locate the trained k groups in x's columns; `weights` scale each group's
-    reconstruction term (the metrics stay unweighted); `kl` is the batch's KL per latent block
+    reconstruction term and `row_weights` each row's (the metrics stay unweighted); `kl` is the batch's KL per latent block
     from the model's prior (default: the reference's N(0, I) over one block).
 
     Written for few kernels (a captured step at batch 1024 is bound by their count): the
@@ -32,6 +42,7 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, log_var: to
     sums, cut at the group boundaries of one float64 running sum."""
     sq = (recon.float() - x.float()).square()
     weighted = sq if weights is None else sq * torch.cat([sq.new_full((g.size,), weights[g.k]) for g in groups])
+    weighted = weighted if row_weights is None else weighted * row_weights[:, None]
     recon_sum = weighted.sum()
     kl = normal_kl(mu, log_var, [mu.shape[1]]) if kl is None else kl
     kl_sum = kl.sum()

@@ -78,8 +78,9 @@ class Recorder:
     # ---- per step ----
 
     def batches(self, epoch: int, start_batch: int, batches: int,
-                source: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, float]]:
-        """The epoch's batches (x) with the seconds spent waiting for each, under a progress bar;
+                source: Iterator[tuple[torch.Tensor, torch.Tensor]]
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+        """The epoch's batches (x, store rows) with the seconds spent waiting for each, under a progress bar;
         the epoch's training time is taken when they run out (before validation)."""
         self.bar = Progress(batches, f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batches", quiet=not self.ctx.is_main)
         self.bar.update(start_batch)
@@ -88,10 +89,10 @@ class Recorder:
         while True:
             t = time.perf_counter()
             try:
-                x, _ = next(source)
+                x, rows = next(source)
             except StopIteration:
                 break
-            yield x, time.perf_counter() - t
+            yield x, rows, time.perf_counter() - t
         self.bar.close()
         self.epoch_seconds = time.perf_counter() - self.epoch_start
 

@@ -41,6 +41,8 @@ class StepRunner:
         width = sum(g.size for g in groups)  # the trained columns: x's width
         self.x_noise_full = torch.empty(cfg.batch_size, width, device=device) if cfg.input_noise else None
         self.x_noise = None if self.x_noise_full is None else self.x_noise_full[batch_slice]
+        rank_rows = batch_slice.stop - batch_slice.start
+        self.row_w = torch.ones(rank_rows, device=device) if cfg.length_weight else None  # the batch's, copied in
         self.static_x: torch.Tensor | None = None  # the captured step's batch
         self.beta_t = torch.zeros((), device=device)
         self.step = 0
@@ -93,10 +95,12 @@ class StepRunner:
 
     # ---- the step ----
 
-    def __call__(self, x: torch.Tensor) -> None:
-        """One step on a batch of the trained columns, on the device: replayed from the
-        captured graph once there is one, else eager."""
+    def __call__(self, x: torch.Tensor, row_weights: torch.Tensor | None = None) -> None:
+        """One step on a batch of the trained columns, on the device (and its rows' weights under
+        --length-weight): replayed from the captured graph once there is one, else eager."""
         self.draw_noise()
+        if self.row_w is not None:
+            self.row_w.copy_(row_weights)
         if self.graph_wanted and self.graph is None and self.eager_steps >= WARMUP_STEPS:
             self.graph = self.capture(x)
         if self.graph is not None:
@@ -130,7 +134,8 @@ class StepRunner:
         seen = x if self.x_noise is None else x + self.cfg.input_noise * self.x_noise  # denoising: a noisy input
         with self.autocast():
             recon, mu, log_var, kl = (self.model if graphed else self.net)(seen, self.eps)
-        loss, sums = vae_loss(x, recon, mu, log_var, self.beta_t, self.groups, self.weights, kl)  # the clean row
+        loss, sums = vae_loss(x, recon, mu, log_var, self.beta_t, self.groups, self.weights, kl,  # the clean row
+                              self.row_w)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if graphed and self.ctx.active:

@@ -94,9 +94,9 @@ class Trainer:
             runner.beta_t.fill_(beta)
             if note := self.tracker.start_epoch(self.epoch, self.batch):
                 self.log(note)
-            for x, wait in self.recorder.batches(self.epoch, self.batch, self.batches,
-                                                 self.feed.train(self.epoch, self.batch)):
-                runner(x)
+            for x, rows, wait in self.recorder.batches(self.epoch, self.batch, self.batches,
+                                                       self.feed.train(self.epoch, self.batch)):
+                runner(x, self.feed.row_weights(rows))
                 self.batch += 1
                 self.recorder.step(len(x), wait)
                 if runner.step % cfg.log_every == 0:

@@ -81,10 +81,11 @@ class Validator:
         """Validation reconstructs from z_mean (deterministic, the same on any world size)."""
         self.model.eval()
         sums = torch.zeros(N_SUMS, device=self.ctx.device, dtype=torch.float64)
-        for x, _ in self.feed.val():
+        for x, rows in self.feed.val():
             with self.runner.autocast():
                 recon, mu, log_var, kl = self.model(x, torch.zeros(len(x), self.cfg.latent, device=self.ctx.device))
-            sums += vae_loss(x, recon, mu, log_var, beta, self.runner.groups, self.runner.weights, kl)[1]
+            sums += vae_loss(x, recon, mu, log_var, beta, self.runner.groups, self.runner.weights, kl,
+                             self.feed.row_weights(rows))[1]
         self.model.train()
         all_reduce(sums)
         return summarise(sums, beta, self.runner.groups, self.blocks) if sums[0] > 0 else None
