@@ -33,3 +33,6 @@ bench --data-seed 43 --variants per-k-4-to-1mers-small per-k-4-to-1mers-tiny per
   per-k-5mer-weight-0.3-tiny | tee "$OUT/5d_data_seed_43.txt"
 # 6. the seed's own list
 bench --no-baselines --variants latent-512 wide beta-0.03 cyclical-beta mog-16 vamp-16 | tee "$OUT/6_seed_list.txt"
+# 7. denoising and length weighting on top of the shipped config (1-4 kb, the band that decides)
+bench --bands 1-4kb --no-baselines --variants per-k-tiny-input-noise-0.1 per-k-tiny-input-noise-0.3 \
+  per-k-tiny-length-weight-1 per-k-tiny-length-weight-0.5 | tee "$OUT/7_noise_and_length.txt"

@@ -443,3 +443,14 @@ def test_length_weighting_weighs_each_rows_reconstruction_by_its_contig_length(t
     w = lengths[[where[row.astype(np.float32).tobytes()] for row in clean]] / lengths.mean()
     assert sums[1] == pytest.approx((w[:, None] * (recon - clean) ** 2).sum(), rel=1e-5)
     assert sums[1] != pytest.approx(((recon - clean) ** 2).sum(), rel=1e-3)  # the weights do change it
+
+
+def test_length_weighting_a_store_without_lengths_is_one_line_and_exit_2(sample, tmp_path):
+    rows = np.load(sample[0])
+    rows[:3, 0] = 0  # three rows whose column 0 holds no contig length
+    np.save(tmp_path / "all_kmers.npy", rows)
+    run("ingest", tmp_path / "all_kmers.npy", tmp_path / "kmers.zarr", "--chunk-rows", 100, check=True)
+    proc = run("train", *train_args(str(tmp_path / "kmers.zarr"), tmp_path / "run", "--length-weight", 1, *TINY))
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"train: error: --length-weight needs each row's contig length in column 0; 3 rows of {tmp_path / 'kmers.zarr'} "
+        "have none (0 or less)")

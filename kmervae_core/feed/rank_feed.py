@@ -53,8 +53,16 @@ class Feed:
                 # the streams made without keep are used
         self.train_stream, self.val_stream = streams["train"], streams["val"]
         self.cache = self.train_stream if self.tier != "none" else None
-        self.weight_of_row = (length_weights(read_rows(cfg.data, open_array(cfg.data, COLUMN0), slice(None)),
-                                             cfg.length_weight) if cfg.length_weight else None)
+        self.weight_of_row = self._length_weights(cfg) if cfg.length_weight else None
+
+    @staticmethod
+    def _length_weights(cfg: TrainConfig) -> np.ndarray:
+        """--length-weight's weight of every store row, from the contig lengths in column 0."""
+        lengths = read_rows(cfg.data, open_array(cfg.data, COLUMN0), slice(None))
+        if missing := int((~(lengths > 0)).sum()):
+            raise KmervaeError(f"--length-weight needs each row's contig length in column 0; {missing:,} rows of "
+                               f"{cfg.data} have none (0 or less)")
+        return length_weights(lengths, cfg.length_weight)
 
     def row_weights(self, rows: torch.Tensor) -> torch.Tensor | None:
         """The reconstruction weights of a batch's store rows, on the device (None: unweighted)."""

@@ -34,8 +34,9 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, log_var: to
              row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss averaged over the batch, sums vector for the metrics; no device sync).
     `groups` locate the trained k groups in x's columns; `weights` scale each group's
-    reconstruction term and `row_weights` each row's (the metrics stay unweighted); `kl` is the batch's KL per latent block
-    from the model's prior (default: the reference's N(0, I) over one block).
+    reconstruction term and `row_weights` each row's (the metrics stay unweighted); `kl` is the
+    batch's KL per latent block from the model's prior (default: the reference's N(0, I) over
+    one block).
 
     Written for few kernels (a captured step at batch 1024 is bound by their count): the
     gradient flows through one sum of squares; the per-k sums come from the detached column
