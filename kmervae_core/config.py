@@ -23,6 +23,7 @@ GRAPH_MODES = ("auto", "on", "off")  # see step_graph.py
 PRIOR_KINDS = ("normal", "mog", "vamp")  # see priors.py
 REFERENCE_HIDDEN, REFERENCE_LATENT = (1024, 512), 256  # VAEMulti's widths (model.py's defaults too)
 DEFAULT_BLOCK_KMERS = [[6], [5], [4, 3, 2, 1]]  # per-scale latents: 6-mers, 5-mers, the rest
+DATA_CLR = "data_clr"  # RUN/config.json's record of the CLR the run trained on (a fact, not a setting)
 
 
 # A setting's role on resume: what a run continued from a checkpoint does when the setting's value

@@ -1,5 +1,6 @@
 """The config files in configs/: each holds the recipe its measurement was made with, and a
-config tuned on one CLR refuses a store of the other instead of training on the wrong input."""
+config tuned on one CLR refuses a store of the other, in training and in encoding, instead of
+working on the wrong input."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import zarr
 
 from benchmarks.real_genomes import VARIANTS
 from kmervae_core.config import TrainConfig, load_config
@@ -53,8 +55,25 @@ def test_a_config_tuned_on_per_k_clr_refuses_a_global_store_in_one_line(stores, 
     assert not list(out.glob("*.pt")), "a refused run writes no checkpoint"
 
 
-def test_the_per_k_config_trains_on_a_per_k_store(stores, tmp_path):
-    train_here("--config", PER_K_TINY, *train_args(stores["per-k"], tmp_path / "run", "--epochs", 1))
-    encoder = load_encoder(str(tmp_path / "run" / "vae_multi_encoder_final.pt"), torch.device("cpu"))
+@pytest.fixture(scope="module")
+def per_k_run(stores, tmp_path_factory) -> Path:
+    """One epoch of the per-k config on the per-k store."""
+    out = tmp_path_factory.mktemp("per-k-run") / "run"
+    train_here("--config", PER_K_TINY, *train_args(stores["per-k"], out, "--epochs", 1))
+    return out
+
+
+def test_the_per_k_config_trains_on_a_per_k_store(per_k_run):
+    encoder = load_encoder(str(per_k_run / "vae_multi_encoder_final.pt"), torch.device("cpu"))
     assert encoder.columns.numel() == TRAINED_COLUMNS
     assert encoder(torch.zeros(3, TRAINED_COLUMNS))[0].shape == (3, 16)
+
+
+def test_its_encoder_refuses_to_encode_a_store_of_the_other_clr_in_one_line(per_k_run, stores, tmp_path):
+    encoder = per_k_run / "vae_multi_encoder_final.pt"
+    proc = run("train.encode", "--checkpoint", encoder, "--data", stores["global"], "--out", tmp_path / "z.zarr")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "holds the global CLR" in proc.stderr and "trained on the per-k CLR" in proc.stderr, proc.stderr
+    assert not (tmp_path / "z.zarr").exists(), "a refused encode writes nothing"
+    run("train.encode", "--checkpoint", encoder, "--data", stores["per-k"], "--out", tmp_path / "z.zarr", check=True)
+    assert zarr.open_group(str(tmp_path / "z.zarr"), mode="r")["z_mean"].shape == (200, 16)

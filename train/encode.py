@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 
 from kmervae_core.cli_help import DefaultsHelp
-from kmervae_core.evaluation.encode import encode_chunks, finish_output, load_encoder, prepare_output, refuse_existing
+from kmervae_core.evaluation.encode import (encode_chunks, finish_output, load_encoder, prepare_output, refuse_existing,
+                                            refuse_other_clr)
 from kmervae_core.training.distributed import FailureAgreement, init_distributed, shutdown
 from kmervae_core.errors import KmervaeError
 from kmervae_core.progress import Progress
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = open_store(args.data)
         encoder = load_encoder(args.checkpoint, ctx.device)
+        refuse_other_clr(args.checkpoint, info)
         refuse_existing(args.out, args.overwrite)  # on every rank, before rank 0 makes it
         if ctx.active:
             dist.barrier()

@@ -5,6 +5,7 @@ touch one chunk; rank 0 creates the store first and marks it complete last.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +14,7 @@ import torch
 import zarr
 from torch import nn
 
+from ..config import DATA_CLR
 from ..training import checkpoint as ckpt
 from ..training.distributed import DistContext
 from ..errors import KmervaeError
@@ -43,6 +45,20 @@ def load_encoder(path: str, device: torch.device) -> nn.Module:
         raise KmervaeError(f"{path}: not an exported encoder (vae_multi_encoder_*.pt) ({type(e).__name__})") from None
     enc.load_state_dict(state)
     return enc.eval()
+
+
+def refuse_other_clr(checkpoint: str, info: StoreInfo) -> None:
+    """An encoder fed the other CLR gives latents that look fine and mean nothing: refuse a store
+    whose CLR differs from the one its run trained on (RUN/config.json; an encoder moved out of
+    its run folder, or from a run before the record, is not checked)."""
+    config = Path(checkpoint).parent / "config.json"
+    try:
+        trained = json.loads(config.read_text()).get(DATA_CLR)
+    except (OSError, ValueError, AttributeError):
+        return
+    if trained and trained != info.clr.flag:
+        raise KmervaeError(f"{info.url} holds the {info.clr.flag} CLR, {checkpoint} was trained on the {trained} "
+                           f"CLR: encode a store made with `python -m ingest ... --clr {trained}`")
 
 
 def refuse_existing(out: str, overwrite: bool) -> None:

@@ -29,6 +29,7 @@ class Feed:
                  log: Callable[[str], None] = print) -> None:
         self.cfg, self.device, self.log, self.rank = cfg, ctx.device, log, ctx.rank
         info = open_store(cfg.data)
+        self.clr = info.clr  # what the run trains on; recorded for train.encode's check
         if cfg.store_clr not in ("any", info.clr.flag):
             raise KmervaeError(f"{cfg.data} holds the {info.clr.flag} CLR, this configuration is tuned on the "
                                f"{cfg.store_clr} CLR: ingest with `python -m ingest ... --clr {cfg.store_clr}`")

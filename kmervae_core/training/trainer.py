@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import Checkpointer
-from ..config import TrainConfig, beta_at, resume_changes, saved_settings
+from ..config import DATA_CLR, TrainConfig, beta_at, resume_changes, saved_settings
 from .distributed import DistContext, StopVote, all_reduce, ddp_group
 from ..errors import KmervaeError
 from ..feed.rank_feed import Feed
@@ -130,13 +130,14 @@ class Trainer:
         self.recorder.end_epoch(self.epoch, beta, self.tracker.lr, train, val, latent, best)
 
     def announce(self) -> None:
-        """Rank 0 records the settings in force (RUN/config.json, read by the report) and says
-        how the run will go: settings, step mode, data tier, metrics address."""
+        """Rank 0 records the settings in force and the store's CLR (RUN/config.json, read by the
+        report and by train.encode) and says how the run will go: settings, step mode, data tier,
+        metrics address."""
         if not self.ctx.is_main:
             return
         cfg = self.cfg.to_dict()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=1))
+        (self.run_dir / "config.json").write_text(json.dumps({**cfg, DATA_CLR: self.feed.clr.flag}, indent=1))
         self.log(f"config ({self.ctx.world_size} process(es) on {self.ctx.device.type}, {self.batches} "
                  "batches/epoch): " + json.dumps(cfg))
         self.log(self.runner.mode_line)
