@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="override the setting's VAE epochs")
     p.add_argument("--embedding", action="append", default=[], metavar="NAME=FILE",
                    help="also judge an outside embedding (.npy or VAMB's latent.npz, one row per fragment "
-                        "in fragments.fna order; give one --bands)")
+                        "in fragments.fna order); in FILE, {work} is the band's folder and {seed} a seed "
+                        "(one file per seed, each judged on its own folds, as a VAE's)")
     p.add_argument("--fasta", action="store_true", help="also write each band's fragments.fna and abundance.tsv")
     args = p.parse_args(argv)
     setting = dict(SETTINGS["quick" if args.quick else "full"])
@@ -274,12 +275,15 @@ def main(argv: list[str] | None = None) -> int:
                       time.perf_counter() - t, args.seeds)
             judge("4-mer CLR alone (136)", clr["per_k"][:, four_mer_columns()], 0.0, args.seeds)
         for spec in args.embedding:
-            name, path = spec.split("=", 1)
-            z = np.load(path)
-            z = z[z.files[0]] if hasattr(z, "files") else z
-            if len(z) != len(genome):
-                raise SystemExit(f"real_genomes: {path} has {len(z):,} rows, the {band} band {len(genome):,}")
-            judge(name, z, 0.0, args.seeds)
+            name, pattern = spec.split("=", 1)
+            # one file for every seed, or with {seed} one per seed (a trained embedding, judged as a VAE)
+            for seeds in ([[s] for s in args.seeds] if "{seed}" in pattern else [args.seeds]):
+                path = pattern.format(work=work, seed=seeds[0])
+                z = np.load(path)
+                z = z[z.files[0]] if hasattr(z, "files") else z
+                if len(z) != len(genome):
+                    raise SystemExit(f"real_genomes: {path} has {len(z):,} rows, the {band} band {len(genome):,}")
+                judge(name, z, 0.0, seeds)
         for name in args.variants:
             scope, flags = VARIANTS[name]
             for seed in args.seeds:

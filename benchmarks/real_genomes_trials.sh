@@ -9,7 +9,7 @@
 set -uo pipefail
 OUT=${OUT:-runs/real_genomes/trials}; mkdir -p "$OUT"
 MODE=${MODE---quick}
-PY=${PY:-python}
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}  # make setup's venv, else the active one
 bench() { $PY benchmarks/real_genomes.py $MODE "$@"; }
 # 1. baselines and the reference, both bands, 3 seeds
 bench --variants reference | tee "$OUT/1_reference.txt"

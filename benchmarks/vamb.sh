@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# VAMB 5.0.4 on the real-genome benchmark's fragments (issue 22, point 2), composition only:
+# every fragment gets the same single-sample depth, so VAMB sees its k-mers alone. Three seeds a
+# band, each judged by benchmarks/real_genomes.py on its own folds, as a VAE variant is.
+#   bash benchmarks/vamb.sh                 # the quick bands (about 4 min a VAMB run on 2 cores)
+#   MODE= bash benchmarks/vamb.sh           # the full bands
+#   DATA_SEED=43 bash benchmarks/vamb.sh    # another draw of the fragments
+# VAMB pins torch==2.6.0, which from PyPI is the CUDA build (several GB). Its own venv ($VENV) gets
+# the CPU build this project pins instead (--no-deps; VAMB's other pins as it lists them), unless
+# VENV already holds a vamb (e.g. `python -m venv $VENV && $VENV/bin/pip install vamb==5.0.4`).
+set -euo pipefail
+MODE=${MODE---quick}
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}  # make setup's venv, else the active one
+VENV=${VENV:-.vamb-venv}
+SEEDS=${SEEDS:-42 43 44}
+DATA_SEED=${DATA_SEED:-42}  # the fragments' draw (real_genomes.py --data-seed)
+WORK=${WORK:-runs/real_genomes}
+if [ ! -x "$VENV/bin/vamb" ]; then
+  echo "vamb.sh: installing vamb 5.0.4 into $VENV (torch 2.13.0 CPU build)" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q torch==2.13.0 vambcore==0.1.2 numpy==1.26.4 pycoverm==0.6.2 networkx==3.4.2 \
+    scikit-learn==1.6.1 dadaptation==3.2 loguru==0.7.3 pyhmmer==0.10.15 pyrodigal==3.6.3
+  "$VENV/bin/pip" install -q --no-deps vamb==5.0.4
+fi
+# fragments.fna and abundance.tsv of each band (the stores are made too, if missing)
+$PY benchmarks/real_genomes.py $MODE --fasta --no-baselines --variants --work "$WORK" --data-seed "$DATA_SEED" >/dev/null
+size=$([ -n "$MODE" ] && echo quick || echo full)
+for w in "$WORK"/$size-*-file-data"$DATA_SEED"; do
+  for s in $SEEDS; do
+    [ -f "$w/vamb-$s/latent.npz" ] && continue
+    rm -rf "$w/vamb-$s"
+    echo "vamb.sh: $w seed $s" >&2
+    # -m 1000: keep every fragment (VAMB's default drops contigs under 2,000 bp)
+    "$VENV/bin/vamb" bin default --outdir "$w/vamb-$s" --fasta "$w/fragments.fna" \
+      --abundance_tsv "$w/abundance.tsv" -m 1000 --seed "$s" > "$w/vamb-$s.log" 2>&1
+  done
+done
+$PY benchmarks/real_genomes.py $MODE --no-baselines --variants --work "$WORK" --data-seed "$DATA_SEED" --seeds $SEEDS \
+  --embedding "VAMB 5.0.4 (32-d)={work}/vamb-{seed}/latent.npz"
