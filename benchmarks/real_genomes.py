@@ -240,10 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="override the setting's VAE epochs")
     p.add_argument("--embedding", action="append", default=[], metavar="NAME=FILE",
                    help="also judge an outside embedding (.npy or VAMB's latent.npz, one row per fragment "
-                        "in fragments.fna order); in FILE, {work} is the band's folder and {seed} a seed "
-                        "(one file per seed, each judged on its own folds, as a VAE's)")
+                        "in fragments.fna order); in FILE, {work} is the band's folder (else give one "
+                        "--bands) and {seed} a seed (one file per seed, each judged on its own folds, "
+                        "as a VAE's)")
     p.add_argument("--fasta", action="store_true", help="also write each band's fragments.fna and abundance.tsv")
     args = p.parse_args(argv)
+    if not args.seeds:
+        p.error("--seeds needs at least one seed")
     setting = dict(SETTINGS["quick" if args.quick else "full"])
     if args.epochs:
         setting["epochs"] = args.epochs
@@ -278,8 +281,12 @@ def main(argv: list[str] | None = None) -> int:
             name, pattern = spec.split("=", 1)
             # one file for every seed, or with {seed} one per seed (a trained embedding, judged as a VAE)
             for seeds in ([[s] for s in args.seeds] if "{seed}" in pattern else [args.seeds]):
-                path = pattern.format(work=work, seed=seeds[0])
-                z = np.load(path)
+                path = pattern.replace("{work}", str(work)).replace("{seed}", str(seeds[0]))
+                try:
+                    z = np.load(path)
+                except (OSError, ValueError) as e:
+                    why = e.strerror if isinstance(e, OSError) and e.strerror else e
+                    raise SystemExit(f"real_genomes: --embedding {name}: cannot read {path} ({why})") from None
                 z = z[z.files[0]] if hasattr(z, "files") else z
                 if len(z) != len(genome):
                     raise SystemExit(f"real_genomes: {path} has {len(z):,} rows, the {band} band {len(genome):,}")

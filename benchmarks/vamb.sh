@@ -3,22 +3,28 @@
 # every fragment gets the same single-sample depth, so VAMB sees its k-mers alone. Three seeds a
 # band, each judged by benchmarks/real_genomes.py on its own folds, as a VAE variant is.
 #   bash benchmarks/vamb.sh                 # the quick bands (about 4 min a VAMB run on 2 cores)
-#   MODE= bash benchmarks/vamb.sh           # the full bands
+#   MODE= bash benchmarks/vamb.sh           # the full bands (MODE is --quick or empty)
 #   DATA_SEED=43 bash benchmarks/vamb.sh    # another draw of the fragments
 # VAMB pins torch==2.6.0, which from PyPI is the CUDA build (several GB). Its own venv ($VENV) gets
-# the CPU build this project pins instead (--no-deps; VAMB's other pins as it lists them), unless
-# VENV already holds a vamb (e.g. `python -m venv $VENV && $VENV/bin/pip install vamb==5.0.4`).
+# $TORCH instead (vamb --no-deps; VAMB's other pins as it lists them), unless VENV already holds a
+# vamb (e.g. `python -m venv $VENV && $VENV/bin/pip install vamb==5.0.4`). TORCH is the Makefile's
+# pin, the CPU build where pip's index has one (the project's machines); elsewhere give
+#   TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 set -euo pipefail
+cd "$(dirname "$0")/.."  # the repository root: the paths below are relative to it
 MODE=${MODE---quick}
+case "$MODE" in --quick|"") ;; *) echo "vamb.sh: MODE must be --quick or empty, not '$MODE'" >&2; exit 2 ;; esac
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}  # make setup's venv, else the active one
 VENV=${VENV:-.vamb-venv}
+TORCH=${TORCH:-torch==2.13.0}
 SEEDS=${SEEDS:-42 43 44}
 DATA_SEED=${DATA_SEED:-42}  # the fragments' draw (real_genomes.py --data-seed)
 WORK=${WORK:-runs/real_genomes}
 if [ ! -x "$VENV/bin/vamb" ]; then
-  echo "vamb.sh: installing vamb 5.0.4 into $VENV (torch 2.13.0 CPU build)" >&2
+  echo "vamb.sh: installing vamb 5.0.4 into $VENV ($TORCH)" >&2
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.13.0 vambcore==0.1.2 numpy==1.26.4 pycoverm==0.6.2 networkx==3.4.2 \
+  "$VENV/bin/pip" install -q $TORCH
+  "$VENV/bin/pip" install -q vambcore==0.1.2 numpy==1.26.4 pycoverm==0.6.2 networkx==3.4.2 \
     scikit-learn==1.6.1 dadaptation==3.2 loguru==0.7.3 pyhmmer==0.10.15 pyrodigal==3.6.3
   "$VENV/bin/pip" install -q --no-deps vamb==5.0.4
 fi

@@ -49,8 +49,9 @@ def load_encoder(path: str, device: torch.device) -> nn.Module:
 
 def refuse_other_clr(checkpoint: str, info: StoreInfo) -> None:
     """An encoder fed the other CLR gives latents that look fine and mean nothing: refuse a store
-    whose CLR differs from the one its run trained on (RUN/config.json; an encoder moved out of
-    its run folder, or from a run before the record, is not checked)."""
+    whose CLR differs from the one its run trained on (RUN/config.json, written at the run's
+    last start, so a run resumed on a store of the other CLR records that one; an encoder moved
+    out of its run folder, or from a run before the record, is not checked)."""
     config = Path(checkpoint).parent / "config.json"
     try:
         trained = json.loads(config.read_text()).get(DATA_CLR)

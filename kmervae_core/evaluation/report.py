@@ -182,7 +182,9 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
 
 
 def differing_settings(configs: list[dict]) -> list[str]:
-    """Setting names whose values are not the same in every run (absent counts as a value)."""
+    """config.json keys (the settings, and data_clr: the store's CLR) whose values are not the
+    same in every run; absent counts as a value, so a run from before a key was recorded shows
+    a blank beside the others."""
     names = sorted({k for c in configs for k in c} - set(IGNORED_SETTINGS))
     return [k for k in names if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
