@@ -48,6 +48,7 @@ BASE_CODE[np.frombuffer(b"acgt", np.uint8)] = np.arange(4)
 BANDS = {"1-4kb": (1000, 4000), "2-20kb": (2000, 20000)}
 PCA_DIMS = 256
 CHUNK_ROWS = 256  # about one genome's fragments a chunk in file order
+PER_K_TINY = ["--config", str(ROOT / "configs" / "per-k-tiny.toml")]  # the shipped config, as flags
 # name: (input store, extra flags of `python -m train` over the shared ones)
 VARIANTS = {"reference": ("global", []),
             "per-k-input": ("per_k", []),
@@ -69,17 +70,13 @@ VARIANTS = {"reference": ("global", []),
             "per-k-4-to-1mers-micro": ("per_k", ["--kmers", "4,3,2,1", "--hidden", "64,32", "--latent", "16"]),
             "per-k-4-to-1mers-tiny-latent-8": ("per_k", ["--kmers", "4,3,2,1", "--hidden", "128,64", "--latent", "8"]),
             # shipped as configs/per-k-tiny.toml (5..1-mers, 5-mers weighted 0.3, hidden 128,64, latent 16)
-            "per-k-5mer-weight-0.3-tiny": ("per_k", ["--config", str(ROOT / "configs" / "per-k-tiny.toml")]),
+            "per-k-5mer-weight-0.3-tiny": ("per_k", PER_K_TINY),
             # denoising on top of it (issue 22's list): the encoder sees the row plus N(0, sd^2) noise
-            "per-k-tiny-input-noise-0.1": ("per_k", ["--config", str(ROOT / "configs" / "per-k-tiny.toml"),
-                                                     "--input-noise", "0.1"]),
-            "per-k-tiny-input-noise-0.3": ("per_k", ["--config", str(ROOT / "configs" / "per-k-tiny.toml"),
-                                                     "--input-noise", "0.3"]),
+            "per-k-tiny-input-noise-0.1": ("per_k", [*PER_K_TINY, "--input-noise", "0.1"]),
+            "per-k-tiny-input-noise-0.3": ("per_k", [*PER_K_TINY, "--input-noise", "0.3"]),
             # rows weighted by contig length (issue 22's list): inverse sampling variance, and half-way
-            "per-k-tiny-length-weight-1": ("per_k", ["--config", str(ROOT / "configs" / "per-k-tiny.toml"),
-                                                     "--length-weight", "1"]),
-            "per-k-tiny-length-weight-0.5": ("per_k", ["--config", str(ROOT / "configs" / "per-k-tiny.toml"),
-                                                       "--length-weight", "0.5"]),
+            "per-k-tiny-length-weight-1": ("per_k", [*PER_K_TINY, "--length-weight", "1"]),
+            "per-k-tiny-length-weight-0.5": ("per_k", [*PER_K_TINY, "--length-weight", "0.5"]),
             "6mer-weight-0.25": ("global", ["--kmer-weights", "0.25,1,1,1,1,1"]),
             "per-scale": ("global", ["--latent-blocks", "128,64,64"]),
             "latent-512": ("global", ["--latent", "512"]),

@@ -57,9 +57,8 @@ def refuse_other_clr(checkpoint: str, info: StoreInfo) -> None:
         trained = json.loads(config.read_text()).get(DATA_CLR)
     except (OSError, ValueError, AttributeError):
         return
-    if trained and trained != info.clr.flag:
-        raise KmervaeError(f"{info.url} holds the {info.clr.flag} CLR, {checkpoint} was trained on the {trained} "
-                           f"CLR: encode a store made with `python -m ingest ... --clr {trained}`")
+    if trained:
+        info.require_clr(trained, f"{checkpoint} was trained on")
 
 
 def refuse_existing(out: str, overwrite: bool) -> None:

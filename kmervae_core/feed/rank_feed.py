@@ -30,9 +30,7 @@ class Feed:
         self.cfg, self.device, self.log, self.rank = cfg, ctx.device, log, ctx.rank
         info = open_store(cfg.data)
         self.clr = info.clr  # what the run trains on; recorded for train.encode's check
-        if cfg.store_clr not in ("any", info.clr.flag):
-            raise KmervaeError(f"{cfg.data} holds the {info.clr.flag} CLR, this configuration is tuned on the "
-                               f"{cfg.store_clr} CLR: ingest with `python -m ingest ... --clr {cfg.store_clr}`")
+        info.require_clr(cfg.store_clr, "this configuration is tuned on")
         args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
                     val_fraction=cfg.val_fraction, val_split=cfg.val_split, window_chunks=cfg.window_chunks,
                     lanes=cfg.lanes, partitions=cfg.partitions, info=info, workers=cfg.workers,

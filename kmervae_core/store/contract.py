@@ -56,6 +56,14 @@ class StoreInfo:
     def checksum(self) -> str | None:
         return self.attrs.get("checksum")
 
+    def require_clr(self, wanted: str, by: str) -> None:
+        """Refuse this store unless it holds the `wanted` CLR (as `ingest --clr` spells it; "any"
+        takes either): a model fed the other CLR trains and encodes without error, on the wrong
+        input. `by` says who wants it ("this configuration is tuned on")."""
+        if wanted not in ("any", self.clr.flag):
+            raise StoreError(f"{self.url} holds the {self.clr.flag} CLR, {by} the {wanted} CLR: use a store made "
+                             f"with `python -m ingest ... --clr {wanted}`")
+
 
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
