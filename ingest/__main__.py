@@ -13,6 +13,7 @@ from kmervae_core.store.clr import SCOPE_FLAGS, SCOPES, ClrSpec
 from kmervae_core.store.convert import CODEC_LEVELS, DEFAULT_CHUNK_ROWS, IngestPlan, find_bad_rows, ingest
 from kmervae_core.errors import KmervaeError
 from kmervae_core.limits import usable_cpus
+from kmervae_core.outputs import writing
 from kmervae_core.store.npy_source import open_npy
 from kmervae_core.progress import Progress
 from kmervae_core.store.contract import STORE_DTYPES, open_store
@@ -23,8 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m ingest", description=__doc__,
         formatter_class=DefaultsHelp,
-        epilog="Exit status: 0 done (with --verify: the store is sound), 2 bad input or store (one line on "
-               "stderr, no store marked complete).")
+        epilog="Exit status: 0 done (with --verify: the store is sound), 2 bad input or store, or an OUTPUT that "
+               "cannot be written (one line on stderr, no store marked complete).")
     p.add_argument("input", nargs="?", help="all_kmers.npy: float32/float64, N x 10,965 (column 0, then 7..1-mers)")
     p.add_argument("output", nargs="?", help="the Zarr store to write: a local path or an fsspec URL")
     p.add_argument("--verify", metavar="STORE", default=None,
@@ -99,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             if plan.rows == 0:
                 raise KmervaeError(f"{args.input}: every row is bad; nothing to ingest")
         bar = Progress(plan.rows, "ingest", quiet=quiet)
-        summary = ingest(plan, resume=args.resume, overwrite=args.overwrite, scheduler=args.scheduler,
-                         workers=args.workers, progress=bar.update)
+        with writing(args.output):  # a full disk: one line, the store left incomplete for --resume
+            summary = ingest(plan, resume=args.resume, overwrite=args.overwrite, scheduler=args.scheduler,
+                             workers=args.workers, progress=bar.update)
         bar.close()
     except KmervaeError as e:
         print(f"ingest: error: {e}", file=sys.stderr)

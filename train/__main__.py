@@ -12,6 +12,8 @@ import threading
 from kmervae_core.config import ROLES, TrainConfig, load_config, shown
 from kmervae_core.errors import KmervaeError, ReaderFailed
 from kmervae_core.limits import return_large_blocks
+from kmervae_core.outputs import WriteFailed
+from kmervae_core.run_lock import RunLock
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # preemption, eviction; Slurm's advance warning; Ctrl-C
 
@@ -113,10 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_distributed()
     agreement = FailureAgreement(ctx)  # a failure on any rank ends every rank alike
     log = (lambda line: print(line, flush=True)) if ctx.is_main else (lambda line: None)
-    trainer, clean = None, False
+    trainer, lock, clean = None, None, False
     try:
         if refusal := batch_refusal(cfg.batch_size, ctx.world_size):
             raise KmervaeError(refusal)
+        if ctx.is_main:  # one run per folder, before anything in it is read or written
+            lock = RunLock(cfg.out)
+            if lock.took_over:
+                log(lock.took_over)
         trainer = Trainer(cfg, ctx, log, stop=stop.is_set)
         summary = trainer.run()
         trainer.finish()
@@ -137,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             trainer.finish(failed=isinstance(e, NonFiniteLoss))
         status = EXIT_NON_FINITE if isinstance(e, NonFiniteLoss) else \
             EXIT_READER_FAILED if isinstance(e, ReaderFailed) else EXIT_BAD_INPUT
+        if isinstance(e, WriteFailed) and trainer is not None:
+            e = WriteFailed(f"{e}; the checkpoints already written are sound ({trainer.checkpointer.last_good()})")
         where = f"rank {ctx.rank}: " if ctx.active and not str(e).startswith(f"rank {ctx.rank}:") else ""
         return agreement.fail(status, f"train: error: {where}{e}")
     except Exception:
@@ -148,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is not None:
             trainer.close()  # reader threads and DDP go before the process group does
         agreement.close()
+        if lock is not None:
+            lock.release()
         shutdown(clean)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kmervae_core.evaluation.report import comparison_table, csv_text, default_plot_path, markdown, plot_latent_metrics
 from kmervae_core.errors import KmervaeError
+from kmervae_core.outputs import FILE, check_output, writing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         header, rows = comparison_table(args.run_dirs)
-        plot = plot_latent_metrics(args.run_dirs, args.plot or default_plot_path(args.run_dirs))
+        plot = args.plot or default_plot_path(args.run_dirs)
+        check_output(plot, FILE)
+        with writing(plot):
+            plot = plot_latent_metrics(args.run_dirs, plot)
     except KmervaeError as e:
         print(f"train.compare: error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,9 @@ from kmervae_core.evaluation.encode import (encode_chunks, finish_output, load_e
 from kmervae_core.training.distributed import FailureAgreement, init_distributed, shutdown
 from kmervae_core.errors import KmervaeError
 from kmervae_core.progress import Progress
-from kmervae_core.store.contract import open_store
+from kmervae_core.outputs import writing
+from kmervae_core.run_lock import RunLock
+from kmervae_core.store.contract import is_local, open_store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,21 +31,27 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     ctx = init_distributed()
     agreement = FailureAgreement(ctx)  # a refusal on any rank ends every rank alike
-    clean = False
+    clean, lock = False, None
     try:
         info = open_store(args.data)
         encoder = load_encoder(args.checkpoint, ctx.device)
         refuse_other_clr(args.checkpoint, info)
+        if ctx.is_main and is_local(args.out):  # one encode per --out: refused before the others look at it
+            lock = RunLock(args.out, "encode", beside=True)
+        if ctx.active:
+            dist.barrier()
         refuse_existing(args.out, args.overwrite)  # on every rank, before rank 0 makes it
         if ctx.active:
             dist.barrier()
         if ctx.is_main:
-            prepare_output(args.out, info, encoder, args.log_var, args.overwrite)
+            with writing(args.out):
+                prepare_output(args.out, info, encoder, args.log_var, args.overwrite)
         if ctx.active:
             dist.barrier()
         start = time.perf_counter()
         bar = Progress(-(-info.rows // ctx.world_size), "encode", quiet=not ctx.is_main)
-        written = torch.tensor([encode_chunks(encoder, info, args.out, ctx, args.log_var, bar.update)])
+        with writing(args.out):  # a full disk: one line, the store left incomplete
+            written = torch.tensor([encode_chunks(encoder, info, args.out, ctx, args.log_var, bar.update)])
         bar.close()
         if ctx.active:
             dist.all_reduce(written)
@@ -59,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"rank {ctx.rank}: " if ctx.active else ""
         return agreement.fail(2, f"train.encode: error: {where}{e}")
     finally:
+        if lock is not None:
+            lock.release()
         agreement.close()
         shutdown(clean)
 

@@ -31,11 +31,9 @@ def main(argv: list[str] | None = None) -> int:
             labels = np.load(args.labels, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise KmervaeError(f"{args.labels}: cannot read labels ({e})") from None
-        if labels.shape != (z.shape[0],):
-            raise KmervaeError(f"{args.labels}: {labels.shape[0] if labels.ndim else 0} labels for {z.shape[0]} rows")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise KmervaeError(f"{args.labels}: labels must be integers (one genome or bin id per row), "
-                               f"not {labels.dtype}")
+        if labels.shape != (z.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+            raise KmervaeError(f"{args.labels}: needs one integer label (genome or bin id) per row, {z.shape[0]:,} "
+                               f"in all; it holds {labels.dtype} of shape {labels.shape}")
         rows = np.arange(z.shape[0])
         if len(rows) > MAX_ROWS:
             rows = np.sort(np.random.default_rng(0).choice(rows, MAX_ROWS, replace=False))

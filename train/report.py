@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kmervae_core.errors import KmervaeError
 from kmervae_core.evaluation.report import write_report
+from kmervae_core.outputs import FOLDER, check_output, writing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", type=Path, help="a training run folder (--out of python -m train)")
     args = p.parse_args(argv)
     try:
-        files = write_report(args.run_dir)
+        if args.run_dir.is_dir():
+            check_output(args.run_dir / "report", FOLDER)
+        with writing(args.run_dir / "report"):
+            files = write_report(args.run_dir)
     except KmervaeError as e:
         print(f"train.report: error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from ..config import DATA_CLR
 from ..training import checkpoint as ckpt
 from ..training.distributed import DistContext
 from ..errors import KmervaeError
+from ..outputs import STORE, check_output
 from ..model.vae import encoder_from_state
 from ..store.contract import StoreInfo, exists, open_array, read_rows, remove
 from ..store.kmers import KMER_GROUPS
@@ -39,6 +40,10 @@ def load_encoder(path: str, device: torch.device) -> nn.Module:
         run_dir = Path(path).parent.parent if "config" in state else Path(path).parent
         raise KmervaeError(f"{path}: {what}, not an encoder; pass its run's exported encoder, "
                            f"{run_dir / 'vae_multi_encoder_best.pt'} (or _final.pt)")
+    if isinstance(state, dict) and any(str(k).split(".")[-2:-1] == ["out"] for k in state):
+        encoder = Path(path).with_name(Path(path).name.replace("decoder", "encoder"))
+        raise KmervaeError(f"{path}: a decoder export, not an encoder; pass the encoder exported beside it, "
+                           f"{encoder if encoder != Path(path) else Path(path).parent / 'vae_multi_encoder_best.pt'}")
     try:
         enc = encoder_from_state(state).to(device)
     except Exception as e:  # noqa: BLE001 - any other file is one user-facing line
@@ -62,7 +67,9 @@ def refuse_other_clr(checkpoint: str, info: StoreInfo) -> None:
 
 
 def refuse_existing(out: str, overwrite: bool) -> None:
-    """Refuse to replace an existing --out unless asked (every rank can decide it)."""
+    """Refuse an --out that cannot be written (outputs.check_output), or that exists unless asked
+    to replace it (every rank can decide it)."""
+    check_output(out, STORE)
     if exists(out) and not overwrite:
         raise KmervaeError(f"{out}: already exists; pass --overwrite to replace it")
 

@@ -9,6 +9,8 @@ Zarr would read a missing chunk as zeros.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .clr import ClrSpec
+from .clr import SCOPE_FLAGS, SCOPES, ClrSpec
 from ..errors import DamagedChunk, StoreError
 from .kmers import KMER_GROUPS, N_FEATURES, USED_SOURCE
 
@@ -173,6 +175,34 @@ def read_attrs(url: str) -> dict | None:
             ValueError, NotADirectoryError):
         return None
     return dict(group.attrs.get(ATTRS_KEY, {})) or None
+
+
+# attributes that say where a store's files are or how its chunks are encoded, not what it holds: a
+# store moved, copied or recompressed keeps its identity
+NOT_CONTENT = ("complete", "codec", "checksum", "labels")
+
+
+def store_identity(url: str) -> dict | None:
+    """What a checkpoint records of the store it trained on: its rows, chunk rows, CLR, source and
+    a fingerprint of its `kmervae` attributes less the paths and encoding (cheap: one small read);
+    None where there is no store at url (open_store then says so)."""
+    attrs = read_attrs(url)
+    if attrs is None:
+        return None
+    content = {k: v for k, v in attrs.items() if k not in NOT_CONTENT}
+    source = dict(content.get("source", {}))
+    content["source"] = {k: v for k, v in source.items() if k != "path"}
+    fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    transform = attrs.get("transform", {})
+    return {"url": url, "rows": attrs.get("rows"), "chunk_rows": attrs.get("chunk_rows"),
+            "clr": dict(zip(SCOPES, SCOPE_FLAGS)).get(transform.get("scope"), transform.get("scope")), "source": Path(str(source.get("path", "?"))).name,
+            "fingerprint": fingerprint}
+
+
+def describe_identity(identity: dict) -> str:
+    """`URL (15,000 rows in 40-row chunks, global CLR, from all_kmers.npy)`."""
+    return (f"{identity['url']} ({identity['rows']:,} rows in {identity['chunk_rows']}-row chunks, "
+            f"{identity['clr']} CLR, from {identity['source']})")
 
 
 def open_store(url: str) -> StoreInfo:

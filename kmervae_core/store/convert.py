@@ -22,6 +22,7 @@ from .clr import ClrSpec, clr
 from ..errors import InputError, StoreError
 from .kmers import N_FEATURES
 from .npy_source import NpySource, bad_rows
+from ..outputs import STORE, check_output
 from .contract import (ATTRS_KEY, CHECKSUM, CLR, COLUMN0, FORMAT_VERSION, LABELS, STORE_DTYPES, exists, layout_attrs,
                     read_attrs, remove, remove_partial_writes)
 
@@ -228,6 +229,7 @@ def run_tasks(tasks: list, scheduler: str | None, workers: int, on_result: Calla
 
 def prepare(plan: IngestPlan, resume: bool, overwrite: bool) -> list[int]:
     """Create the store (or check the one to resume) and return the chunks still to write."""
+    check_output(plan.url, STORE)  # a file is no store to resume or replace, whatever the flags
     found = read_attrs(plan.url) if exists(plan.url) else None
     if resume and found is None and exists(plan.url):
         raise StoreError(f"{plan.url}: cannot resume: it is not a kmervae store")

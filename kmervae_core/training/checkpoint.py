@@ -1,6 +1,7 @@
 """Checkpoints and exports: written atomically (atomic.py), so a crash leaves the previous file,
-never half of a new one; loaded with weights_only=True; which one a run resumes from and when
-the next is due (Checkpointer)."""
+never half of a new one; loaded with weights_only=True; which one a run resumes from (the newest
+sound one: a damaged one, from a file system fault, is moved aside), whether it may continue on
+this store, and when the next is due (Checkpointer)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,11 @@ from ..atomic import atomic_file
 from ..config import TrainConfig, resume_mismatch
 from ..feed.epoch_plan import default_partitions
 from ..errors import KmervaeError
+from ..outputs import one_line
+from ..store.contract import describe_identity
 
 NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+DAMAGED = ".damaged"  # the suffix a damaged checkpoint is moved aside under (out of NAME, so never pruned)
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -56,7 +60,7 @@ def read_checkpoint(path: Path) -> dict:
     try:
         state = load(path)
     except Exception as e:  # torch.load's errors for a file that is not its own are of many kinds
-        raise KmervaeError(f"{path}: not a training checkpoint (unreadable: {str(e).splitlines()[0][:120]})") from None
+        raise KmervaeError(f"{path}: not a training checkpoint (unreadable: {one_line(e, 120)})") from None
     if isinstance(state, dict) and "config" in state and "model" in state:
         return state if "trainer" in state else {
             **{k: v for k, v in state.items() if not any(k in keys for keys in PARTS_OF_FLAT.values())},
@@ -67,6 +71,36 @@ def read_checkpoint(path: Path) -> dict:
         raise KmervaeError(f"{path}: an exported model (weights only, for train.encode), not a training checkpoint; "
                            f"give {instead}, or --resume auto with --out set to the run folder")
     raise KmervaeError(f"{path}: not a training checkpoint (no settings or model state in it)")
+
+
+def initial_weights(path: str) -> dict:
+    """The model weights that `--init-from` starts a new run with: a training checkpoint's, or a
+    whole-model export's (vae_multi_best.pt); one line for any other file."""
+    if not Path(path).is_file():
+        raise KmervaeError(f"--init-from {path}: no such file")
+    try:
+        state = load(Path(path))
+    except Exception as e:  # noqa: BLE001 - torch.load's errors for a file that is not its own are of many kinds
+        raise KmervaeError(f"--init-from {path}: not a checkpoint torch can read ({one_line(e, 120)})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        return state["model"]
+    if isinstance(state, dict) and any(str(k).startswith("encoder.") for k in state):
+        return state
+    raise KmervaeError(f"--init-from {path}: neither a training checkpoint nor a whole-model export "
+                       "(vae_multi_best.pt or _final.pt)")
+
+
+def refuse_other_store(saved: dict, now: dict | None, path: Path) -> None:
+    """A checkpoint continues only on a store of the content it trained on (its epoch plan is that
+    store's rows and chunks): one line naming both stores and the way to start anew from its
+    weights. A store moved or copied keeps its fingerprint; a checkpoint without the record (older
+    than it) or a store that cannot be read (the feed says why) is not checked."""
+    was = saved.get("store")
+    if not was or not now or was["fingerprint"] == now["fingerprint"]:
+        return
+    raise KmervaeError(f"{path} was trained on {describe_identity(was)}, not on --data {describe_identity(now)}: "
+                       f"resume on that store, or start a new run from its weights with --init-from {path} "
+                       "and another --out")
 
 
 def settle_plan(cfg: TrainConfig, world_size: int, saved: dict | None, path: Path | None) -> TrainConfig:
@@ -97,25 +131,51 @@ class Checkpointer:
     def __init__(self, cfg: TrainConfig, writer: bool) -> None:
         self.run_dir, self.every, self.keep = Path(cfg.out), cfg.checkpoint_every, cfg.keep_checkpoints
         self.writer = writer
-        self.path = self._resume_path(cfg.resume)
-        self._saved = read_checkpoint(self.path) if self.path is not None else None
+        self.note: str | None = None  # a damaged checkpoint moved aside, for the resume line
+        self.path, self._saved = self._resume(cfg.resume)
 
-    def _resume_path(self, resume: str) -> Path | None:
+    def _resume(self, resume: str) -> tuple[Path | None, dict | None]:
+        """The checkpoint to resume from and its state (None, None for a new run)."""
         if resume == "never":
             if list_checkpoints(self.run_dir):
                 raise KmervaeError(f"{self.run_dir}: already holds checkpoints of another run; "
                                    "choose another --out, or --resume auto to continue it")
-            return None
+            return None, None
         if resume != "auto":
             path = Path(resume)
             if not path.is_file():
                 raise KmervaeError(f"{path}: no such checkpoint")
-            return path
-        found = list_checkpoints(self.run_dir)
-        return found[-1] if found else None
+            return path, read_checkpoint(path)
+        return self._newest_sound()
 
-    def settle(self, cfg: TrainConfig, world_size: int) -> TrainConfig:
-        """`cfg` with the partition count this run trains with (settle_plan)."""
+    def _newest_sound(self) -> tuple[Path | None, dict | None]:
+        """The run's newest checkpoint that reads whole. Newer ones that do not (our writes are
+        atomic: a disk or file system fault) are moved aside by the writer, named in `note`; with
+        none sound the run is refused and nothing moved, so that a rerun does not start over."""
+        damaged: list[tuple[Path, str]] = []
+        for path in reversed(list_checkpoints(self.run_dir)):
+            try:
+                saved = read_checkpoint(path)
+            except KmervaeError as e:  # another rank may have moved it aside meanwhile: damaged too
+                damaged.append((path, str(e).removeprefix(f"{path}: ")))
+                continue
+            if damaged:
+                if self.writer:
+                    for bad, _ in damaged:
+                        bad.replace(bad.with_name(bad.name + DAMAGED))
+                self.note = (f"{', '.join(str(bad) for bad, _ in damaged)}: damaged, moved aside (renamed *{DAMAGED}): "
+                             f"{damaged[0][1]}; resuming from the newest sound checkpoint, {path.name}")
+            return path, saved
+        if damaged:
+            raise KmervaeError(f"{self.run_dir}: no sound checkpoint to resume: the newest, {damaged[0][0].name}, is "
+                               f"damaged ({damaged[0][1]}); move the damaged ones away to start the run again")
+        return None, None
+
+    def settle(self, cfg: TrainConfig, world_size: int, store: dict | None) -> TrainConfig:
+        """`cfg` with the partition count this run trains with (settle_plan), once the checkpoint
+        is known to suit `store` (store_identity of --data)."""
+        if self._saved is not None:
+            refuse_other_store(self._saved, store, self.path)
         return settle_plan(cfg, world_size, self._saved, self.path)
 
     def take(self) -> dict | None:

@@ -21,11 +21,14 @@ from typing import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import Checkpointer
+from ..atomic import atomic_file
+from .checkpoint import Checkpointer, initial_weights
 from ..config import DATA_CLR, TrainConfig, beta_at, resume_changes, saved_settings
 from .distributed import DistContext, StopVote, all_reduce, ddp_group
 from ..errors import KmervaeError
 from ..feed.rank_feed import Feed
+from ..outputs import one_line
+from ..store.contract import store_identity
 from ..store.kmers import N_FEATURES, block_columns, selected_groups
 from ..model.losses import summarise
 from ..model.vae import VAE
@@ -63,7 +66,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: DistContext, log=print, stop: Callable[[], bool] = lambda: False) -> None:
         self.ctx, self.log = ctx, log
         self.checkpointer = Checkpointer(cfg, writer=ctx.is_main)
-        self.cfg = cfg = self.checkpointer.settle(cfg, ctx.world_size)
+        self.store = store_identity(cfg.data)  # recorded in each checkpoint: a resume must find the same content
+        self.cfg = cfg = self.checkpointer.settle(cfg, ctx.world_size, self.store)
         self.run_dir = Path(cfg.out)
         set_numerics(cfg, ctx.device)
         columns, groups = selected_groups(cfg.kmers)
@@ -75,6 +79,8 @@ class Trainer:
                          [torch.as_tensor(c) for c in block_columns(cfg.kmers, cfg.block_kmers)] if blocks else None,
                          cfg.block_sizes()).to(ctx.device)
         net = DDP(self.model, process_group=ddp_group()) if ctx.active else self.model
+        if cfg.init_from and self.checkpointer.path is None:  # before anything is written, so a refusal leaves nothing
+            self.start_from(cfg.init_from)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.runner = StepRunner(self.model, torch.compile(net) if cfg.compile else net, self.opt, cfg, ctx,
                                  self.feed.train_stream.share.batch_slice, groups, cfg.weights_by_k(), log)
@@ -137,7 +143,8 @@ class Trainer:
             return
         cfg = self.cfg.to_dict()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps({**cfg, DATA_CLR: self.feed.clr.flag}, indent=1))
+        with atomic_file(self.run_dir / "config.json") as f:
+            f.write(json.dumps({**cfg, DATA_CLR: self.feed.clr.flag}, indent=1).encode())
         self.log(f"config ({self.ctx.world_size} process(es) on {self.ctx.device.type}, {self.batches} "
                  "batches/epoch): " + json.dumps(cfg))
         self.log(self.runner.mode_line)
@@ -152,7 +159,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything a checkpoint holds, one entry per part that owns state beside the settings
         it was written under: the one place to add a field (and to load it below)."""
-        return {"config": self.cfg.to_dict(), "world_size": self.ctx.world_size,
+        return {"config": self.cfg.to_dict(), "world_size": self.ctx.world_size, "store": self.store,
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "tracker": self.tracker.state_dict(), "runner": self.runner.state_dict(),
                 "trainer": {"epoch": self.epoch, "batch": self.batch, "rng_cpu": torch.get_rng_state()}}
@@ -176,7 +183,14 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         saved = self.checkpointer.take()
         if saved is None:
+            if self.cfg.init_from:
+                self.log(f"starting at epoch 1 from the weights of {self.cfg.init_from} (optimizer, schedule and "
+                         "epoch plan new)")
             return
+        if self.checkpointer.note:
+            self.log(self.checkpointer.note)
+        if self.cfg.init_from:
+            self.log(f"--init-from {self.cfg.init_from} not applied: this run resumes its own checkpoint")
         self.load_state_dict(saved)
         if self.epoch >= self.cfg.epochs:
             self.log(f"{self.checkpointer.path}: this run already finished its {self.cfg.epochs} epochs; nothing to "
@@ -185,6 +199,15 @@ class Trainer:
         self.log(f"resuming from {self.checkpointer.path}: epoch {self.epoch + 1}, batch {self.batch}, "
                  f"step {self.runner.step} (written by {saved.get('world_size', '?')} process(es), now "
                  f"{self.ctx.world_size}; {self.cfg.partitions} partitions)")
+
+    def start_from(self, path: str) -> None:
+        """A new run whose model starts from the weights in `path` (--init-from)."""
+        try:
+            self.model.load_state_dict(initial_weights(path))
+        except RuntimeError as e:  # shapes or names that are not this model's: torch's second line says which
+            detail = (str(e).strip().splitlines() or [""])[1:2] or [str(e)]
+            raise KmervaeError(f"--init-from {path}: its weights do not fit this run's model (hidden, latent, kmers, "
+                               f"prior and blocks must be those it was trained with): {one_line(detail[0], 100)}") from None
 
     def save(self) -> Path:
         """Reduce the epoch's partial sums into rank 0, which writes the checkpoint."""
