@@ -36,11 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         info = open_store(args.data)
         encoder = load_encoder(args.checkpoint, ctx.device)
         refuse_other_clr(args.checkpoint, info)
-        if ctx.is_main and is_local(args.out):  # one encode per --out: refused before the others look at it
-            lock = RunLock(args.out, "encode", beside=True)
-        if ctx.active:
-            dist.barrier()
         refuse_existing(args.out, args.overwrite)  # on every rank, before rank 0 makes it
+        if ctx.is_main and is_local(args.out):  # one encode per --out: one that --overwrite would cut short is refused
+            lock = RunLock(args.out, "encode", beside=True)
         if ctx.active:
             dist.barrier()
         if ctx.is_main:
