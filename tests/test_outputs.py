@@ -75,16 +75,17 @@ def signals_kept():
         signal.signal(s, handler)
 
 
-def cli(module: str, *args) -> tuple[int, str]:
-    """`python -m module args` run in this process (imports are the cost of a child): (status, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+def cli(module: str, *args) -> tuple[int, str, str]:
+    """`python -m module args` run in this process (imports are the cost of a child): (status,
+    stderr, stdout)."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             status = importlib.import_module(f"{module}.__main__" if "." not in module else module).main(
                 [str(a) for a in args])
         except SystemExit as e:
             status = e.code
-    return status, err.getvalue()
+    return status, err.getvalue(), out.getvalue()
 
 
 def tree(folder: Path) -> dict:
@@ -167,7 +168,7 @@ def test_every_output_path_is_written_or_refused_in_one_line_leaving_nothing(
         "train.report": lambda: [out],
         "train.compare": lambda: [finished_run, "--plot", out],
     }[module]()
-    status, err = cli(module, *args)
+    status, err, _ = cli(module, *args)
     expected = COMMANDS[command][case]
     if expected is OK:
         assert status == 0, err
@@ -184,7 +185,7 @@ def test_a_disk_that_fills_during_a_run_ends_in_one_line_naming_it_and_the_newes
     if not mount_tmpfs(disk, "size=12m"):  # two checkpoints of the tiny model (4.4 MB each) and its exports fit
         pytest.skip("a small disk needs a tmpfs mount, and mounting is not permitted here")
     try:
-        status, err = cli("train", *train_args(train_store[0], disk / "run", "--epochs", 5, "--checkpoint-every", 4,
+        status, err, _ = cli("train", *train_args(train_store[0], disk / "run", "--epochs", 5, "--checkpoint-every", 4,
                                                *TINY))
         lines = [line for line in err.splitlines() if line.strip()]
         assert status == 2 and len(lines) == 1, err[-2000:]
