@@ -19,8 +19,10 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from kmervae_core.outputs import one_line
 from kmervae_core.training.checkpoint import list_checkpoints, read_checkpoint
 from tests.conftest import train_here
 from tests.test_train import TINY, train_args
@@ -197,3 +199,32 @@ def test_a_disk_that_fills_during_a_run_ends_in_one_line_naming_it_and_the_newes
         assert not list((disk / "run").rglob("*.tmp"))
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("text, limit, line", [
+    ("failed finding central directory. This is an internal miniz error. If you see this", 60,
+     "failed finding central directory."),  # whole sentences where one fits
+    ("PytorchStreamReader failed reading zip archive: failed finding central directory", 40,
+     "PytorchStreamReader failed reading zip ..."),  # else whole words
+    ("short\nsecond line", 40, "short"),
+])
+def test_a_quoted_error_is_cut_between_sentences_or_words_never_inside_one(text, limit, line):
+    assert one_line(text, limit) == line
+
+
+def test_labels_that_are_not_one_integer_per_row_are_named_as_such(finished_run, train_store, tmp_path):
+    latents = tmp_path / "latents.zarr"
+    assert cli("train.encode", "--checkpoint", finished_run / "vae_multi_encoder_final.pt", "--data", train_store[0],
+               "--out", latents)[0] == 0
+    np.save(tmp_path / "labels.npy", np.zeros((600, 4), dtype=np.float32))
+    status, err, _ = cli("train.evaluate", latents, "--labels", tmp_path / "labels.npy")
+    assert (status, err) == (2, f"train.evaluate: error: {tmp_path / 'labels.npy'}: needs one integer label (genome or "
+                                "bin id) per row, 600 in all; it holds float32 of shape (600, 4)\n")
+
+
+def test_a_decoder_given_to_encode_is_named_with_the_encoder_beside_it(finished_run, train_store, tmp_path):
+    decoder = finished_run / "vae_multi_decoder_final.pt"
+    status, err, _ = cli("train.encode", "--checkpoint", decoder, "--data", train_store[0], "--out", tmp_path / "z")
+    assert (status, err) == (2, f"train.encode: error: {decoder}: a decoder export, not an encoder; pass the encoder "
+                                f"exported beside it, {finished_run / 'vae_multi_encoder_final.pt'}\n")
+    assert not (tmp_path / "z").exists()

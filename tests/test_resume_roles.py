@@ -1,8 +1,11 @@
 """A resumed run whose settings differ from its checkpoint's, one role at a time (config.py's ROLES):
 a plan or model setting is refused in one line naming both values, a recipe setting is in force
 from the resume on (also where the optimizer, the plateau schedule or the best-epoch tracking
-restore a value of their own), a run setting is applied and changes nothing the run computes. And
-a file that is not a training checkpoint is refused in one line."""
+restore a value of their own), a run setting is applied and changes nothing the run computes. A
+file that is not a training checkpoint is refused in one line. A damaged newest checkpoint is moved
+aside and the run resumes from the newest sound one. The store is no setting but the checkpoint's
+record: a moved or copied store resumes, a store of other content is refused, naming --init-from,
+which starts a new run from the weights."""
 from __future__ import annotations
 
 import shutil
@@ -14,6 +17,8 @@ import torch
 from kmervae_core.config import TrainConfig
 from kmervae_core.errors import KmervaeError
 from kmervae_core.training.checkpoint import list_checkpoints, read_checkpoint
+from kmervae_core.training.distributed import DistContext
+from kmervae_core.training.trainer import Trainer
 from tests.conftest import run, train_config
 from tests.test_train import TINY, final_weights, history, train_args
 
@@ -118,3 +123,78 @@ def test_a_file_torch_cannot_read_is_not_a_checkpoint(tmp_path):
     notes.write_text("not a checkpoint")
     with pytest.raises(KmervaeError, match=f"^{notes}: not a training checkpoint \\(unreadable: "):
         read_checkpoint(notes)
+
+
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_newest_sound_one(runs, tmp_path):
+    store, d = runs
+    out = tmp_path / "run"
+    train(store, out, epochs=2, checkpoint_every=4)
+    older, newer, newest_one = list_checkpoints(out)
+    newest_one.write_bytes(newest_one.read_bytes()[: newest_one.stat().st_size // 2])  # a file system fault
+    said = "\n".join(train(store, out, epochs=3))
+    assert f"{newest_one}: damaged, moved aside (renamed *.damaged): not a training checkpoint" in said
+    assert f"; resuming from the newest sound checkpoint, {newer.name}" in said
+    assert f"resuming from {newer}: epoch 2, batch 6, step 16" in said
+    assert newest_one.with_name(newest_one.name + ".damaged").is_file()  # kept, out of the rotation
+    straight, resumed = final_weights(d / "straight"), final_weights(out)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # as if nothing had happened
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_is_refused_and_nothing_is_moved(runs, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(runs[1] / "base", out)
+    for path in list_checkpoints(out):
+        path.write_bytes(path.read_bytes()[:1000])
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with pytest.raises(KmervaeError) as e:
+        train(runs[0], out, epochs=3)
+    assert str(e.value).startswith(f"{out}: no sound checkpoint to resume: the newest, {names[-1]}, is damaged (")
+    assert str(e.value).endswith("; move the damaged ones away to start the run again")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == names
+
+
+@pytest.fixture(scope="module")
+def other_store(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("other")
+    run("ingest.synth", d / "o.npy", "--rows", 300, "--seed", 9, "--genomes", 3, check=True)
+    run("ingest", d / "o.npy", d / "o.zarr", "--chunk-rows", 40, check=True)
+    return str(d / "o.zarr")
+
+
+def test_a_store_moved_or_copied_resumes_as_before(runs, tmp_path):
+    moved = tmp_path / "scratch" / "copy.zarr"
+    shutil.copytree(runs[0], moved)
+    out = tmp_path / "run"
+    shutil.copytree(runs[1] / "base", out)
+    said = "\n".join(train(str(moved), out, epochs=3))
+    assert f"resuming from {out / 'checkpoints' / 'ckpt-e0002-s000000020.pt'}: epoch 3, batch 0, step 20" in said
+    straight, resumed = final_weights(runs[1] / "straight"), final_weights(out)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resuming_on_a_store_of_other_content_is_refused_naming_both_and_init_from(runs, other_store, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(runs[1] / "base", out)
+    ckpt = list_checkpoints(out)[-1]
+    with pytest.raises(KmervaeError) as e:
+        train(other_store, out, epochs=3)
+    assert str(e.value) == (
+        f"{ckpt} was trained on {runs[0]} (600 rows in 40-row chunks, global CLR, from all_kmers.npy), not on "
+        f"--data {other_store} (300 rows in 40-row chunks, global CLR, from o.npy): resume on that store, or start a "
+        f"new run from its weights with --init-from {ckpt} and another --out")
+    assert list_checkpoints(out) == [ckpt.with_name(p.name) for p in list_checkpoints(runs[1] / "base")]
+
+
+def test_init_from_starts_a_new_run_at_epoch_one_from_the_checkpoints_weights(runs, other_store, tmp_path):
+    ckpt = list_checkpoints(runs[1] / "base")[-1]
+    cfg = TrainConfig(data=other_store, out=str(tmp_path / "new"), init_from=str(ckpt), epochs=1, **SETTINGS)
+    trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lambda line: None)
+    try:
+        weights, saved = trainer.model.state_dict(), torch.load(ckpt, weights_only=True)["model"]
+        assert all(torch.equal(weights[k], saved[k]) for k in saved)
+        assert (trainer.epoch, trainer.batch, trainer.runner.step) == (0, 0, 0)
+    finally:
+        trainer.close()
+    said = "\n".join(train(other_store, tmp_path / "new", init_from=str(ckpt), epochs=1))
+    assert f"starting at epoch 1 from the weights of {ckpt} (optimizer, schedule and epoch plan new)" in said
+    assert [h["epoch"] for h in history(tmp_path / "new")] == [1]

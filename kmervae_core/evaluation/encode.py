@@ -18,7 +18,7 @@ from ..config import DATA_CLR
 from ..training import checkpoint as ckpt
 from ..training.distributed import DistContext
 from ..errors import KmervaeError
-from ..outputs import STORE, check_output
+from ..outputs import STORE, check_output, one_line
 from ..model.vae import encoder_from_state
 from ..store.contract import StoreInfo, exists, open_array, read_rows, remove
 from ..store.kmers import KMER_GROUPS
@@ -34,7 +34,7 @@ def load_encoder(path: str, device: torch.device) -> nn.Module:
     try:
         state = ckpt.load(Path(path), device)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing line
-        raise KmervaeError(f"{path}: not a checkpoint torch can read ({type(e).__name__})") from None
+        raise KmervaeError(f"{path}: not a checkpoint torch can read ({one_line(e, 120)})") from None
     if isinstance(state, dict) and ("config" in state or any(str(k).startswith("encoder.") for k in state)):
         what = "a training checkpoint" if "config" in state else "a whole-model export"
         run_dir = Path(path).parent.parent if "config" in state else Path(path).parent
@@ -47,7 +47,8 @@ def load_encoder(path: str, device: torch.device) -> nn.Module:
     try:
         enc = encoder_from_state(state).to(device)
     except Exception as e:  # noqa: BLE001 - any other file is one user-facing line
-        raise KmervaeError(f"{path}: not an exported encoder (vae_multi_encoder_*.pt) ({type(e).__name__})") from None
+        raise KmervaeError(f"{path}: not an exported encoder (vae_multi_encoder_*.pt): its weights do not make "
+                           "an encoder") from None
     enc.load_state_dict(state)
     return enc.eval()
 
