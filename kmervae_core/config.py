@@ -80,9 +80,9 @@ class TrainConfig:
                               "batches and can resume the others' checkpoints; 0: gcd(batch size, 48), or a multiple "
                               "of the world size above that (epoch_plan.default_partitions); a resumed run keeps its own")
     resume: str = setting(RUN, "auto", "auto (the newest sound checkpoint in --out), never, or a checkpoint path")
-    init_from: str = setting(RUN, "", "a training checkpoint or whole-model export whose weights start a new run at "
-                             "epoch 0 (optimizer, schedule and epoch plan new; e.g. on another store); a run that "
-                             "has checkpoints of its own resumes them instead")
+    init_from: str = setting(RUN, "", "a training checkpoint or whole-model export whose weights start a new run "
+                             "from its first epoch (optimizer, schedule and epoch plan new: e.g. on another store); "
+                             "a run that has checkpoints of its own resumes them instead")
     checkpoint_every: int = setting(RUN, 1000, "steps between checkpoints (also written at each epoch end)")
     keep_checkpoints: int = setting(RUN, 3, "newest checkpoints kept")
     deterministic: bool = setting(RUN, False, "deterministic algorithms: bitwise-repeatable runs")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import KmervaeError
-from .outputs import FOLDER, STORE, check_output, write_failure
+from .outputs import FOLDER, STORE, check_output, one_line, write_failure
 
 LOCK_NAME = ".kmervae.lock"
 
@@ -29,7 +29,8 @@ def describe(holder: dict) -> str:
 class RunLock:
     """The lock on the output `folder` (a run folder, or with `beside` a store whose lock file is
     its sibling), taken on construction; the folder holding the lock file is made if missing.
-    `took_over` says whose lock, left by a process that is gone, this one replaced (None if none)."""
+    `note`: a line to log, saying whose lock (left by a process that is gone) this one
+    replaced, or that the file system cannot lock; None otherwise."""
 
     def __init__(self, folder: str | os.PathLike, what: str = "run", beside: bool = False) -> None:
         self.folder = Path(folder)
@@ -40,6 +41,7 @@ class RunLock:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as e:
             raise write_failure(e, self.folder) from None
+        self.note: str | None = None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -47,13 +49,21 @@ class RunLock:
             os.close(self.fd)
             raise KmervaeError(f"{self.folder}: another {what} is writing it ({describe(holder)}); wait for it to "
                                f"end or stop it, or choose another --out") from None
+        except OSError as e:  # a file system without flock (Lustre mounted without -o flock: ENOSYS)
+            self.note = (f"{self.folder}: the file system does not lock ({one_line(e.strerror or e)}); this "
+                              f"{what} goes on unguarded against a second one")
+            return
         left = self._holder()
-        self.took_over = (f"{self.folder}: took over the lock of a {what} that is gone ({describe(left)})"
-                          if left else None)
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                       "since": time.time()}).encode(), 0)
-        os.fsync(self.fd)
+        if left:
+            self.note = f"{self.folder}: took over the lock of a {what} that is gone ({describe(left)})"
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                           "since": time.time()}).encode(), 0)
+            os.fsync(self.fd)
+        except OSError as e:
+            self.release()
+            raise write_failure(e, self.folder) from None
 
     def _holder(self) -> dict:
         try:

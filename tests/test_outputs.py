@@ -25,6 +25,7 @@ import pytest
 from kmervae_core.outputs import one_line
 from kmervae_core.training.checkpoint import list_checkpoints, read_checkpoint
 from tests.conftest import train_here
+from tests.test_rank_agreement import launch, one_line_from_one_rank
 from tests.test_train import TINY, train_args
 
 pytestmark = pytest.mark.slow
@@ -181,19 +182,25 @@ def test_every_output_path_is_written_or_refused_in_one_line_leaving_nothing(
     assert tree(scratch) == before
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
 def test_a_disk_that_fills_during_a_run_ends_in_one_line_naming_it_and_the_newest_sound_checkpoint(
-        train_store, signals_kept, tmp_path):
+        train_store, signals_kept, tmp_path, ranks):
     disk = tmp_path / "disk"
     if not mount_tmpfs(disk, "size=12m"):  # two checkpoints of the tiny model (4.4 MB each) and its exports fit
         pytest.skip("a small disk needs a tmpfs mount, and mounting is not permitted here")
     try:
-        status, err, _ = cli("train", *train_args(train_store[0], disk / "run", "--epochs", 5, "--checkpoint-every", 4,
-                                               *TINY))
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert status == 2 and len(lines) == 1, err[-2000:]
+        args = train_args(train_store[0], disk / "run", "--epochs", 5, "--checkpoint-every", 4, *TINY)
+        if ranks == 1:
+            status, err, _ = cli("train", *args)
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert status == 2 and len(lines) == 1, err[-2000:]
+            line = lines[0]
+        else:  # every rank ends with the status, one of them with the line
+            line = one_line_from_one_rank(launch("train", *args))
         kept = list_checkpoints(disk / "run")
-        assert kept and lines[0].startswith(f"train: error: no space left on {disk} writing {disk / 'run'}")
-        assert lines[0].endswith(f"the checkpoints already written are sound (last good checkpoint {kept[-1]})")
+        where = "rank 0: " if ranks > 1 else ""
+        assert kept and line.startswith(f"train: error: {where}no space left on {disk} writing {disk / 'run'}"), line
+        assert line.endswith(f"the checkpoints already written are sound (last good checkpoint {kept[-1]})"), line
         for path in kept:  # whole: each resumes
             assert read_checkpoint(path)["trainer"]["epoch"] >= 0
         assert not list((disk / "run").rglob("*.tmp"))

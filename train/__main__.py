@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             raise KmervaeError(refusal)
         if ctx.is_main:  # one run per folder, before anything in it is read or written
             lock = RunLock(cfg.out)
-            if lock.took_over:
-                log(lock.took_over)
+            if lock.note:
+                log(lock.note)
         trainer = Trainer(cfg, ctx, log, stop=stop.is_set)
         summary = trainer.run()
         trainer.finish()

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         refuse_existing(args.out, args.overwrite)  # on every rank, before rank 0 makes it
         if ctx.is_main and is_local(args.out):  # one encode per --out: one that --overwrite would cut short is refused
             lock = RunLock(args.out, "encode", beside=True)
+            if lock.note:
+                print(lock.note, flush=True)
         if ctx.active:
             dist.barrier()
         if ctx.is_main:
