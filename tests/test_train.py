@@ -149,7 +149,7 @@ def test_checkpoints_and_exports_load_with_weights_only(train_store, tmp_path):
     vae = VAE(hidden=(64, 32), latent=8)
     vae.load_state_dict(torch.load(tmp_path / "vae_multi_best.pt", weights_only=True))
     state = torch.load(sorted((tmp_path / "checkpoints").glob("*.pt"))[-1], weights_only=True)
-    assert set(state) == {"config", "world_size", "model", "optimizer", "tracker", "runner", "trainer"}  # by part
+    assert set(state) == {"config", "world_size", "store", "model", "optimizer", "tracker", "runner", "trainer"}  # by part
     assert set(state["tracker"]) == {"plateau", "best"} and set(state["runner"]) == {"step", "epoch_sums"}
     assert set(state["trainer"]) == {"epoch", "batch", "rng_cpu"}
     assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 48
@@ -281,7 +281,8 @@ def test_encode_given_another_file_of_the_run_names_the_encoder_to_pass(train_st
     assert not (tmp_path / "z.zarr").exists()
 
 
-@pytest.mark.parametrize("case,message", [("float labels", "labels must be integers (one genome or bin id per row), not float64"),
+@pytest.mark.parametrize("case,message", [("float labels", "needs one integer label (genome or bin id) per row, 600 in "
+                                                            "all; it holds float64 of shape (600,)"),
                                           ("k 0", "-k 0: the neighbours must number from 1 to 599"),
                                           ("k 600", "-k 600: the neighbours must number from 1 to 599")])
 def test_evaluate_bad_input_is_one_line_and_exit_2(train_store, encoded, tmp_path, case, message):
