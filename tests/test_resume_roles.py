@@ -20,6 +20,7 @@ from kmervae_core.training.checkpoint import list_checkpoints, read_checkpoint
 from kmervae_core.training.distributed import DistContext
 from kmervae_core.training.trainer import Trainer
 from tests.conftest import run, train_config
+from tests.test_rank_agreement import unlabelled_store  # noqa: F401 - a store of other content (300 rows)
 from tests.test_train import TINY, final_weights, history, train_args
 
 pytestmark = pytest.mark.slow
@@ -153,14 +154,6 @@ def test_a_run_whose_checkpoints_are_all_damaged_is_refused_and_nothing_is_moved
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == names
 
 
-@pytest.fixture(scope="module")
-def other_store(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("other")
-    run("ingest.synth", d / "o.npy", "--rows", 300, "--seed", 9, "--genomes", 3, check=True)
-    run("ingest", d / "o.npy", d / "o.zarr", "--chunk-rows", 40, check=True)
-    return str(d / "o.zarr")
-
-
 def test_a_store_moved_or_copied_resumes_as_before(runs, tmp_path):
     moved = tmp_path / "scratch" / "copy.zarr"
     shutil.copytree(runs[0], moved)
@@ -172,22 +165,22 @@ def test_a_store_moved_or_copied_resumes_as_before(runs, tmp_path):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
-def test_resuming_on_a_store_of_other_content_is_refused_naming_both_and_init_from(runs, other_store, tmp_path):
+def test_resuming_on_a_store_of_other_content_is_refused_naming_both_and_init_from(runs, unlabelled_store, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(runs[1] / "base", out)
     ckpt = list_checkpoints(out)[-1]
     with pytest.raises(KmervaeError) as e:
-        train(other_store, out, epochs=3)
+        train(unlabelled_store, out, epochs=3)
     assert str(e.value) == (
         f"{ckpt} was trained on {runs[0]} (600 rows in 40-row chunks, global CLR, from all_kmers.npy), not on "
-        f"--data {other_store} (300 rows in 40-row chunks, global CLR, from o.npy): resume on that store, or start a "
+        f"--data {unlabelled_store} (300 rows in 40-row chunks, global CLR, from a.npy): resume on that store, or start a "
         f"new run from its weights with --init-from {ckpt} and another --out")
     assert list_checkpoints(out) == [ckpt.with_name(p.name) for p in list_checkpoints(runs[1] / "base")]
 
 
-def test_init_from_starts_a_new_run_at_epoch_one_from_the_checkpoints_weights(runs, other_store, tmp_path):
+def test_init_from_starts_a_new_run_at_epoch_one_from_the_checkpoints_weights(runs, unlabelled_store, tmp_path):
     ckpt = list_checkpoints(runs[1] / "base")[-1]
-    cfg = TrainConfig(data=other_store, out=str(tmp_path / "new"), init_from=str(ckpt), epochs=1, **SETTINGS)
+    cfg = TrainConfig(data=unlabelled_store, out=str(tmp_path / "new"), init_from=str(ckpt), epochs=1, **SETTINGS)
     trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lambda line: None)
     try:
         weights, saved = trainer.model.state_dict(), torch.load(ckpt, weights_only=True)["model"]
@@ -195,6 +188,6 @@ def test_init_from_starts_a_new_run_at_epoch_one_from_the_checkpoints_weights(ru
         assert (trainer.epoch, trainer.batch, trainer.runner.step) == (0, 0, 0)
     finally:
         trainer.close()
-    said = "\n".join(train(other_store, tmp_path / "new", init_from=str(ckpt), epochs=1))
+    said = "\n".join(train(unlabelled_store, tmp_path / "new", init_from=str(ckpt), epochs=1))
     assert f"starting at epoch 1 from the weights of {ckpt} (optimizer, schedule and epoch plan new)" in said
     assert [h["epoch"] for h in history(tmp_path / "new")] == [1]
