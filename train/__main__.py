@@ -12,6 +12,7 @@ import threading
 from kmervae_core.config import ROLES, TrainConfig, load_config, shown
 from kmervae_core.errors import KmervaeError, ReaderFailed
 from kmervae_core.limits import return_large_blocks
+from kmervae_core.words import counted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # preemption, eviction; Slurm's advance warning; Ctrl-C
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.finish()
         best = summary["best"]
         by = best["by"] if summary["validated"] else "training loss"  # the tracker's val_loss falls back to it
-        log(f"done: {summary['epochs']} epochs, {summary['steps']} steps; best {by} "
+        log(f"done: {counted(summary['epochs'], 'epoch')}, {counted(summary['steps'], 'step')}; best {by} "
             f"{best['value']:.4g} at epoch {best['epoch'] + 1}; exports in {trainer.cfg.out}")
         clean = True
         return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kmervae_core.errors import KmervaeError
 from kmervae_core.evaluation.report import write_report
+from kmervae_core.words import counted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     except KmervaeError as e:
         print(f"train.report: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {len(files)} files in {args.run_dir / 'report'}: " + ", ".join(f.name for f in files))
+    print(f"wrote {counted(len(files), 'file')} in {args.run_dir / 'report'}: " + ", ".join(f.name for f in files))
     return 0
 
 

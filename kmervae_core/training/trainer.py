@@ -33,6 +33,7 @@ from .recorder import Recorder
 from .step_runner import StepRunner
 from .tracker import Tracker
 from .validator import Validator
+from ..words import counted
 
 
 class NonFiniteLoss(KmervaeError):
@@ -127,6 +128,7 @@ class Trainer:
         best = self.tracker.end_epoch(self.epoch, (val or train)["loss"], latent)
         if best:
             self.checkpointer.export(self.model, "best")
+            self.validator.keep_latents(self.epoch)
         self.recorder.end_epoch(self.epoch, beta, self.tracker.lr, train, val, latent, best)
 
     def announce(self) -> None:
@@ -138,8 +140,8 @@ class Trainer:
         cfg = self.cfg.to_dict()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps({**cfg, DATA_CLR: self.feed.clr.flag}, indent=1))
-        self.log(f"config ({self.ctx.world_size} process(es) on {self.ctx.device.type}, {self.batches} "
-                 "batches/epoch): " + json.dumps(cfg))
+        self.log(f"config ({counted(self.ctx.world_size, 'process', 'processes')} on {self.ctx.device.type}, "
+                 f"{counted(self.batches, 'batch', 'batches')} an epoch): " + json.dumps(cfg))
         self.log(self.runner.mode_line)
         self.log(self.feed.message)
         if line := self.validator.shortfall():
@@ -179,12 +181,13 @@ class Trainer:
             return
         self.load_state_dict(saved)
         if self.epoch >= self.cfg.epochs:
-            self.log(f"{self.checkpointer.path}: this run already finished its {self.cfg.epochs} epochs; nothing to "
+            self.log(f"{self.checkpointer.path}: this run already finished its {counted(self.cfg.epochs, 'epoch')}; nothing to "
                      "train (raise --epochs to train on)")
             return
+        writers = counted(saved["world_size"], "process", "processes") if "world_size" in saved else "? processes"
         self.log(f"resuming from {self.checkpointer.path}: epoch {self.epoch + 1}, batch {self.batch}, "
-                 f"step {self.runner.step} (written by {saved.get('world_size', '?')} process(es), now "
-                 f"{self.ctx.world_size}; {self.cfg.partitions} partitions)")
+                 f"step {self.runner.step} (written by {writers}, now "
+                 f"{self.ctx.world_size}; {counted(self.cfg.partitions, 'partition')})")
 
     def save(self) -> Path:
         """Reduce the epoch's partial sums into rank 0, which writes the checkpoint."""
