@@ -1,5 +1,6 @@
 """python -m train.report RUN_DIR: figures (losses, per-k-mer MSE, β and learning rate, latent
-metrics, a 2-D projection of held-out latents coloured by label) and RUN_DIR/report/report.md."""
+metrics, a 2-D projection of the latent sample's z_mean from the best epoch's encoder, coloured by
+label) and RUN_DIR/report/report.md."""
 from __future__ import annotations
 
 import argparse

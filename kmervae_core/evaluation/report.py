@@ -12,11 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DATA_CLR
 from ..errors import KmervaeError
 from ..store.kmers import KMER_GROUPS, USED_KS
 from ..summary import history_key, kl_block_key, kl_blocks_in_history, mse_key
 
 IGNORED_SETTINGS = ("out",)  # differs between any two runs by construction
+# config.json's records of what a run trained on, beside its settings but not settings (no flag sets
+# them): (key, column), shown after the settings where they differ
+RECORDS = ((DATA_CLR, "store CLR"),)
 # (column, history key at the last epoch); "best val loss" is the lowest over all epochs
 VAL_LOSS = history_key("val", "loss")
 OUTCOMES = ([("final val loss", VAL_LOSS)]
@@ -275,12 +279,16 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     return config, history
 
 
+def differs(configs: list[dict], key: str) -> bool:
+    """Whether a config.json key's value is not the same in every run; absent counts as a value,
+    so a run from before a key was recorded shows a blank beside the others."""
+    return len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1
+
+
 def differing_settings(configs: list[dict]) -> list[str]:
-    """config.json keys (the settings, and data_clr: the store's CLR) whose values are not the
-    same in every run; absent counts as a value, so a run from before a key was recorded shows
-    a blank beside the others."""
-    names = sorted({k for c in configs for k in c} - set(IGNORED_SETTINGS))
-    return [k for k in names if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    """The settings (config.json keys but the records) whose values are not the same in every run."""
+    names = sorted({k for c in configs for k in c} - set(IGNORED_SETTINGS) - {key for key, _ in RECORDS})
+    return [k for k in names if differs(configs, k)]
 
 
 def _text(value) -> str:
@@ -297,14 +305,17 @@ def comparison_table(run_dirs: list[Path]) -> tuple[list[str], list[list[str]]]:
     """(header, one row of text cells per run)."""
     runs = [load_run(d) for d in run_dirs]
     settings = differing_settings([c for c, _ in runs])
+    records = [(key, column) for key, column in RECORDS if differs([c for c, _ in runs], key)]
     blocks = sorted({b for _, h in runs for b in kl_blocks_in_history(h[-1], "val")})
     outcomes = OUTCOMES + [(f"val KL block {b}", history_key("val", kl_block_key(b))) for b in blocks]
     present = [(name, key) for name, key in outcomes if any(h[-1].get(key) is not None for _, h in runs)]
-    header = ["run", *settings, "epochs run", "best val loss", *[name for name, _ in present]]
+    header = ["run", *settings, *[column for _, column in records], "epochs run", "best val loss",
+              *[name for name, _ in present]]
     rows = []
     for d, (config, history) in zip(run_dirs, runs):
         val = [h[VAL_LOSS] for h in history if h.get(VAL_LOSS) is not None]
-        rows.append([d.name, *[_text(config.get(s)) for s in settings], str(history[-1]["epoch"]),
+        rows.append([d.name, *[_text(config.get(s)) for s in settings], *[_text(config.get(k)) for k, _ in records],
+                     str(history[-1]["epoch"]),
                      _text(min(val) if val else None), *[_text(history[-1].get(key)) for _, key in present]])
     return header, rows
 

@@ -6,7 +6,7 @@ it (docs/design.md, "The trainer"):
   step_runner.py  one optimisation step: noise, step counter, autocast, CUDA graph capture
   checkpoint.py   which checkpoint to resume from, when the next is due, writing it, exports
   tracker.py      the best epoch and the plateau learning-rate schedule
-  validator.py    validation loss and the held-out latent metrics
+  validator.py    validation loss and the latent metrics (on the latent sample)
   recorder.py     progress bar, epoch line, history.json, Prometheus
 The Trainer itself keeps the position in the epoch plan (epoch, batch) and says what a
 checkpoint holds (`state_dict`)."""
