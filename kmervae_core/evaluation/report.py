@@ -97,6 +97,7 @@ def read_run(run_dir: Path) -> tuple[list[dict], dict]:
 
 
 def save(fig, path: Path) -> Path:
+    """Write a figure and free it (pyplot keeps every open figure)."""
     fig.savefig(path, dpi=100)
     _pyplot().close(fig)
     return path
@@ -112,7 +113,7 @@ def sample_words(run_dir: Path, config: dict) -> str:
     the sample's size from its latents where kept (a store smaller than --latent-sample gives fewer)."""
     path = run_dir / SAMPLE_LATENTS
     rows = len(np.load(path)["rows"]) if path.is_file() else config.get("latent_sample")
-    return f"latent sample: {rows:,} rows drawn from the whole store" if rows else "latent sample: rows drawn from the whole store"
+    return f"latent sample: {f'{rows:,} ' if rows else ''}rows drawn from the whole store"
 
 
 def curves_figure(history: list[dict], title: str, panels: list[tuple[str, list[tuple[str, str]], str, bool]]):

@@ -181,8 +181,8 @@ class Trainer:
             return
         self.load_state_dict(saved)
         if self.epoch >= self.cfg.epochs:
-            self.log(f"{self.checkpointer.path}: this run already finished its {counted(self.cfg.epochs, 'epoch')}; nothing to "
-                     "train (raise --epochs to train on)")
+            self.log(f"{self.checkpointer.path}: this run already finished its {counted(self.cfg.epochs, 'epoch')}; "
+                     "nothing to train (raise --epochs to train on)")
             return
         writers = counted(saved["world_size"], "process", "processes") if "world_size" in saved else "? processes"
         self.log(f"resuming from {self.checkpointer.path}: epoch {self.epoch + 1}, batch {self.batch}, "
