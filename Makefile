@@ -39,6 +39,10 @@ demo: setup
 	$(PY) -m train.evaluate $(RUN)/latents.zarr --labels Data/all_kmers_labels.npy --store Data/kmers.zarr
 	@$(PY) -c "import json; h = json.load(open('$(RUN)/history.json'))[-1]; print(f\"latent metrics of the last epoch (epoch {h['epoch']}, latent sample of the store's rows): active units {h['latent_active_units']}, distance Spearman {h['latent_spearman']:.3f}, kNN {h['latent_knn']:.3f}\")"
 	$(PY) -m train.report $(RUN)
+	@echo "kNN accuracy above: the share of rows whose 5 nearest neighbours vote for the row's own genome, in the"
+	@echo "VAE's 256 latent dimensions (latents) and in the 2,772 CLR columns it encodes (CLR input). Latents near the"
+	@echo "input's figure keep what tells the genomes apart in 11 times fewer numbers; the gap is what the compression"
+	@echo "lost. These synthetic genomes differ in GC and are easy; real genomes: docs/experiments.md."
 
 test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

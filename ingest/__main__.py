@@ -18,6 +18,7 @@ from kmervae_core.store.npy_source import open_npy
 from kmervae_core.progress import Progress
 from kmervae_core.store.contract import STORE_DTYPES, open_store
 from kmervae_core.store.verify import verify_store
+from kmervae_core.words import counted
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,8 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        f"{n} (levels {r.start}-{r.stop - 1})" if r else n for n, (_, r) in CODEC_LEVELS.items()))
     p.add_argument("--dtype", choices=STORE_DTYPES, default="float32", help="dtype of the stored CLR values")
     p.add_argument("--workers", type=int, default=usable_cpus(),
-                   help="threads of the local scheduler (memory is about 100 MB per worker at 4,096 rows a chunk); "
-                        "the default is the CPUs this job may use (CPU affinity and cgroup CPU quota)")
+                   help="threads of the local scheduler, at least 1 (memory is about 100 MB per worker at 4,096 rows a "
+                        "chunk); the default is the CPUs this job may use (CPU affinity and cgroup CPU quota). Not "
+                        "train's --workers, whose 0 reads in the training loop: ingest has no such mode")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run on a dask.distributed cluster (e.g. tcp://host:8786); input and output must be reachable from its workers")
     p.add_argument("--labels", default=None,
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify is not None:
         return verify(args.verify, args.quiet)
     if args.workers < 1:
-        print("ingest: error: --workers must be at least 1", file=sys.stderr)
+        print("ingest: error: --workers must be at least 1 (the scheduler's threads; train's --workers 0 has no "
+              "counterpart here)", file=sys.stderr)
         return 2
     try:
         spec = ClrSpec(SCOPES[SCOPE_FLAGS.index(args.clr)], args.pseudocount)
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
             plan = dataclasses.replace(plan, dropped=dropped)
             if dropped and not quiet:
-                print(f"dropping {len(dropped):,} rows with NaN, infinite or negative frequencies (first: {dropped[0]})")
+                print(f"dropping {counted(len(dropped), 'row')} with NaN, infinite or negative frequencies (first: {dropped[0]})")
             if plan.rows == 0:
                 raise KmervaeError(f"{args.input}: every row is bad; nothing to ingest")
         bar = Progress(plan.rows, "ingest", quiet=quiet)
@@ -114,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     if not quiet:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         secs = max(summary.seconds, 1e-9)
-        kept = f" ({summary.chunks_kept} chunks kept from the interrupted run)" if summary.chunks_kept else ""
-        print(f"wrote {args.output}: {summary.rows:,} rows x 2,772 ({plan.dtype}, {plan.codec}), "
+        kept = f" ({counted(summary.chunks_kept, 'chunk')} kept from the interrupted run)" if summary.chunks_kept else ""
+        print(f"wrote {args.output}: {counted(summary.rows, 'row')} x 2,772 ({plan.dtype}, {plan.codec}), "
               f"{summary.dropped:,} dropped{kept}\n"
               f"  in  {summary.bytes_in / 1e6:,.1f} MB read  ({summary.bytes_in / 1e6 / secs:,.0f} MB/s, "
               f"{summary.rows / secs:,.0f} rows/s)\n"

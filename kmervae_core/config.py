@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import tomllib
@@ -289,6 +290,13 @@ def parse_prior(spec: str) -> tuple[str, int]:
     raise KmervaeError(f"bad configuration: prior {spec!r}: use normal, mog:K or vamp:K with K at least 1")
 
 
+def guessed(name: str) -> str:
+    """An unknown setting's name, with the setting it was likely meant to be ("epoch (did you mean
+    epochs?)"); a flag's spelling, batch-size, finds batch_size."""
+    close = difflib.get_close_matches(name.replace("-", "_"), ROLE_OF, n=1, cutoff=0.8)
+    return f"{name} (did you mean {close[0]}?)" if close else name
+
+
 def load_config(toml_path: str | None, overrides: dict) -> TrainConfig:
     """Defaults, then the TOML file, then the overrides (flags given on the command line)."""
     values: dict = {}
@@ -302,7 +310,8 @@ def load_config(toml_path: str | None, overrides: dict) -> TrainConfig:
             raise KmervaeError(f"{toml_path}: not valid TOML ({e})") from None
     unknown = sorted(set(values) - set(ROLE_OF))
     if unknown:
-        raise KmervaeError(f"{toml_path}: unknown settings {', '.join(unknown)}")
+        raise KmervaeError(f"{toml_path}: unknown {'setting' if len(unknown) == 1 else 'settings'} "
+                           + ", ".join(map(guessed, unknown)))
     for name, value in values.items():
         if problem := type_problem(name, value):
             raise KmervaeError(f"{toml_path}: {problem}")

@@ -143,7 +143,7 @@ def test_a_run_stopped_on_two_processes_resumes_on_one_and_trains_every_row_once
     assert "partitions 48 in the checkpoint, 24 now: a resumed run keeps its batches" in changed.stderr
 
     rest = train_here(*train_args(store, out, *args))
-    assert f"step {step} (written by 2 process(es), now 1; 48 partitions)" in rest
+    assert f"step {step} (written by 2 processes, now 1; 48 partitions)" in rest
     for a, b in zip(history(tmp_path / "one"), history(out), strict=True):
         assert a["train_rows"] == b["train_rows"]
         for key in ("train_recon", "train_kl", "val_loss"):

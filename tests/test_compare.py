@@ -102,3 +102,13 @@ def test_compare_refuses_a_folder_that_is_not_a_run_with_one_line(tmp_path):
     proc = run("train.compare", a, tmp_path / "nowhere", "--plot", tmp_path / "p.png")
     assert proc.returncode == 2 and proc.stderr.strip() == \
         f"train.compare: error: {tmp_path / 'nowhere'}: no config.json (not a training run folder, or no epoch finished)"
+
+
+def test_the_stores_clr_is_a_record_shown_after_the_settings_not_a_setting(tmp_path):
+    """config.json records the CLR of the store a run trained on (data_clr): no flag sets it."""
+    a = fake_run(tmp_path / "g", {"data_clr": "global", "prior": "normal"}, [epoch(1, 3.0, 0.5)])
+    b = fake_run(tmp_path / "p", {"data_clr": "per-k", "prior": "mog:2"}, [epoch(1, 2.0, 0.5)])
+    table = list(csv.DictReader(io.StringIO(run("train.compare", a, b, "--csv", "--plot", tmp_path / "c.png",
+                                                check=True).stdout)))
+    assert list(table[0])[:4] == ["run", "prior", "store CLR", "epochs run"]
+    assert [r["store CLR"] for r in table] == ["global", "per-k"] and "data_clr" not in table[0]

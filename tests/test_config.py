@@ -71,7 +71,7 @@ def test_a_wrong_type_in_a_config_file_is_one_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("epochs = 3\nlearning_rate = 1e-3\n", "unknown settings learning_rate"),
+    ("epochs = 3\nlearning_rate = 1e-3\n", "unknown setting learning_rate"),
     ("epochs = \n", "not valid TOML"),
     ("epochs = 0\n", "epochs must be at least 1"),
 ])

@@ -186,7 +186,7 @@ def test_verify_summarises_a_sound_store(store):
     out = run("ingest", "--verify", store, check=True).stdout
     assert f"{store}: sound" in out
     for part in ("240 (0 source rows dropped), 6 chunks of 40 rows", "clr, column0, labels", "codec zstd:1",
-                 "scope global, pseudocount 1e-06", "crc32c on every chunk, 18 chunks checked"):
+                 "CLR       global, pseudocount 1e-06", "crc32c on every chunk, 18 chunks checked"):
         assert part in out, part
 
 

@@ -14,6 +14,7 @@ from kmervae_core.errors import KmervaeError, ReaderFailed
 from kmervae_core.limits import return_large_blocks
 from kmervae_core.outputs import WriteFailed
 from kmervae_core.run_lock import RunLock
+from kmervae_core.words import counted
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # preemption, eviction; Slurm's advance warning; Ctrl-C
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.finish()
         best = summary["best"]
         by = best["by"] if summary["validated"] else "training loss"  # the tracker's val_loss falls back to it
-        log(f"done: {summary['epochs']} epochs, {summary['steps']} steps; best {by} "
+        log(f"done: {counted(summary['epochs'], 'epoch')}, {counted(summary['steps'], 'step')}; best {by} "
             f"{best['value']:.4g} at epoch {best['epoch'] + 1}; exports in {trainer.cfg.out}")
         clean = True
         return 0

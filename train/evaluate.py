@@ -11,6 +11,7 @@ import zarr
 from kmervae_core.errors import KmervaeError
 from kmervae_core.evaluation.embedding import knn_accuracy
 from kmervae_core.store.contract import open_array, open_store, read_rows
+from kmervae_core.words import counted
 
 MAX_ROWS = 20000  # kNN is quadratic: larger inputs are evaluated on a seeded sample
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             raise KmervaeError(f"-k {args.k}: the neighbours must number from 1 to {len(rows) - 1} "
                                f"(one fewer than the {len(rows):,} rows evaluated)")
         chance = np.unique(labels[rows], return_counts=True)[1].max() / len(rows)
-        line = (f"kNN accuracy (k={args.k}, {len(rows):,} rows, {len(np.unique(labels))} labels): "
+        line = (f"kNN accuracy (k={args.k}, {counted(len(rows), 'row')}, {counted(len(np.unique(labels)), 'label')}): "
                 f"latents {knn_accuracy(z.oindex[rows], labels[rows], args.k):.3f}")
         if args.store:
             info = open_store(args.store)

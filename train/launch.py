@@ -1,5 +1,6 @@
-"""python -m train.launch [torchrun options] -m train ...: torchrun, quiet where the ranks have
-already said what happened, and ending with the ranks' exit status.
+"""python -m train.launch [torchrun options] -m train ...: start the ranks of a multi-process run
+as torchrun does (the same launcher, every torchrun option below passed on as it is), quiet where
+the ranks have already said what happened, and ending with the ranks' exit status.
 
 torchrun itself exits 1 with a traceback whenever a rank fails (ChildFailedError, with a block per
 rank) or torchrun is signalled (SignalException: Ctrl-C, scancel, an eviction), whatever the
@@ -16,6 +17,7 @@ ranks did: a stopped run that wrote its checkpoint reads as a crash. This runs t
 torchrun's own log lines are hidden unless LOGLEVEL is set (LOGLEVEL=INFO shows them all)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -24,15 +26,27 @@ import sys
 AGREED = {2, 3, 4, 143}  # train/__main__.py's exit statuses a rank reports after its own line
 
 
+def parser() -> argparse.ArgumentParser:
+    """torchrun's own parser (its options, parsed as torchrun parses them), under this command's
+    name and description: --help says what train.launch does, then lists torchrun's options."""
+    from torch.distributed.run import get_args_parser
+    p = get_args_parser()
+    p.prog, p.description, p.formatter_class = "python -m train.launch", __doc__, argparse.RawDescriptionHelpFormatter
+    p.usage = "%(prog)s [torchrun options] -m train [train options]"
+    p._optionals.title = "torchrun's options (passed on to it as they are)"  # argparse has no public setter
+    p.epilog = "e.g. python -m train.launch --standalone --nproc_per_node=8 -m train --data kmers.zarr --out runs/r1"
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import run
     if "LOGLEVEL" not in os.environ:  # torch's elastic loggers set their own levels when imported
         for name in ["torch.distributed", *logging.root.manager.loggerDict]:
             if name.startswith("torch.distributed"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run(args)
     except SignalException as e:

@@ -1,5 +1,6 @@
 """python -m train.report RUN_DIR: figures (losses, per-k-mer MSE, β and learning rate, latent
-metrics, a 2-D projection of held-out latents coloured by label) and RUN_DIR/report/report.md."""
+metrics, a 2-D projection of the latent sample's z_mean from the best epoch's encoder, coloured by
+label) and RUN_DIR/report/report.md."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ from pathlib import Path
 from kmervae_core.errors import KmervaeError
 from kmervae_core.evaluation.report import write_report
 from kmervae_core.outputs import FOLDER, check_output, writing
+from kmervae_core.words import counted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     except KmervaeError as e:
         print(f"train.report: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {len(files)} files in {args.run_dir / 'report'}: " + ", ".join(f.name for f in files))
+    print(f"wrote {counted(len(files), 'file')} in {args.run_dir / 'report'}: " + ", ".join(f.name for f in files))
     return 0
 
 

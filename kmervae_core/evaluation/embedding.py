@@ -2,7 +2,7 @@
 
 Reconstruction loss alone can mislead (a run with the best reconstruction had the worst
 agreement between latent and input distances, and few active dimensions), so these are
-tracked each epoch on a fixed held-out sample: active units, the Spearman correlation of
+tracked each epoch on a fixed sample of rows drawn from the whole store (the latent sample): active units, the Spearman correlation of
 latent and input distances over fixed pairs, and leave-one-out kNN accuracy of known labels.
 """
 from __future__ import annotations

@@ -79,7 +79,7 @@ class Split:
         return np.arange(*self.val_range(chunk))
 
     def val_rows(self) -> np.ndarray:
-        """Every validation row, in store order (what the held-out sample draws from)."""
+        """Every validation row, in store order."""
         return np.concatenate([self.val_rows_of(int(c)) for c in self.val_chunks] or [np.zeros(0, np.int64)])
 
 

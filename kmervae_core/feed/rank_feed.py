@@ -16,6 +16,7 @@ from ..errors import KmervaeError
 from ..model.losses import length_weights
 from ..store.contract import COLUMN0, open_array, open_store, read_rows
 from .stream import KmerStream
+from ..words import counted
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (x on the device, store rows)
 
@@ -59,8 +60,8 @@ class Feed:
         """--length-weight's weight of every store row, from the contig lengths in column 0."""
         lengths = read_rows(cfg.data, open_array(cfg.data, COLUMN0), slice(None))
         if missing := int((~(lengths > 0)).sum()):
-            raise KmervaeError(f"--length-weight needs each row's contig length in column 0; {missing:,} rows of "
-                               f"{cfg.data} have none (0 or less)")
+            raise KmervaeError(f"--length-weight needs each row's contig length in column 0; {counted(missing, 'row')} of "
+                               f"{cfg.data} {'has' if missing == 1 else 'have'} none (0 or less)")
         return length_weights(lengths, cfg.length_weight)
 
     def row_weights(self, rows: torch.Tensor) -> torch.Tensor | None:

@@ -23,6 +23,7 @@ from ..errors import InputError, StoreError
 from .kmers import N_FEATURES
 from .npy_source import NpySource, bad_rows
 from ..outputs import STORE, check_output
+from ..words import counted
 from .contract import (ATTRS_KEY, CHECKSUM, CLR, COLUMN0, FORMAT_VERSION, LABELS, STORE_DTYPES, exists, layout_attrs,
                     read_attrs, remove, remove_partial_writes)
 
@@ -136,7 +137,7 @@ def check_labels(path: str, rows: int) -> None:
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise InputError(f"{path}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
     if len(labels) != rows:
-        raise InputError(f"{path}: {len(labels)} labels for {rows} input rows")
+        raise InputError(f"{path}: {counted(len(labels), 'label')} for {counted(rows, 'input row')}")
 
 
 def read_labels(plan: "IngestPlan", i0: int, i1: int) -> np.ndarray:

@@ -10,6 +10,7 @@ import zarr
 
 from ..errors import StoreError
 from .contract import CLR, COLUMN0, LABELS, StoreInfo, check_present, chunk_span, read_rows
+from ..words import counted
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,15 @@ class Verified:
         per_k = info.clr.pseudocounts()
         pseudo = (f"pseudocount {next(iter(per_k.values())):g}" if len(set(per_k.values())) == 1 else
                   "pseudocounts " + ", ".join(f"{k}-mers {p:g}" for k, p in per_k.items()))
-        checksums = (f"{info.checksum} on every chunk, {self.chunks_read:,} chunks checked" if info.checksum else
+        checksums = (f"{info.checksum} on every chunk, {counted(self.chunks_read, 'chunk')} checked" if info.checksum else
                      "none (a store made before checksums: every chunk decoded, but damage that still "
                      "decodes cannot be seen; re-ingest to get them)")
         return (f"{info.url}: sound\n"
-                f"  rows      {info.rows:,} ({dropped:,} source rows dropped), {info.n_chunks:,} chunks of "
-                f"{info.chunk_rows:,} rows\n"
+                f"  rows      {info.rows:,} ({counted(dropped, 'source row')} dropped), "
+                f"{counted(info.n_chunks, 'chunk')} of {counted(info.chunk_rows, 'row')}\n"
                 f"  arrays    {', '.join(self.arrays)}; clr {info.dtype} x 2,772\n"
                 f"  stored    {self.bytes_stored / 1e6:,.1f} MB, codec {attrs.get('codec')}\n"
-                f"  CLR       scope {info.clr.scope}, {pseudo}\n"
+                f"  CLR       {info.clr.flag}, {pseudo}\n"
                 f"  checksums {checksums}")
 
 

@@ -7,6 +7,7 @@ a label set by both comes back renamed `exported_<label>`). A private registry: 
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -45,14 +46,15 @@ class TrainMetrics:
         self.beta = gauge("kmervae_beta", "KL weight in use")
         self.lr = gauge("kmervae_learning_rate", "Learning rate in use")
         self.epoch = gauge("kmervae_epoch", "Current epoch (1-based)")
-        self.latent_active = gauge("kmervae_latent_active_units", "Latent dimensions whose z_mean variance over the held-out sample exceeds 0.01")
-        self.latent_spearman = gauge("kmervae_latent_distance_spearman", "Spearman correlation of latent and input distances, held-out pairs")
-        self.latent_knn = gauge("kmervae_latent_knn_accuracy", "Leave-one-out 5-NN accuracy of the store's labels in latent space, held-out sample")
+        self.latent_active = gauge("kmervae_latent_active_units", "Latent dimensions whose z_mean variance over the latent sample exceeds 0.01")
+        self.latent_spearman = gauge("kmervae_latent_distance_spearman", "Spearman correlation of latent and input distances, pairs of the latent sample")
+        self.latent_knn = gauge("kmervae_latent_knn_accuracy", "Leave-one-out 5-NN accuracy of the store's labels in latent space, latent sample")
         self.non_finite = gauge("kmervae_non_finite_loss", "1 once a non-finite loss or weight stopped the run")
         self.last_step = gauge("kmervae_last_step_timestamp_seconds", "Unix time of the last completed step")
         self.rank_rate = gauge("kmervae_rank_samples_per_second", "Samples per second of one rank, last log window", "rank")
         self.rank_wait = gauge("kmervae_rank_data_wait_ratio", "Share of one rank's time spent waiting for data, last log window", "rank")
-        self.rank_memory = gauge("kmervae_rank_device_memory_bytes", "Device memory allocated on one rank (host RSS on CPU)", "rank")
+        self.rank_device_memory = gauge("kmervae_rank_device_memory_bytes", "CUDA memory allocated on one rank (CUDA ranks only)", "rank")
+        self.rank_host_memory = gauge("kmervae_rank_host_memory_bytes", "Resident set size of one rank's process", "rank")
         self.steps = Counter("kmervae_steps", "Optimizer steps", ["run"], registry=r)
         self.samples = Counter("kmervae_samples", "Training samples, all ranks", ["run"], registry=r)
         self.step_seconds = Histogram("kmervae_step_duration_seconds", "Wall time of one training step on rank 0",
@@ -126,12 +128,15 @@ class TrainMetrics:
             if latent.get(key) is not None:
                 gauge_.labels(run=run).set(latent[key])
 
-    def set_ranks(self, per_rank: list[tuple[float, float, float]]) -> None:
-        """(samples/s, data-wait ratio, device memory bytes) of each rank, gathered."""
-        for rank, (rate, wait, memory) in enumerate(per_rank):
+    def set_ranks(self, per_rank: list[tuple[float, float, float, float]]) -> None:
+        """(samples/s, data-wait ratio, device memory bytes, host RSS bytes) of each rank, gathered;
+        device memory is NaN on a CPU rank, which has none: no device series is exported for it."""
+        for rank, (rate, wait, device, host) in enumerate(per_rank):
             self.rank_rate.labels(run=self.run_id, rank=str(rank)).set(rate)
             self.rank_wait.labels(run=self.run_id, rank=str(rank)).set(wait)
-            self.rank_memory.labels(run=self.run_id, rank=str(rank)).set(memory)
+            if not math.isnan(device):
+                self.rank_device_memory.labels(run=self.run_id, rank=str(rank)).set(device)
+            self.rank_host_memory.labels(run=self.run_id, rank=str(rank)).set(host)
 
     def set_non_finite(self) -> None:
         self.non_finite.labels(run=self.run_id).set(1)

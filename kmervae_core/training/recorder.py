@@ -4,6 +4,7 @@ windows. Rank 0 writes; every rank takes part in the window's reductions."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -20,17 +21,17 @@ from ..model.losses import summarise
 from .prometheus import TrainMetrics
 from ..progress import Progress
 from ..summary import Summary, history_key, mse_key
+from ..words import counted
 
 
-def memory_in_use(device: torch.device) -> float:
-    """Device memory allocated (CUDA), or this process's resident memory (CPU); no sync."""
-    if device.type == "cuda":
-        return float(torch.cuda.memory_allocated(device))
+def memory_in_use(device: torch.device) -> tuple[float, float]:
+    """(CUDA memory allocated, NaN on a CPU device; this process's resident memory); no sync."""
+    allocated = float(torch.cuda.memory_allocated(device)) if device.type == "cuda" else math.nan
     try:
         with open("/proc/self/statm") as f:
-            return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            return allocated, float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
-        return 0.0
+        return allocated, 0.0
 
 
 def epoch_line(epoch: int, epochs: int, beta: float, train: Summary, val: Summary | None, rate: float,
@@ -44,7 +45,7 @@ def epoch_line(epoch: int, epochs: int, beta: float, train: Summary, val: Summar
     if latent:
         line += f" | active {latent['active_units']}/{latent_size}, rho {latent['spearman']:.3f}"
         if latent.get("knn") is not None:
-            line += f", kNN {latent['knn']:.3f} ({latent['knn_labels']} labels)"
+            line += f", kNN {latent['knn']:.3f} ({counted(latent['knn_labels'], 'label')})"
     return line
 
 
@@ -117,7 +118,7 @@ class Recorder:
         now = time.perf_counter()
         elapsed = max(now - self.window["start"], 1e-9)
         mine = torch.tensor([self.window["rows"] / elapsed, self.window["wait"] / elapsed,
-                             memory_in_use(self.ctx.device)], dtype=torch.float64, device=self.ctx.device)
+                             *memory_in_use(self.ctx.device)], dtype=torch.float64, device=self.ctx.device)
         per_rank = [t.tolist() for t in gather(mine)]
         window = summarise(all_reduce(window_sums.clone()), beta, self.groups, self.blocks)
         window_sums.zero_()

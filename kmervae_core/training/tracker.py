@@ -22,7 +22,7 @@ def better(select_by: str, value: float, best: float) -> bool:
 
 def measure(settings: dict) -> list:
     """What the best epoch's value is a value of: the metric, and for the latent metrics the
-    held-out sample they are computed on."""
+    latent sample they are computed on."""
     by = settings["select_by"]
     return [by] if by == "val_loss" else [by, settings["latent_sample"], settings["latent_pairs"]]
 

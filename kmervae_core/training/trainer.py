@@ -6,7 +6,7 @@ it (docs/design.md, "The trainer"):
   step_runner.py  one optimisation step: noise, step counter, autocast, CUDA graph capture
   checkpoint.py   which checkpoint to resume from, when the next is due, writing it, exports
   tracker.py      the best epoch and the plateau learning-rate schedule
-  validator.py    validation loss and the held-out latent metrics
+  validator.py    validation loss and the latent metrics (on the latent sample)
   recorder.py     progress bar, epoch line, history.json, Prometheus
 The Trainer itself keeps the position in the epoch plan (epoch, batch) and says what a
 checkpoint holds (`state_dict`)."""
@@ -36,6 +36,7 @@ from .recorder import Recorder
 from .step_runner import StepRunner
 from .tracker import Tracker
 from .validator import Validator
+from ..words import counted
 
 
 class NonFiniteLoss(KmervaeError):
@@ -133,6 +134,7 @@ class Trainer:
         best = self.tracker.end_epoch(self.epoch, (val or train)["loss"], latent)
         if best:
             self.checkpointer.export(self.model, "best")
+            self.validator.keep_latents(self.epoch)
         self.recorder.end_epoch(self.epoch, beta, self.tracker.lr, train, val, latent, best)
 
     def announce(self) -> None:
@@ -145,8 +147,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_file(self.run_dir / "config.json") as f:
             f.write(json.dumps({**cfg, DATA_CLR: self.feed.clr.flag}, indent=1).encode())
-        self.log(f"config ({self.ctx.world_size} process(es) on {self.ctx.device.type}, {self.batches} "
-                 "batches/epoch): " + json.dumps(cfg))
+        self.log(f"config ({counted(self.ctx.world_size, 'process', 'processes')} on {self.ctx.device.type}, "
+                 f"{counted(self.batches, 'batch', 'batches')} an epoch): " + json.dumps(cfg))
         self.log(self.runner.mode_line)
         self.log(self.feed.message)
         if line := self.validator.shortfall():
@@ -193,12 +195,13 @@ class Trainer:
             self.log(f"--init-from {self.cfg.init_from} not applied: this run resumes its own checkpoint")
         self.load_state_dict(saved)
         if self.epoch >= self.cfg.epochs:
-            self.log(f"{self.checkpointer.path}: this run already finished its {self.cfg.epochs} epochs; nothing to "
-                     "train (raise --epochs to train on)")
+            self.log(f"{self.checkpointer.path}: this run already finished its {counted(self.cfg.epochs, 'epoch')}; "
+                     "nothing to train (raise --epochs to train on)")
             return
+        writers = counted(saved["world_size"], "process", "processes") if "world_size" in saved else "? processes"
         self.log(f"resuming from {self.checkpointer.path}: epoch {self.epoch + 1}, batch {self.batch}, "
-                 f"step {self.runner.step} (written by {saved.get('world_size', '?')} process(es), now "
-                 f"{self.ctx.world_size}; {self.cfg.partitions} partitions)")
+                 f"step {self.runner.step} (written by {writers}, now "
+                 f"{self.ctx.world_size}; {counted(self.cfg.partitions, 'partition')})")
 
     def start_from(self, path: str) -> None:
         """A new run whose model starts from the weights in `path` (--init-from)."""

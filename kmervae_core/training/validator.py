@@ -13,6 +13,7 @@ from ..atomic import atomic_file
 from ..config import TrainConfig
 from .distributed import DistContext, all_reduce
 from ..errors import KmervaeError
+from ..evaluation.report import SAMPLE_LATENTS
 from ..evaluation.embedding import (active_units, distance_spearman, knn_accuracy, pair_distances, sample_pairs,
                                    sample_rows)
 from ..feed.rank_feed import Feed
@@ -32,6 +33,18 @@ class Validator:
         if cfg.latent_sample:
             self._refuse()
         self.heldout = self._heldout(columns) if ctx.is_main and cfg.latent_sample else None
+        self.sample_z: np.ndarray | None = None  # the latent sample's latents at the last epoch's end
+
+    def keep_latents(self, epoch: int) -> None:
+        """Rank 0 writes the latent sample's latents from this epoch's encoder, with the epoch
+        (1-based, as history.json), to SAMPLE_LATENTS: called for the best epoch, so that the
+        report's projection shows the encoder train.encode is given (vae_multi_encoder_best.pt)."""
+        if self.heldout is None or self.sample_z is None:
+            return
+        labels = self.heldout["labels"]
+        with atomic_file(self.run_dir / SAMPLE_LATENTS) as f:
+            np.savez(f, z=self.sample_z, rows=self.heldout["rows"], epoch=epoch + 1,
+                     **({"labels": labels} if labels is not None else {}))
 
     def _refuse(self) -> None:
         """Refuse a --select-by the store cannot serve, on every rank (from the split and the
@@ -92,8 +105,8 @@ class Validator:
 
     @torch.no_grad()
     def latent_metrics(self) -> dict | None:
-        """Rank 0 encodes the latent sample (and keeps its latents in heldout_latents.npz); the
-        figures and the count of labels the sample holds are broadcast to every rank."""
+        """Rank 0 encodes the latent sample (keeping its latents for keep_latents); the figures
+        and the count of labels the sample holds are broadcast to every rank."""
         values = torch.full((4,), math.nan, dtype=torch.float64, device=self.ctx.device)
         if self.heldout is not None:
             self.model.eval()
@@ -105,8 +118,7 @@ class Validator:
                                    knn_accuracy(z, labels) if labels is not None else math.nan,
                                    len(np.unique(labels)) if labels is not None else math.nan],
                                   dtype=torch.float64, device=self.ctx.device)
-            with atomic_file(self.run_dir / "heldout_latents.npz") as f:
-                np.savez(f, z=z, rows=self.heldout["rows"], **({"labels": labels} if labels is not None else {}))
+            self.sample_z = z
         if self.ctx.active:
             torch.distributed.broadcast(values, src=0)
         active, rho, knn, labels = values.tolist()
