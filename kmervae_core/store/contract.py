@@ -201,7 +201,7 @@ def store_identity(url: str) -> dict | None:
 
 def describe_identity(identity: dict) -> str:
     """`URL (15,000 rows in 40-row chunks, global CLR, from all_kmers.npy)`."""
-    return (f"{identity['url']} ({identity['rows']:,} rows in {identity['chunk_rows']}-row chunks, "
+    return (f"{identity['url']} ({identity['rows']:,} rows in {identity['chunk_rows']:,}-row chunks, "
             f"{identity['clr']} CLR, from {identity['source']})")
 
 
