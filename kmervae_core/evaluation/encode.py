@@ -20,7 +20,7 @@ from ..training.distributed import DistContext
 from ..errors import KmervaeError
 from ..outputs import STORE, check_output, one_line
 from ..model.vae import encoder_from_state
-from ..store.contract import StoreInfo, exists, open_array, read_rows, remove
+from ..store.contract import StoreInfo, exists, open_array, read_rows, refuse_replacing_non_store, remove
 from ..store.kmers import KMER_GROUPS
 
 LATENTS_KEY = "kmervae_latents"
@@ -73,6 +73,8 @@ def refuse_existing(out: str, overwrite: bool) -> None:
     check_output(out, STORE)
     if exists(out) and not overwrite:
         raise KmervaeError(f"{out}: already exists; pass --overwrite to replace it")
+    if exists(out):
+        refuse_replacing_non_store(out)
 
 
 def latent_layout(encoder: nn.Module) -> list[dict]:

@@ -80,6 +80,22 @@ def exists(url: str) -> bool:
     return fs.exists(path)
 
 
+def refuse_replacing_non_store(url: str) -> None:
+    """--overwrite replaces a Zarr store (complete or not) or an empty folder, never a folder of
+    the user's other files: a mistyped OUT must not delete a project folder."""
+    if is_local(url):
+        path = Path(url.removeprefix("file://"))
+        if not path.is_dir() or (path / "zarr.json").exists() or not any(path.iterdir()):
+            return
+    else:
+        import fsspec
+        fs, path = fsspec.core.url_to_fs(url)
+        if not fs.isdir(path) or fs.exists(f"{path.rstrip('/')}/zarr.json") or not fs.ls(path):
+            return
+    raise StoreError(f"{url}: is a folder that is not a Zarr store; --overwrite replaces only a store: "
+                     "choose another path, or remove it yourself")
+
+
 def remove(url: str) -> None:
     """Delete a store whole (used for --overwrite and for stores a failed run created)."""
     if is_local(url):

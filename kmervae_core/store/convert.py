@@ -25,7 +25,7 @@ from .npy_source import NpySource, bad_rows
 from ..outputs import STORE, check_output
 from ..words import counted
 from .contract import (ATTRS_KEY, CHECKSUM, CLR, COLUMN0, FORMAT_VERSION, LABELS, STORE_DTYPES, exists, layout_attrs,
-                    read_attrs, remove, remove_partial_writes)
+                    read_attrs, refuse_replacing_non_store, remove, remove_partial_writes)
 
 DONE = "_ingest_done"
 DEFAULT_CHUNK_ROWS = 4096
@@ -250,6 +250,7 @@ def prepare(plan: IngestPlan, resume: bool, overwrite: bool) -> list[int]:
         state = "an incomplete kmervae store" if found and not found.get("complete") else "something"
         raise StoreError(f"{plan.url}: already holds {state}; pass --resume to finish it or --overwrite to replace it")
     if exists(plan.url):
+        refuse_replacing_non_store(plan.url)
         remove(plan.url)
     try:
         group = zarr.open_group(store=plan.url, mode="w")
