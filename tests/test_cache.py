@@ -14,7 +14,7 @@ import zarr
 from kmervae_core import KmerStream
 from kmervae_core.feed.cache import choose_tier
 from kmervae_core.config import TrainConfig
-from kmervae_core.training.distributed import DistContext
+from kmervae_core.distributed import DistContext
 from kmervae_core.feed.rank_feed import Feed
 from kmervae_core.store.kmers import selected_groups
 from tests.conftest import run, train_here
@@ -84,7 +84,7 @@ def test_each_rank_caches_only_its_own_rows_and_feeds_its_streamed_batches(train
     for rank in range(world):
         kept = KmerStream(store, batch_size=48, seed=42, rank=rank, world_size=world, keep=True)
         stream = KmerStream(store, batch_size=48, seed=42, rank=rank, world_size=world)
-        held.append(np.concatenate([np.arange(a, b) for a, b in kept.share.train_ranges]))
+        held.append(np.concatenate([np.arange(a, b) for a, b in kept.rank_rows.train_ranges]))
         for number in (0, 1, 2):
             kept.set_epoch(number)
             stream.set_epoch(number)
@@ -131,7 +131,7 @@ def test_a_float16_store_is_cached_in_float16_and_fed_as_float32(train_store, tm
     run("ingest", Path(store).parent / "all_kmers.npy", half, "--chunk-rows", 40, "--dtype", "float16", check=True)
     streamed = make_feed(str(half), cache="none")
     cached = make_feed(str(half), cache="host")
-    assert cached.cache.memory() == len(cached.cache.share_chunks()) * 40 * 2772 * 2  # 2 bytes a value
+    assert cached.cache.memory().host == len(cached.cache.rank_chunks()) * 40 * 2772 * 2  # 2 bytes a value
     epoch(cached, 0)
     later = epoch(cached, 1)
     assert later[0][1].dtype == np.float32

@@ -99,7 +99,7 @@ def test_a_kept_share_decodes_each_chunk_once_per_run_even_resumed_mid_epoch(sto
             batches = [rows.numpy() for _, rows in s]
             assert len(batches) == len(s)
         assert s.complete
-        assert sorted(reads) == s.share_chunks()  # each chunk of the share, once
+        assert sorted(reads) == s.rank_chunks()  # each chunk of the share, once
 
 
 def test_a_kept_share_feeds_the_batches_streaming_does(stores):

@@ -80,13 +80,13 @@ def test_a_rank_serves_the_same_rows_in_every_epoch(store):
     world = 2
     for rank in range(world):
         s = stream(store, rank=rank, world_size=world)
-        own = np.concatenate([np.arange(a, b) for p in s.share.partitions for a, b in s.plan(0).pieces[p]])
+        own = np.concatenate([np.arange(a, b) for p in s.rank_rows.partitions for a, b in s.plan(0).pieces[p]])
         orders = []
         for e in (0, 1, 5):
             s.set_epoch(e)
             rows = np.concatenate(loader_order(s, 0))
             assert np.isin(rows, own).all()
-            assert 0 <= len(own) - len(rows) < len(s.share.partitions) * (BATCH // PARTS + 1)
+            assert 0 <= len(own) - len(rows) < len(s.rank_rows.partitions) * (BATCH // PARTS + 1)
             orders.append(rows)
         assert not np.array_equal(orders[0], orders[1])
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ..config import TrainConfig
-from .distributed import DistContext, all_reduce
+from ..distributed import DistContext, all_reduce
 from ..store.kmers import KGroup
 from ..model.losses import N_SUMS, vae_loss
 from .step_graph import WARMUP_STEPS, CudaGraphStep, check_capture, graph_decision
@@ -24,7 +24,7 @@ NO_STEP = 2**62
 
 class StepRunner:
     """`model` is the VAE, `net` what the eager step calls (DDP's wrapper, torch.compile's, or
-    the model); `batch_slice` this rank's rows of the global batch (epoch_plan.RankShare). `epoch_sums` (the epoch's, reduced at checkpoints) and `window_sums` (since the
+    the model); `batch_slice` this rank's rows of the global batch (epoch_plan.RankRows). `epoch_sums` (the epoch's, reduced at checkpoints) and `window_sums` (since the
     last log point) are what the step adds its loss sums to."""
 
     def __init__(self, model: torch.nn.Module, net: torch.nn.Module, opt: torch.optim.Optimizer,

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import Checkpointer
 from ..config import DATA_CLR, TrainConfig, beta_at, resume_changes, saved_settings
-from .distributed import DistContext, StopVote, all_reduce, ddp_group
+from ..distributed import DistContext, StopVote, all_reduce, ddp_group
 from ..errors import KmervaeError
 from ..feed.rank_feed import Feed
 from ..store.kmers import N_FEATURES, block_columns, selected_groups
@@ -77,7 +77,7 @@ class Trainer:
         net = DDP(self.model, process_group=ddp_group()) if ctx.active else self.model
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.runner = StepRunner(self.model, torch.compile(net) if cfg.compile else net, self.opt, cfg, ctx,
-                                 self.feed.train_stream.share.batch_slice, groups, cfg.weights_by_k(), log)
+                                 self.feed.train_stream.rank_rows.batch_slice, groups, cfg.weights_by_k(), log)
         self.tracker = Tracker(cfg, self.opt)
         self.validator = Validator(cfg, ctx, self.model, self.feed, self.runner, columns, blocks)
         self.recorder = Recorder(cfg, ctx, groups, blocks, log=log, info={
