@@ -214,7 +214,8 @@ class Slab:
         """This reader thread's pinned staging buffer, once its last copy out of it is done."""
         local = self._staging
         if not hasattr(local, "buffer"):
-            local.buffer, local.copied = host_empty((self.chunk_rows, self.width), self.dtype, pin=True), None
+            pin = self.storage.type == "cuda"
+            local.buffer, local.copied = host_empty((self.chunk_rows, self.width), self.dtype, pin), None
         if local.copied is not None:
             self.engine.synchronize(local.copied)
         return local.buffer[:rows]

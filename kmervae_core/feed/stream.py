@@ -313,7 +313,7 @@ class KmerStream(torch.utils.data.IterableDataset):
         if slab.storage.type == "cuda":
             index = index.to(slab.storage)  # the pass's gather indices, uploaded once
         # on the host, reader threads gather batches too, one per thread ahead of need
-        ahead = reader.threads if slab.storage.type == "cpu" and self.device.type == "cpu" else 0
+        ahead = reader.threads if slab.engine is None and slab.storage.type == "cpu" and self.device.type == "cpu" else 0
         gather_after = _gather_after(plan, batches, cr) if ahead else []
         reads: dict[int, Job] = {}
         gathers: dict[int, Job] = {}
