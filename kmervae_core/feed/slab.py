@@ -265,8 +265,17 @@ class Slab:
         return x.to(dtype)
 
 
+_GATHERED = threading.local()  # a thread's buffer for rows gathered before conversion
+
+
 def gather_rows(data: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """data[index] as `dtype`, on the host."""
+    """data[index] as `dtype`, on the host: a conversion gathers into a buffer the thread reuses,
+    so that only the batch itself is a fresh allocation."""
     if dtype == data.dtype:
         return torch.index_select(data, 0, index)
-    return data.index_select(0, index).to(dtype)
+    buffer = getattr(_GATHERED, "buffer", None)
+    if buffer is None or buffer.dtype != data.dtype or buffer.shape[1] != data.shape[1] or len(buffer) < len(index):
+        buffer = _GATHERED.buffer = torch.empty((len(index), data.shape[1]), dtype=data.dtype)
+    gathered = buffer[:len(index)]
+    torch.index_select(data, 0, index, out=gathered)
+    return gathered.to(dtype)

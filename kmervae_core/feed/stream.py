@@ -201,8 +201,9 @@ class KmerStream(torch.utils.data.IterableDataset):
         """Host and device bytes the stream's buffers take: the slab (every chunk of the share with
         keep, else the most chunks an epoch needs resident at once, epoch 0's, plus the
         read-ahead); on a GPU slab a pinned staging buffer per reader thread; a host slab feeding a
-        GPU pinned (pages rounded), with two pinned batch buffers; batches gathered ahead; and a
-        full-width chunk buffer per reader thread where `columns` selects some."""
+        GPU pinned (pages rounded), with two pinned batch buffers; batches gathered ahead (and a
+        buffer per thread where they are converted); and a full-width chunk buffer per reader
+        thread where `columns` selects some."""
         cr, item, threads = self.info.chunk_rows, self.store_dtype.itemsize, max(1, self.workers)
         slots = len(self.rank_chunks()) if self.keep else self._slots_for(self.batch_rows(0))
         chunk, batch = cr * self.width * item, self.rank_rows.local_batch * self.width
@@ -211,7 +212,8 @@ class KmerStream(torch.utils.data.IterableDataset):
             return Footprint(host=threads * pinned_bytes(chunk) + full_rows, device=slots * chunk)
         if self.device.type == "cuda":
             return Footprint(host=pinned_bytes(slots * chunk) + 2 * pinned_bytes(batch * item) + full_rows)
-        return Footprint(host=slots * chunk + self.workers * batch * self.dtype.itemsize + full_rows)
+        converting = max(1, self.workers) * batch * item if self.dtype != self.store_dtype else 0  # gather_rows' buffers
+        return Footprint(host=slots * chunk + self.workers * batch * self.dtype.itemsize + converting + full_rows)
 
     # ---- reading ----
 
