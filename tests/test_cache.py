@@ -229,3 +229,23 @@ def test_a_cache_that_does_not_fit_falls_back_to_streaming_with_one_line(train_s
     lines = [line for line in said.splitlines() if line.startswith("cache:")]
     assert len(lines) == 1 and lines[0].startswith("cache: none") and "does not fit" in lines[0], said
     assert "Epoch 2/2" in said
+
+
+def test_the_row_weights_of_a_pass_are_uploaded_once_and_follow_its_batches(train_store, monkeypatch):
+    """--length-weight: the pass's weights cross to the device in one copy at its start, not one
+    pageable copy per batch; each batch's slice weighs its own rows."""
+    store, _ = train_store
+    feed = make_feed(store, cache="none", length_weight=1.0)
+    lengths = zarr.open_group(store, mode="r")["column0"][:].astype(np.float64)
+    uploads = []
+    to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: (uploads.append(a[:1]), to(self, *a, **k))[1])
+    batches = 0
+    for split in (feed.train(1), feed.val()):
+        uploads.clear()
+        for _, rows in split:
+            weights = feed.row_weights(rows).numpy()
+            np.testing.assert_allclose(weights, lengths[rows.numpy()] / lengths.mean(), rtol=1e-5)
+            batches += 1
+        assert uploads.count((feed.device,)) == 1
+    assert batches > 2
