@@ -265,3 +265,29 @@ def test_a_column_subset_is_read_without_a_fresh_full_chunk_array(stores):
         for chunk in (1, 2):
             assert peak(lambda: subset.read_chunk(chunk, some)) < peak(lambda: whole.read_chunk(chunk, every)) + 37 * 2772 * 2
             np.testing.assert_array_equal(some.numpy(), clr[chunk * 37:(chunk + 1) * 37][:, columns])
+
+
+def test_a_pass_broken_off_on_a_staged_slab_copies_into_its_slots_only_after_its_gathers(stores):
+    clr = zarr.open_group(stores["f32"], mode="r")["clr"][:]
+    engine = RecordingEngine({clr[c * 37].tobytes(): c for c in range(-(-len(clr) // 37))})
+    s = KmerStream(stores["f32"], batch_size=30, partitions=1, lanes=1, workers=0, copy_engine=engine)
+    batches = iter(s)
+    next(batches)
+    next(batches)
+    engine.log.append(("broke off",))
+    batches.close()
+    assert sum(1 for _ in s) == len(s)  # the next pass
+    log = engine.log
+    cut = log.index(("broke off",))
+    at = {entry: i for i, entry in enumerate(log)}
+    last_copy = {}  # slot -> where the broken-off pass last copied into it
+    for i, entry in enumerate(log[:cut]):
+        if entry[0] == "copy":
+            last_copy[entry[3]] = i
+    firsts = {}  # slot -> the next pass's first copy into it
+    for entry in log[cut:]:
+        if entry[0] == "copy" and entry[3] in last_copy:
+            firsts.setdefault(entry[3], entry)
+    assert firsts
+    for slot, (_, _, _, _, after, _) in firsts.items():  # after an event behind the gathers from its chunk
+        assert after is not None and at[("record", after)] > last_copy[slot]

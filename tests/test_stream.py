@@ -231,6 +231,10 @@ def test_train_help_says_how_auto_workers_are_counted(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--workers" in text and "auto: the CPUs this job may use (affinity and cgroup quota)" in text
     assert "(default auto)" in text
+    assert parse_args(["--workers", "auto"]).workers == "auto" and parse_args(["--workers", "3"]).workers == 3
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "many"])
+    assert "--workers: expected auto or a non-negative integer, got 'many'" in capsys.readouterr().err
 
 
 def test_a_hung_read_is_named_before_the_process_group_would_time_out(monkeypatch):

@@ -23,8 +23,14 @@ def _list(item):
     return lambda text: [item(v) for v in text.split(",")]
 
 
+def _int_or_auto(text: str) -> int | str:
+    if text == "auto" or text.isdigit():
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"expected auto or a non-negative integer, got {text!r}")
+
+
 # how a flag's text becomes a TrainConfig field of each annotated type
-PARSE = {"int": int, "int | str": lambda text: text if text == "auto" else int(text), "float": float, "str": str, "list[int]": _list(int), "list[float]": _list(float),
+PARSE = {"int": int, "int | str": _int_or_auto, "float": float, "str": str, "list[int]": _list(int), "list[float]": _list(float),
          "list[list[int]]": lambda text: [_list(int)(block) for block in text.split("/")]}
 
 

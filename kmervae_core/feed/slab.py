@@ -70,9 +70,6 @@ class Footprint:
     host: int = 0
     device: int = 0
 
-    def __add__(self, other: Footprint) -> Footprint:
-        return Footprint(self.host + other.host, self.device + other.device)
-
 
 class CopyEngine:
     """Host-to-device copies on a CUDA stream of their own, ordered by events (the tests inject

@@ -352,8 +352,8 @@ class KmerStream(torch.utils.data.IterableDataset):
                         pass
             if self._hung:
                 holder.slab = None
-            if not self.keep:  # a pass ended early leaves chunks resident: the next starts from an empty slab
-                slab.resident.clear()
+            if not self.keep:  # a pass ended early leaves chunks resident: the next starts from an empty slab,
+                slab.release(list(slab.resident))  # copying into their slots only after the gathers so far
             slab.copied.clear()
 
     def _read_job(self, slab: Slab, chunk: int, slot: int):

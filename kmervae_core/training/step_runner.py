@@ -4,7 +4,7 @@ replayed from.
 
 The step is a part of its own because capture dictates its shape: a replay reads and writes
 tensors at fixed addresses only, so the counter, β and the sums live on the device here and the
-host's step number is kept beside them, changed only by this class. The loop (training.py)
+host's step number is kept beside them, changed only by this class. The loop (trainer.py)
 calls `runner(x)` and never sees which way the step ran."""
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 `Trainer.run` is the whole story on one screen; each decision is handed to the part that owns
 it (docs/design.md, "The trainer"):
-  feed.py         where this rank's batches come from (the stream, or the row cache)
+  feed/rank_feed.py  where this rank's batches come from (the stream, or the row cache)
   step_runner.py  one optimisation step: noise, step counter, autocast, CUDA graph capture
   checkpoint.py   which checkpoint to resume from, when the next is due, writing it, exports
   tracker.py      the best epoch and the plateau learning-rate schedule
