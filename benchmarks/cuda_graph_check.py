@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.train import build_store  # noqa: E402
 from kmervae_core.config import TrainConfig  # noqa: E402
-from kmervae_core.training.distributed import DistContext  # noqa: E402
+from kmervae_core.distributed import DistContext  # noqa: E402
 from kmervae_core.training.step_graph import set_lr  # noqa: E402
 from kmervae_core.training.trainer import Trainer  # noqa: E402
 

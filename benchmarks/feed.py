@@ -6,9 +6,12 @@
 - feed: one rank's KmerStream (world size 1) from the second epoch on (steady state: threads
   started), consuming batches and doing nothing else, cache off.
 
-Rounds alternate ceiling and feed; figures are means over rounds. `--scaling` first prints the
-ceiling at 1, 2, 4, ... threads (do the codecs decode in parallel here?). The last line is
-`feed rows/s N`, to hold against a store of one's own.
+Rounds alternate ceiling and feed; figures are means over rounds. Beside the rows/s each round
+prints the process's CPU seconds for the ceiling's pass and the feed's epoch: on a shared machine,
+where wall-clock ratios swing with the neighbours' load, their ratio still says how much work the
+feed adds to the decoding (plan, gathers, conversion). `--scaling` first prints the ceiling at 1,
+2, 4, ... threads (do the codecs decode in parallel here?). The last line is `feed rows/s N`, to
+hold against a store of one's own.
 
     python benchmarks/feed.py --store kmers.zarr --batch-size 1024 [--workers N] [--rounds 3]
         [--dtype float32|store] [--scaling]
@@ -88,10 +91,14 @@ def measure(store: str, batch_size: int, workers: int, rounds: int, device: str 
     with KmerStream(store, batch_size=batch_size, workers=workers, device=device, dtype=dtype) as stream:
         feed(stream, 0)  # warm: threads started, page cache and allocator warm
         for r in range(rounds):
+            cpu = time.process_time()
             ceilings.append(ceiling(stream, workers))
+            cpu_ceiling, cpu = time.process_time() - cpu, time.process_time()
             feeds.append(feed(stream, r + 1))
+            cpu_feed = time.process_time() - cpu
             log(f"  round {r + 1}: decode ceiling {ceilings[-1]:,.0f} rows/s, feed {feeds[-1]:,.0f} rows/s "
-                f"({feeds[-1] / ceilings[-1]:.2f}x)")
+                f"({feeds[-1] / ceilings[-1]:.2f}x); CPU s ceiling {cpu_ceiling:.3f}, feed {cpu_feed:.3f} "
+                f"({cpu_ceiling / cpu_feed:.2f}x)")
     return float(np.mean(ceilings)), float(np.mean(feeds))
 
 
@@ -123,7 +130,8 @@ def report(args: argparse.Namespace) -> None:
     with KmerStream(args.store, batch_size=args.batch_size, workers=args.workers) as probe:
         info = probe.info
         dtype = probe.store_dtype if args.dtype == "store" else torch.float32
-        print(f"{platform.node()}: {os.cpu_count()} CPUs ({usable_cpus()} usable), Python "
+        print(f"{platform.node()}: {os.cpu_count()} CPUs ({usable_cpus()} usable, load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}), Python "
               f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} intra-op threads); "
               f"{args.store}: {info.rows:,} rows in {info.n_chunks} chunks of {info.chunk_rows:,}, {info.dtype}; "
               f"batch {args.batch_size}, {args.workers} reader threads, {str(dtype).removeprefix('torch.')} "

@@ -6,9 +6,11 @@
 #   3. benchmarks/train.py: each way of feeding the step against the graph ceiling, batch 1024 and 4096
 #   4. a 3-epoch training run with the default settings: its start-up lines (step mode, cache tier)
 #   5. check 1 with a VampPrior and per-scale latents (the variants' step captured)
-#   6. benchmarks/feed.py: the in-rank feed (reader threads, GPU slab) against its decode ceiling,
-#      float16 lz4 and float32 zstd-1 stores at batch 1024 and 128 (issue 20's targets with part 3:
-#      graph + f16 lz4 stream >= 0.8x of the graph ceiling, f32 zstd-1 >= 0.5x, device cache >= 0.95x)
+#   6. benchmarks/feed.py: the in-rank feed (reader threads, GPU slab: per-thread pinned staging, a copy
+#      stream, event-ordered gathers) against its decode ceiling, float16 lz4 and float32 zstd-1 stores
+#      at batch 1024 (with the ceiling at 1, 2, 4, 8, ... threads: --scaling) and 128 (issue 32's targets
+#      with part 3: graph + f16 lz4 stream >= 0.8x of the graph ceiling, f32 zstd-1 >= 0.5x, device cache
+#      >= 0.95x).
 # PARTS="1 3" runs some. Each part has its own time limit, so one that hangs leaves the others' figures. Outputs go to
 # $OUT (the device tool brings them back). Carried wheels (.whl/) supply zarr, numcodecs and dask
 # where the image lacks them. Try it on a CPU first: DEVICE=cpu ROWS=20000 WORKERS=1 STEPS=5 BATCHES=256 bash benchmarks/gpu_check.sh
@@ -63,7 +65,8 @@ if want 6; then
     set -- $spec
     url=$($PY -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from benchmarks.ingest import ingested_store; print(ingested_store(Path('$d'), $ROWS, 4096, '$1', '$2'))") || continue
     for b in 1024 128; do
-      timeout 150 $PY benchmarks/feed.py --store "$url" --batch-size "$b" --workers "$WORKERS" --device "$DEVICE" --rounds 2 2>&1 \
+      scaling=$([ "$b" = 1024 ] && echo --scaling)
+      timeout 150 $PY benchmarks/feed.py --store "$url" --batch-size "$b" --workers "$WORKERS" --device "$DEVICE" --rounds 2 $scaling 2>&1 \
         | tee -a "$OUT/feed.txt"
     done
   done

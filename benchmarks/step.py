@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core.config import TrainConfig  # noqa: E402
-from kmervae_core.training.distributed import DistContext  # noqa: E402
+from kmervae_core.distributed import DistContext  # noqa: E402
 from kmervae_core.model.vae import KERAS_BN, LOG_VAR_RANGE, GlobalBatchNorm1d  # noqa: E402
 from kmervae_core.store.kmers import N_FEATURES  # noqa: E402
 from kmervae_core.training.step_graph import WARMUP_STEPS, CudaGraphStep  # noqa: E402

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core.config import TrainConfig  # noqa: E402
-from kmervae_core.training.distributed import DistContext  # noqa: E402
+from kmervae_core.distributed import DistContext  # noqa: E402
 from kmervae_core.store.contract import ATTRS_KEY, CLR, COLUMN0  # noqa: E402
 from kmervae_core.training.trainer import Trainer  # noqa: E402
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .evaluation.embedding import LATENT_SAMPLE_CHUNKS
-from .feed.epoch_plan import SPLIT_MODES
+from .feed.epoch_plan import DEFAULT_LANES, DEFAULT_WINDOW_CHUNKS, SPLIT_MODES
 from .errors import KmervaeError
 from .store.clr import SCOPE_FLAGS
 
@@ -73,10 +73,11 @@ class TrainConfig:
     val_fraction: float = setting(PLAN, 0.1, "held-out share of the rows")
     val_split: str = setting(PLAN, "random", "random: seeded whole chunks; tail: the last rows, as the reference",
                              SPLIT_MODES)
-    workers: int = setting(RUN, 2, "reader threads per rank, decoding whole chunks in its own process (0: read in the "
-                           "training loop's thread, no read-ahead)")
-    window_chunks: int = setting(PLAN, 1, "chunks whose rows are shuffled together (the shuffle window)")
-    lanes: int = setting(PLAN, 4, "regions a partition is read in, interleaved batch by batch (part of the epoch plan)")
+    workers: int | str = setting(RUN, "auto", "reader threads per rank, decoding whole chunks in its own process (0: "
+                                 "read in the training loop's thread, no read-ahead); auto: the CPUs this job may use "
+                                 "(affinity and cgroup quota) / the ranks on this node - 1, at least 1")
+    window_chunks: int = setting(PLAN, DEFAULT_WINDOW_CHUNKS, "chunks whose rows are shuffled together (the shuffle window)")
+    lanes: int = setting(PLAN, DEFAULT_LANES, "regions a partition is read in, interleaved batch by batch (part of the epoch plan)")
     partitions: int = setting(PLAN, 0, "epoch plan partitions: every world size dividing it trains on the same "
                               "batches and can resume the others' checkpoints; 0: gcd(batch size, 48), or a multiple "
                               "of the world size above that (epoch_plan.default_partitions); a resumed run keeps its own")
@@ -144,7 +145,8 @@ class TrainConfig:
             (0 < self.cache_fraction <= 1, "cache_fraction must be in (0, 1]"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be at least 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
-            (self.workers >= 0, "workers must be non-negative"),
+            (self.workers == "auto" or (isinstance(self.workers, int) and self.workers >= 0),
+             "workers must be auto or a non-negative integer"),
             (self.partitions >= 0, "partitions must be 0 (derived from the batch and world size) or positive"),
             (0 <= self.metrics_port < 65536, "metrics_port must be 0 (off) or a port number"),
             (self.latent_sample >= 0 and self.latent_pairs >= 1, "latent_sample and latent_pairs must be positive"),
@@ -213,7 +215,7 @@ def settings_of(*roles: str) -> tuple[str, ...]:
 
 
 # what a value of each field type reads as, and what a TOML value of each Python type is called
-TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+TYPE_WORDS = {"int": "an integer", "int | str": 'an integer or "auto"', "float": "a number", "str": "a string", "bool": "true or false",
               "list[int]": "a list of integers, e.g. [64, 32]", "list[float]": "a list of numbers, e.g. [1, 0.5]",
               "list[list[int]]": "a list of lists of integers, e.g. [[6], [5], [4, 3, 2, 1]]"}
 VALUE_WORDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
@@ -225,6 +227,8 @@ def _fits(kind: str, value: Any) -> bool:
         return isinstance(value, list) and all(_fits(kind[5:-1], v) for v in value)
     if kind == "float":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int | str":  # an integer or "auto" (--workers)
+        return type(value) is int or value == "auto"
     return type(value) is {"int": int, "str": str, "bool": bool}[kind]
 
 

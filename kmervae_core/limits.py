@@ -163,6 +163,17 @@ def usable_cpus(root: Path = Path("/")) -> int:
     return max(1, min(affinity, math.ceil(quota) if quota is not None else affinity))
 
 
+def ranks_per_host() -> int:
+    """Ranks sharing this host (torchrun's LOCAL_WORLD_SIZE; 1 alone)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def auto_workers(root: Path = Path("/")) -> int:
+    """Reader threads per rank for `--workers auto`: the CPUs this job may use (usable_cpus)
+    shared by the ranks on this host, less one for the rank's own loop, at least 1."""
+    return max(1, usable_cpus(root) // max(1, ranks_per_host()) - 1)
+
+
 LARGE_BLOCK = 16 * 2**20  # freed blocks this large go back to the system (return_large_blocks)
 
 

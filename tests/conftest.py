@@ -74,7 +74,7 @@ def train_config(cfg, stop=lambda trainer: False) -> list[str]:
     lines the run said. `stop(trainer)` is the signal handler's flag, asked at every step.
     Torch's deterministic mode is left as it was found."""
     import torch
-    from kmervae_core.training.distributed import DistContext
+    from kmervae_core.distributed import DistContext
     from kmervae_core.training.trainer import Trainer
     deterministic, said = torch.are_deterministic_algorithms_enabled(), []
     trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=said.append, stop=lambda: stop(trainer))

@@ -14,7 +14,7 @@ import zarr
 from kmervae_core import KmerStream
 from kmervae_core.feed.cache import choose_tier
 from kmervae_core.config import TrainConfig
-from kmervae_core.training.distributed import DistContext
+from kmervae_core.distributed import DistContext
 from kmervae_core.feed.rank_feed import Feed
 from kmervae_core.store.kmers import selected_groups
 from tests.conftest import run, train_here
@@ -84,7 +84,7 @@ def test_each_rank_caches_only_its_own_rows_and_feeds_its_streamed_batches(train
     for rank in range(world):
         kept = KmerStream(store, batch_size=48, seed=42, rank=rank, world_size=world, keep=True)
         stream = KmerStream(store, batch_size=48, seed=42, rank=rank, world_size=world)
-        held.append(np.concatenate([np.arange(a, b) for a, b in kept.share.train_ranges]))
+        held.append(np.concatenate([np.arange(a, b) for a, b in kept.rank_rows.train_ranges]))
         for number in (0, 1, 2):
             kept.set_epoch(number)
             stream.set_epoch(number)
@@ -131,7 +131,8 @@ def test_a_float16_store_is_cached_in_float16_and_fed_as_float32(train_store, tm
     run("ingest", Path(store).parent / "all_kmers.npy", half, "--chunk-rows", 40, "--dtype", "float16", check=True)
     streamed = make_feed(str(half), cache="none")
     cached = make_feed(str(half), cache="host")
-    assert cached.cache.memory() == len(cached.cache.share_chunks()) * 40 * 2772 * 2  # 2 bytes a value
+    # 2 bytes a value: the kept chunks, and the one batch of float16 the gather converts from
+    assert cached.cache.memory().host == (len(cached.cache.rank_chunks()) * 40 + 48) * 2772 * 2
     epoch(cached, 0)
     later = epoch(cached, 1)
     assert later[0][1].dtype == np.float32
@@ -229,3 +230,23 @@ def test_a_cache_that_does_not_fit_falls_back_to_streaming_with_one_line(train_s
     lines = [line for line in said.splitlines() if line.startswith("cache:")]
     assert len(lines) == 1 and lines[0].startswith("cache: none") and "does not fit" in lines[0], said
     assert "Epoch 2/2" in said
+
+
+def test_the_row_weights_of_a_pass_are_uploaded_once_and_follow_its_batches(train_store, monkeypatch):
+    """--length-weight: the pass's weights cross to the device in one copy at its start, not one
+    pageable copy per batch; each batch's slice weighs its own rows."""
+    store, _ = train_store
+    feed = make_feed(store, cache="none", length_weight=1.0)
+    lengths = zarr.open_group(store, mode="r")["column0"][:].astype(np.float64)
+    uploads = []
+    to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: (uploads.append(a[:1]), to(self, *a, **k))[1])
+    batches = 0
+    for split in (feed.train(1), feed.val()):
+        uploads.clear()
+        for _, rows in split:
+            weights = feed.row_weights(rows).numpy()
+            np.testing.assert_allclose(weights, lengths[rows.numpy()] / lengths.mean(), rtol=1e-5)
+            batches += 1
+        assert uploads.count((feed.device,)) == 1
+    assert batches > 2

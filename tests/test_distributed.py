@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch.distributed as dist
 
-from kmervae_core.training.distributed import round_token
+from kmervae_core.distributed import round_token
 
 TIMEOUT = timedelta(seconds=30)
 

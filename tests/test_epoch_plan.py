@@ -1,10 +1,10 @@
 """The epoch plan as pure functions (no store, no files): which rows form each batch, for every
-rank, worker and epoch, and which rows are a rank's (rank_share, checked against rows worked
+rank, worker and epoch, and which rows are a rank's (rank_rows, checked against rows worked
 out here by hand). Each test states one promise the trainer and the stream rely on."""
 import numpy as np
 import pytest
 
-from kmervae_core.feed.epoch_plan import EpochPlan, Split, make_split, rank_share, worker_batches
+from kmervae_core.feed.epoch_plan import EpochPlan, Split, make_split, rank_rows
 
 ROWS, CHUNK = 10_000, 256  # 40 chunks, the last one short (16 rows)
 SPLIT = make_split(ROWS, CHUNK, 0.1, "random", seed=3)
@@ -94,15 +94,8 @@ def test_resuming_at_batch_k_yields_exactly_the_batches_from_k_on():
     assert np.array_equal(p.batch_positions(parts, 5), p.batch_positions(parts)[5:])
 
 
-@pytest.mark.parametrize("workers", [1, 2, 3, 5])
-def test_loader_workers_share_the_batches_round_robin_without_overlap(workers):
-    got = sorted(k for w in range(workers) for k in worker_batches(40, 7, w, workers))
-    assert got == list(range(7, 40))
-    assert [next(iter(worker_batches(40, 7, w, workers))) for w in range(workers)] == list(range(7, 7 + workers))
-
-
 def test_validation_chunks_are_dealt_to_ranks_disjoint_and_complete():
-    dealt = [rank_share(plan(), r, 3).val_chunks for r in range(3)]
+    dealt = [rank_rows(plan(), r, 3).val_chunks for r in range(3)]
     together = np.sort(np.concatenate(dealt))
     assert np.array_equal(together, np.flatnonzero(SPLIT.val_counts > 0))
 
@@ -116,7 +109,7 @@ TAIL = make_split(ROWS, CHUNK, 0.1, "tail")  # its first validation chunk is par
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4, 6, 12])
 def test_ranks_training_ranges_are_disjoint_and_hold_every_training_row(world_size):
-    shares = [rank_share(plan(), r, world_size) for r in range(world_size)]
+    shares = [rank_rows(plan(), r, world_size) for r in range(world_size)]
     rows = np.concatenate([rows_of(s.train_ranges) for s in shares])
     assert np.array_equal(np.sort(rows), train_rows())  # each training row exactly once
     assert sum(s.train_row_count for s in shares) == len(train_rows())
@@ -129,14 +122,14 @@ def test_a_ranks_training_rows_are_its_block_of_the_fixed_row_order(world_size):
     p, total = plan(), len(train_rows())
     for r in range(world_size):
         lo, hi = (r * 12 // world_size) * total // 12, ((r + 1) * 12 // world_size) * total // 12
-        assert np.array_equal(np.sort(rows_of(rank_share(p, r, world_size).train_ranges)), np.sort(p.order()[lo:hi]))
+        assert np.array_equal(np.sort(rows_of(rank_rows(p, r, world_size).train_ranges)), np.sort(p.order()[lo:hi]))
 
 
 @pytest.mark.parametrize("split", [SPLIT, TAIL], ids=["random", "tail"])
 def test_a_ranks_validation_ranges_are_the_held_out_rows_of_its_chunks(split: Split):
     held = [c for c in range(len(split.length)) if split.length[c] > split.train_stop[c]]
     for r in range(3):
-        share = rank_share(EpochPlan(split, seed=7, epoch=0, global_batch=96, partitions=12), r, 3)
+        share = rank_rows(EpochPlan(split, seed=7, epoch=0, global_batch=96, partitions=12), r, 3)
         assert share.val_chunks == tuple(held[r::3])  # dealt round-robin in store order
         assert share.val_ranges == tuple((c * CHUNK + int(split.train_stop[c]), min((c + 1) * CHUNK, ROWS))
                                          for c in held[r::3])
@@ -145,7 +138,7 @@ def test_a_ranks_validation_ranges_are_the_held_out_rows_of_its_chunks(split: Sp
 @pytest.mark.parametrize("split", [SPLIT, TAIL], ids=["random", "tail"])
 def test_ranks_validation_rows_are_disjoint_and_hold_every_row_that_does_not_train(split: Split):
     p = EpochPlan(split, seed=7, epoch=0, global_batch=96, partitions=12)
-    shares = [rank_share(p, r, 4) for r in range(4)]
+    shares = [rank_rows(p, r, 4) for r in range(4)]
     rows = np.concatenate([rows_of(s.val_ranges) for s in shares])
     training = np.concatenate([split.train_rows_of(c) for c in range(len(split.length))])
     assert np.array_equal(np.sort(rows), np.setdiff1d(np.arange(ROWS), training))
@@ -154,7 +147,7 @@ def test_ranks_validation_rows_are_disjoint_and_hold_every_row_that_does_not_tra
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4, 6, 12])
 def test_ranks_batch_slices_tile_the_global_batch_in_rank_order(world_size):
-    shares = [rank_share(plan(), r, world_size) for r in range(world_size)]
+    shares = [rank_rows(plan(), r, world_size) for r in range(world_size)]
     assert {s.local_batch for s in shares} == {96 // world_size}
     assert np.array_equal(np.concatenate([np.arange(96)[s.batch_slice] for s in shares]), np.arange(96))
 
@@ -166,7 +159,7 @@ def test_a_ranks_batch_slice_of_a_global_batch_is_the_rows_it_yields(world_size)
     p = plan()
     whole = p.order()[p.batch_positions(range(p.partitions))]  # [batches, 96]: one process's batches
     for r in range(world_size):
-        share = rank_share(p, r, world_size)
+        share = rank_rows(p, r, world_size)
         assert np.array_equal(p.order()[p.batch_positions(share.partitions)], whole[:, share.batch_slice])
 
 
@@ -176,8 +169,8 @@ def test_a_ranks_training_share_is_what_two_ranks_serve_at_twice_the_world_size(
     2r + 1 of 2W, in training rows and in its part of each global batch."""
     p = plan()
     for r in range(world_size):
-        share = rank_share(p, r, world_size)
-        low, high = (rank_share(p, q, 2 * world_size) for q in (2 * r, 2 * r + 1))
+        share = rank_rows(p, r, world_size)
+        low, high = (rank_rows(p, q, 2 * world_size) for q in (2 * r, 2 * r + 1))
         assert share.train_ranges == low.train_ranges + high.train_ranges
         assert share.batch_slice == slice(low.batch_slice.start, high.batch_slice.stop)
         assert low.batch_slice.stop == high.batch_slice.start
@@ -188,8 +181,8 @@ def test_a_ranks_validation_chunks_are_what_two_ranks_hold_at_twice_the_world_si
     """Dealt round-robin, rank r's validation chunks at W are those of ranks r and r + W at 2W."""
     p = plan()
     for r in range(world_size):
-        pair = [rank_share(p, q, 2 * world_size).val_chunks for q in (r, r + world_size)]
-        assert tuple(sorted(pair[0] + pair[1])) == rank_share(p, r, world_size).val_chunks
+        pair = [rank_rows(p, q, 2 * world_size).val_chunks for q in (r, r + world_size)]
+        assert tuple(sorted(pair[0] + pair[1])) == rank_rows(p, r, world_size).val_chunks
 
 
 def test_settings_that_cannot_work_are_refused():
@@ -198,4 +191,4 @@ def test_settings_that_cannot_work_are_refused():
     with pytest.raises(ValueError, match="world size 5 does not divide the plan's 12 partitions"):
         plan().partitions_of(0, 5)
     with pytest.raises(ValueError, match="world size 5 does not divide the plan's 12 partitions"):
-        rank_share(plan(), 0, 5)
+        rank_rows(plan(), 0, 5)

@@ -83,7 +83,7 @@ def test_encode_under_torchrun_refuses_an_existing_out_on_every_rank_and_leaves_
 CAPTURE_SCRIPT = '''
 import sys, torch
 from kmervae_core.config import TrainConfig
-from kmervae_core.training.distributed import init_distributed, shutdown
+from kmervae_core.distributed import init_distributed, shutdown
 from kmervae_core.training.trainer import Trainer
 from tests.test_step_graph import Replay
 class FailsOnRankOne(Replay):

@@ -17,7 +17,7 @@ import torch
 from kmervae_core.config import TrainConfig
 from kmervae_core.errors import KmervaeError
 from kmervae_core.training.checkpoint import list_checkpoints, read_checkpoint
-from kmervae_core.training.distributed import DistContext
+from kmervae_core.distributed import DistContext
 from kmervae_core.training.trainer import Trainer
 from tests.conftest import run, train_config
 from tests.test_rank_agreement import unlabelled_store  # noqa: F401 - a store of other content (300 rows)

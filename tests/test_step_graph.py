@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kmervae_core.config import TrainConfig
-from kmervae_core.training.distributed import DistContext
+from kmervae_core.distributed import DistContext
 from kmervae_core.training.step_graph import graph_decision, set_lr
 from kmervae_core.training.trainer import Trainer
 
@@ -125,7 +125,7 @@ def test_an_unknown_graph_mode_is_refused():
 DDP_SCRIPT = '''
 import json, sys, torch
 from kmervae_core.config import TrainConfig
-from kmervae_core.training.distributed import init_distributed, shutdown
+from kmervae_core.distributed import init_distributed, shutdown
 from kmervae_core.training.trainer import Trainer
 from tests.test_step_graph import Replay
 store, out, replay = sys.argv[1], sys.argv[2], sys.argv[3] == "replay"

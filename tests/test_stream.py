@@ -1,21 +1,31 @@
-"""KmerStream: exactly-once, equal batch counts, the same order for any reader thread count, exact resume."""
+"""KmerStream: exactly-once, equal batch counts, the same batches for any reader thread count and
+under a DataLoader with any worker count, exact resume; `--workers auto`; the read timeout below
+the process group's."""
 from __future__ import annotations
 
 import itertools
 import math
+import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import zarr
 
+from torch.utils.data import DataLoader
+
 from kmervae_core import KmerStream
+from kmervae_core.distributed import PROCESS_GROUP_TIMEOUT, init_distributed
 from kmervae_core.feed.epoch_plan import EpochPlan, default_partitions, make_split
+from kmervae_core.feed.stream import READ_TIMEOUT_S
 from kmervae_core.errors import StoreError
+from kmervae_core.limits import auto_workers
 from tests.conftest import ROOT, child_env, random_kmers, run, write_npy
+from tests.test_limits import V2_MOUNT, fake_tree
 
 ROWS, CHUNK, BATCH, PARTS = 1009, 37, 30, 6  # 1009 is prime: nothing divides it
 
@@ -80,13 +90,13 @@ def test_a_rank_serves_the_same_rows_in_every_epoch(store):
     world = 2
     for rank in range(world):
         s = stream(store, rank=rank, world_size=world)
-        own = np.concatenate([np.arange(a, b) for p in s.share.partitions for a, b in s.plan(0).pieces[p]])
+        own = np.concatenate([np.arange(a, b) for p in s.rank_rows.partitions for a, b in s.plan(0).pieces[p]])
         orders = []
         for e in (0, 1, 5):
             s.set_epoch(e)
             rows = np.concatenate(loader_order(s, 0))
             assert np.isin(rows, own).all()
-            assert 0 <= len(own) - len(rows) < len(s.share.partitions) * (BATCH // PARTS + 1)
+            assert 0 <= len(own) - len(rows) < len(s.rank_rows.partitions) * (BATCH // PARTS + 1)
             orders.append(rows)
         assert not np.array_equal(orders[0], orders[1])
 
@@ -143,12 +153,102 @@ def test_the_default_partition_count_is_the_family_or_a_larger_world_size():
     assert default_partitions(48, 3) == 48 and default_partitions(96, 32) == 96
 
 
-def test_order_is_the_same_for_any_worker_count(store):
+def read_epoch(s: KmerStream, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(values, store rows) of every batch of the selected epoch, read by `workers` reader threads."""
+    s.close()
+    s.workers = workers
+    batches = [(x.numpy().copy(), rows.numpy()) for x, rows in s]
+    s.close()
+    return batches
+
+
+def test_batches_hold_the_same_values_for_any_reader_thread_count(store):
+    clr = zarr.open_group(store, mode="r")["clr"][:]  # the store read with zarr, not the stream
     s = stream(store, rank=1, world_size=2)
     s.set_epoch(3)
-    reference = np.concatenate(loader_order(s, 0))
-    for workers in (1, 2, 3, 4, 8):
-        np.testing.assert_array_equal(np.concatenate(loader_order(s, workers)), reference)
+    reference = read_epoch(s, 0)
+    for x, rows in reference:
+        np.testing.assert_array_equal(x, clr[rows])
+    for workers in (1, 4):
+        batches = read_epoch(s, workers)
+        assert len(batches) == len(reference)
+        for (x, rows), (want_x, want_rows) in zip(batches, reference):
+            np.testing.assert_array_equal(rows, want_rows)
+            np.testing.assert_array_equal(x, want_x)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on a 2-CPU machine
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_a_dataloader_with_workers_yields_the_in_rank_batches_in_order(store, world):
+    """num_workers N: worker w serves batches w, w + N, ...; the loader gives them in turn, so every
+    N yields the batches (rows and values) of the rank's own iteration, resumed ones too."""
+    clr = zarr.open_group(store, mode="r")["clr"][:]
+    for rank in range(world):
+        s = stream(store, rank=rank, world_size=world, workers=1)
+        for epoch, start in [(2, 0), (3, 5)]:
+            s.set_epoch(epoch, start_batch=start)
+            want = [(x.numpy().copy(), rows.numpy()) for x, rows in DataLoader(s, batch_size=None, num_workers=0)]
+            assert len(want) == len(s) > 0
+            for x, rows in want:
+                np.testing.assert_array_equal(x, clr[rows])
+            for n in (1, 2, 3):
+                got = [(x.numpy(), rows.numpy()) for x, rows in DataLoader(s, batch_size=None, num_workers=n)]
+                assert len(got) == len(want)
+                for (x, rows), (want_x, want_rows) in zip(got, want):
+                    np.testing.assert_array_equal(rows, want_rows)
+                    np.testing.assert_array_equal(x, want_x)
+        s.close()
+
+
+def test_a_dataloader_worker_reads_only_the_chunks_of_its_batches(store, monkeypatch):
+    s = stream(store, workers=0)
+    s.set_epoch(1, start_batch=2)
+    batches = s.batch_rows(1, 2)
+    read = []
+    original = s.read_chunk
+    s.read_chunk = lambda chunk, target: (read.append(chunk), original(chunk, target))[1]
+    for w in range(3):
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(id=w, num_workers=3))
+        read.clear()
+        served = [rows.numpy() for _, rows in s]
+        assert [b.tolist() for b in served] == [b.tolist() for b in batches[w::3]]
+        assert sorted(read) == sorted({int(c) for b in batches[w::3] for c in b // CHUNK})
+
+
+def test_auto_workers_are_the_jobs_cpus_per_rank_on_the_node_less_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    quota = fake_tree(tmp_path / "quota", "0::/\n", V2_MOUNT, {"sys/fs/cgroup/cpu.max": "800000 100000\n"})
+    unlimited = fake_tree(tmp_path / "none", "", "", {})
+    for ranks, root, want in [(1, quota, 7), (2, quota, 3), (8, quota, 1), (1, unlimited, 15), (4, unlimited, 3)]:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+        assert auto_workers(root) == want, (ranks, root.name)
+
+
+def test_train_help_says_how_auto_workers_are_counted(capsys):
+    from train.__main__ import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--workers" in text and "auto: the CPUs this job may use (affinity and cgroup quota)" in text
+    assert "(default auto)" in text
+    assert parse_args(["--workers", "auto"]).workers == "auto" and parse_args(["--workers", "3"]).workers == 3
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "many"])
+    assert "--workers: expected auto or a non-negative integer, got 'many'" in capsys.readouterr().err
+
+
+def test_a_hung_read_is_named_before_the_process_group_would_time_out(monkeypatch):
+    """The process group's timeout is set at init, not left to the backend, and the read timeout
+    stays below it: the rank's one line comes first, not the watchdog's kill."""
+    seen = {}
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **kw: seen.update(kw))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    init_distributed()
+    assert seen["timeout"] == PROCESS_GROUP_TIMEOUT
+    assert READ_TIMEOUT_S < PROCESS_GROUP_TIMEOUT.total_seconds() / 2
 
 
 def epoch_rows(s: KmerStream, epoch: int = 0) -> np.ndarray:
@@ -298,6 +398,8 @@ def test_an_incomplete_store_is_refused_at_construction(store, tmp_path):
 def test_settings_that_cannot_work_fail_at_construction(store):
     with pytest.raises(ValueError, match="does not divide evenly"):
         KmerStream(store, batch_size=31, world_size=2, rank=0)
+    with pytest.raises(ValueError, match="workers must be"):
+        stream(store, workers=-1)
     with pytest.raises(ValueError, match="not a multiple of the plan's 6 partitions"):
         stream(store, batch_size=32)
     with pytest.raises(ValueError, match="world size 4 does not divide"):

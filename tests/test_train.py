@@ -180,7 +180,7 @@ def test_weights_gone_non_finite_stop_the_run_even_while_the_loss_is_finite(trai
     """Training losses use batch statistics, so a BatchNorm running variance can overflow
     unseen by the loss: the check covers weights and buffers too."""
     from kmervae_core.config import TrainConfig
-    from kmervae_core.training.distributed import DistContext
+    from kmervae_core.distributed import DistContext
     from kmervae_core.training.trainer import NonFiniteLoss, Trainer
     cfg = TrainConfig(data=train_store[0], out=str(tmp_path), batch_size=48, workers=0, hidden=[64, 32], latent=8,
                       metrics_port=0, latent_sample=0, epochs=1)
@@ -397,7 +397,7 @@ def first_step(store: str, out: Path, **settings) -> list[np.ndarray]:
     """One epoch trained in this process; of its first step: the clean batch, what the model was
     given, its reconstruction, and the loss sums the step added (float64)."""
     from kmervae_core.config import TrainConfig
-    from kmervae_core.training.distributed import DistContext
+    from kmervae_core.distributed import DistContext
     from kmervae_core.training.trainer import Trainer
     cfg = TrainConfig(data=store, out=str(out), batch_size=48, workers=0, hidden=[64, 32], latent=8, epochs=1,
                       metrics_port=0, latent_sample=0, cache="none", **settings)

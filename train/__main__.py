@@ -26,8 +26,14 @@ def _list(item):
     return lambda text: [item(v) for v in text.split(",")]
 
 
+def _int_or_auto(text: str) -> int | str:
+    if text == "auto" or text.isdigit():
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"expected auto or a non-negative integer, got {text!r}")
+
+
 # how a flag's text becomes a TrainConfig field of each annotated type
-PARSE = {"int": int, "float": float, "str": str, "list[int]": _list(int), "list[float]": _list(float),
+PARSE = {"int": int, "int | str": _int_or_auto, "float": float, "str": str, "list[int]": _list(int), "list[float]": _list(float),
          "list[list[int]]": lambda text: [_list(int)(block) for block in text.split("/")]}
 
 
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # every rank reads the same file: one line is enough
             print(f"train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from kmervae_core.training.distributed import FailureAgreement, init_distributed, shutdown
+    from kmervae_core.distributed import FailureAgreement, init_distributed, shutdown
     from kmervae_core.training.trainer import NonFiniteLoss, Stopped, Trainer
     stop = StopRequest()  # the trainer stops all ranks at one step
     ctx = init_distributed()

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from kmervae_core.cli_help import DefaultsHelp
 from kmervae_core.evaluation.encode import (encode_chunks, finish_output, load_encoder, prepare_output, refuse_existing,
                                             refuse_other_clr)
-from kmervae_core.training.distributed import FailureAgreement, init_distributed, shutdown
+from kmervae_core.distributed import FailureAgreement, init_distributed, shutdown
 from kmervae_core.errors import KmervaeError
 from kmervae_core.progress import Progress
 from kmervae_core.outputs import writing

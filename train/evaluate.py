@@ -10,7 +10,7 @@ import zarr
 
 from kmervae_core.errors import KmervaeError
 from kmervae_core.evaluation.embedding import knn_accuracy
-from kmervae_core.store.contract import open_array, open_store, read_rows
+from kmervae_core.store.contract import open_store, read_rows
 from kmervae_core.words import counted
 
 MAX_ROWS = 20000  # kNN is quadratic: larger inputs are evaluated on a seeded sample
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"latents {knn_accuracy(z.oindex[rows], labels[rows], args.k):.3f}")
         if args.store:
             info = open_store(args.store)
-            clr = open_array(info.url)
+            clr = info.clr_array
             line += f", CLR input {knn_accuracy(read_rows(info.url, clr, rows), labels[rows], args.k):.3f}"
         print(line + f", chance {chance:.3f}")
         return 0

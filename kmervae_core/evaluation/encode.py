@@ -16,11 +16,11 @@ from torch import nn
 
 from ..config import DATA_CLR
 from ..training import checkpoint as ckpt
-from ..training.distributed import DistContext
+from ..distributed import DistContext
 from ..errors import KmervaeError
 from ..outputs import STORE, check_output, one_line
 from ..model.vae import encoder_from_state
-from ..store.contract import StoreInfo, exists, open_array, read_rows, refuse_replacing_non_store, remove
+from ..store.contract import StoreInfo, exists, read_rows, refuse_replacing_non_store, remove
 from ..store.kmers import KMER_GROUPS
 
 LATENTS_KEY = "kmervae_latents"
@@ -109,7 +109,7 @@ def prepare_output(out: str, info: StoreInfo, encoder: nn.Module, log_var: bool,
 def encode_chunks(encoder: nn.Module, info: StoreInfo, out: str, ctx: DistContext, log_var: bool,
                   progress: Callable[[int], None]) -> int:
     """Encode this rank's chunks; return the rows written."""
-    clr = open_array(info.url)
+    clr = info.clr_array
     group = zarr.open_group(store=out, mode="r+")
     written = 0
     for chunk in range(ctx.rank, info.n_chunks, ctx.world_size):

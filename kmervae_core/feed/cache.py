@@ -8,7 +8,6 @@ either way, so a run's losses do not depend on the tier. This module only choose
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -62,8 +61,3 @@ def choose_tier(requested: str, need: int, device: torch.device, fraction: float
     if share <= 0:
         reasons.append("the stream's slabs alone may not fit: fewer --workers (less read-ahead)")
     return Residency("none", f"cache: none, every epoch streams from the store [{'; '.join(reasons)}]")
-
-
-def ranks_per_host() -> int:
-    """Ranks sharing this host's memory (torchrun's LOCAL_WORLD_SIZE; 1 alone)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

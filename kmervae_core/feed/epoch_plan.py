@@ -22,7 +22,7 @@ from region (partition s, lane k mod lanes); a DataLoader gives batch k to worke
 with W dividing `lanes` every region is read by one worker only.
 
 Which rows are a rank's (its partitions' row ranges, its validation chunks, its part of each
-global batch) is answered in one place, `rank_share`: the stream, the row cache, the feed and
+global batch) is answered in one place, `rank_rows`: the stream, the row cache, the feed and
 the trainer's noise slice all ask it.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ from functools import cached_property
 import numpy as np
 
 SPLIT_MODES = ("random", "tail")
+DEFAULT_WINDOW_CHUNKS, DEFAULT_LANES = 1, 4  # the plan's shape unless set (config.TrainConfig's defaults)
 PARTITION_FAMILY = 48  # 2^4 x 3: world sizes 1, 2, 3, 4, 6, 8, 12, 16, 24 and 48 share one plan
 
 
@@ -113,15 +114,11 @@ class EpochPlan:
     seed: int
     epoch: int
     global_batch: int
-    window_chunks: int | None = None  # None: the trainer's default (config.TrainConfig), as for lanes
-    lanes: int | None = None
+    window_chunks: int = DEFAULT_WINDOW_CHUNKS
+    lanes: int = DEFAULT_LANES
     partitions: int | None = None  # None or 0: default_partitions(global_batch, 1)
 
     def __post_init__(self) -> None:
-        from ..config import TrainConfig  # here: config imports this module
-        for name in ("window_chunks", "lanes"):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, TrainConfig.__dataclass_fields__[name].default)
         if not self.partitions:
             object.__setattr__(self, "partitions", default_partitions(self.global_batch, 1))
         if min(self.window_chunks, self.lanes, self.partitions) < 1:
@@ -227,14 +224,8 @@ class EpochPlan:
         return range(first, last + 1)
 
 
-def worker_batches(batches: int, start_batch: int, worker: int, num_workers: int) -> range:
-    """The batches a DataLoader worker yields: the loader collects round-robin, so worker w's
-    j-th batch is output j * W + w, and the loader emits start, start + 1, ... in order."""
-    return range(start_batch + worker, batches, num_workers)
-
-
 @dataclass(frozen=True)
-class RankShare:
+class RankRows:
     """Which rows are one rank's, the same in every epoch: the one answer the stream, the row
     cache, the feed and the step's noise slice all read, so they cannot disagree."""
 
@@ -259,7 +250,7 @@ class RankShare:
         return sum(b - a for a, b in self.val_ranges)
 
 
-def rank_share(plan: EpochPlan, rank: int, world_size: int) -> RankShare:
+def rank_rows(plan: EpochPlan, rank: int, world_size: int) -> RankRows:
     """Rank `rank` of `world_size`'s share of the plan's rows (any epoch of the plan: partitions
     and the split do not change with it). Ranks' shares are disjoint and together hold every
     training and validation row; rank r of W serves what ranks 2r and 2r + 1 of 2W serve
@@ -267,7 +258,7 @@ def rank_share(plan: EpochPlan, rank: int, world_size: int) -> RankShare:
     size. Raises ValueError where the world size does not divide the plan's partitions."""
     partitions = plan.partitions_of(rank, world_size)
     val_chunks = tuple(int(c) for c in plan.split.val_chunks[rank::world_size])
-    return RankShare(rank, partitions,
+    return RankRows(rank, partitions,
                      train_ranges=tuple(r for p in partitions for r in plan.pieces[p]),
                      val_chunks=val_chunks, val_ranges=tuple(plan.split.val_range(c) for c in val_chunks),
                      local_batch=plan.global_batch // world_size)

@@ -9,12 +9,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .cache import choose_tier, gib, ranks_per_host
+from .cache import choose_tier, gib
 from ..config import TrainConfig
-from ..training.distributed import DistContext
+from ..distributed import DistContext
 from ..errors import KmervaeError
+from ..limits import ranks_per_host
 from ..model.losses import length_weights
-from ..store.contract import COLUMN0, open_array, open_store, read_rows
+from ..store.contract import StoreInfo, open_store, read_rows
 from .stream import KmerStream
 from ..words import counted
 
@@ -34,18 +35,18 @@ class Feed:
         info.require_clr(cfg.store_clr, "this configuration is tuned on")
         args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
                     val_fraction=cfg.val_fraction, val_split=cfg.val_split, window_chunks=cfg.window_chunks,
-                    lanes=cfg.lanes, partitions=cfg.partitions, info=info, workers=cfg.workers,
+                    lanes=cfg.lanes, partitions=cfg.partitions, workers=cfg.workers,
                     device=ctx.device, columns=columns)
         try:
-            train = KmerStream(cfg.data, "train", **args)
-            streams = {"train": train, "val": KmerStream(cfg.data, "val", **args, share_slab=train)}  # one rolling slab
+            train = KmerStream(info, "train", **args)
+            streams = {"train": train, "val": KmerStream(info, "val", **args, reuse_slab_of=train)}  # one rolling slab
         except ValueError as e:
             raise KmervaeError(str(e)) from None
         self.tier, self.message = self._residency(cfg, ctx, streams, columns)
         if self.tier != "none":
             storage = ctx.device if self.tier == "device" else torch.device("cpu")
             try:
-                streams = {split: KmerStream(cfg.data, split, **args, keep=True, storage=storage)
+                streams = {split: KmerStream(info, split, **args, keep=True, storage=storage)
                            for split in ("train", "val")}
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 self.tier, self.message = "none", (f"cache: none, allocating it ({self.tier} tier) failed: "
@@ -53,28 +54,44 @@ class Feed:
                 # the streams made without keep are used
         self.train_stream, self.val_stream = streams["train"], streams["val"]
         self.cache = self.train_stream if self.tier != "none" else None
-        self.weight_of_row = self._length_weights(cfg) if cfg.length_weight else None
+        self.weight_of_row = self._length_weights(cfg, info) if cfg.length_weight else None
+        self._weights = torch.zeros(0)
 
     @staticmethod
-    def _length_weights(cfg: TrainConfig) -> np.ndarray:
+    def _length_weights(cfg: TrainConfig, info: StoreInfo) -> np.ndarray:
         """--length-weight's weight of every store row, from the contig lengths in column 0."""
-        lengths = read_rows(cfg.data, open_array(cfg.data, COLUMN0), slice(None))
+        lengths = read_rows(cfg.data, info.column0_array, slice(None))
         if missing := int((~(lengths > 0)).sum()):
             raise KmervaeError(f"--length-weight needs each row's contig length in column 0; {counted(missing, 'row')} of "
                                f"{cfg.data} {'has' if missing == 1 else 'have'} none (0 or less)")
         return length_weights(lengths, cfg.length_weight)
 
     def row_weights(self, rows: torch.Tensor) -> torch.Tensor | None:
-        """The reconstruction weights of a batch's store rows, on the device (None: unweighted)."""
+        """The reconstruction weights of the batch of store rows `rows` just fed, on the device
+        (None: unweighted): a slice of the pass's weights, uploaded once at its start."""
         if self.weight_of_row is None:
             return None
-        return torch.from_numpy(self.weight_of_row[rows.numpy()]).to(self.device, non_blocking=True)
+        assert len(rows) == len(self._weights), "row_weights is asked for the batch just fed"
+        return self._weights
+
+    def _weighted(self, stream: KmerStream, epoch: int, start_batch: int = 0) -> Batches:
+        """The stream's batches, each with its weights ready for row_weights."""
+        if self.weight_of_row is None:
+            yield from stream
+            return
+        rows = np.concatenate(stream.batch_rows(epoch, start_batch) or [np.zeros(0, np.int64)])
+        weights = torch.from_numpy(self.weight_of_row[rows]).to(self.device)
+        offset = 0
+        for x, batch in stream:
+            self._weights = weights[offset:offset + len(batch)]
+            offset += len(batch)
+            yield x, batch
 
     @staticmethod
     def _residency(cfg: TrainConfig, ctx: DistContext, streams: dict[str, KmerStream],
                    columns: np.ndarray | None) -> tuple[str, str]:
         """The highest tier `--cache` allows that holds both streams' chunks, and why."""
-        share = streams["train"].share
+        share = streams["train"].rank_rows
         n_columns = streams["train"].width
         dtype = streams["train"].store_dtype  # what a kept slab holds
         sizes = (f"{share.train_row_count:,} training + {share.val_row_count:,} validation rows x {n_columns:,} "
@@ -82,8 +99,8 @@ class Feed:
         if cfg.cache == "auto" and cfg.epochs == 1:
             return "none", "cache: none (a single epoch reads every row once)"
         cr, item = streams["train"].info.chunk_rows, dtype.itemsize
-        need = sum(len(s.share_chunks()) for s in streams.values()) * cr * n_columns * item
-        rolling = max(s.memory() for s in streams.values())  # one pass at a time
+        need = sum(len(s.rank_chunks()) for s in streams.values()) * cr * n_columns * item
+        rolling = max(s.memory().host for s in streams.values())  # one pass at a time
         residency = choose_tier(cfg.cache, need, ctx.device, cfg.cache_fraction, ranks_per_host(),
                                 stream_bytes=rolling)
         if residency.tier == "none":
@@ -102,14 +119,14 @@ class Feed:
         stream = self.train_stream
         stream.set_epoch(epoch, start_batch=start_batch)
         filling = self.cache is not None and not stream.complete
-        yield from stream
+        yield from self._weighted(stream, epoch, start_batch)
         if filling and stream.complete:
-            self.log(f"cache: holds this rank's {stream.share.train_row_count:,} training rows ({stream.decoded:,} "
+            self.log(f"cache: holds this rank's {stream.rank_rows.train_row_count:,} training rows ({stream.decoded:,} "
                      "chunks, each decoded once); the next epochs gather from it")
 
     def val(self) -> Batches:
         """This rank's validation batches, in store order."""
-        return iter(self.val_stream)
+        return self._weighted(self.val_stream, 0)
 
     def close(self) -> None:
         """End both streams' reader threads (before the process group goes)."""

@@ -1,7 +1,9 @@
 """Reader threads: whole-chunk reads run in the rank's own process, `threads` at a time.
 
-A read is a job (a function that reads one chunk into its slot); the stream submits jobs in
-the order their chunks are first needed and waits for each when its batch comes. zarr's codecs
+A job is a function: the read of one chunk into its slot (on a GPU slab, with its copy there),
+or the gather of a batch ahead of need (host slabs). The stream submits reads in the order
+their chunks are first needed, each batch's gather after its reads, and waits for each when its
+batch comes. zarr's codecs
 (numcodecs' zstd, Blosc, zlib) decode in C without holding the GIL, so reads on several threads
 decode in parallel while the training loop runs (docs/benchmarks.md, "The in-rank feed").
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 READER_THREAD_PREFIX = "kmervae-reader"
 
@@ -25,10 +27,10 @@ class ReadTimeout(Exception):
 
 
 class Job:
-    """One chunk read: done once `wait` returns; its error, where it raised, re-raised there."""
+    """One job: done once `wait` returns its result; its error, where it raised, re-raised there."""
 
-    def __init__(self, read: Callable[[], None]) -> None:
-        self.read, self.error = read, None
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self.read, self.error, self.result = read, None, None
         self.started, self.cancelled = False, False
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -39,7 +41,7 @@ class Job:
                 return
             self.started = True
         try:
-            self.read()
+            self.result = self.read()
         except BaseException as e:  # noqa: BLE001 - carried to the thread that waits for it
             self.error = e
         finally:
@@ -53,14 +55,15 @@ class Job:
                 self._done.set()
             return self.cancelled
 
-    def wait(self, timeout: float | None) -> None:
-        """Until the read is done (run here if no thread has taken it: the 0-thread reader);
+    def wait(self, timeout: float | None) -> Any:
+        """Its result, once done (run here if no thread has taken it: the 0-thread reader);
         re-raises its error; ReadTimeout after `timeout` seconds."""
         self.run()
         if not self._done.wait(timeout):
             raise ReadTimeout(f"not finished after {timeout:g} s")
         if self.error is not None:
             raise self.error
+        return self.result
 
 
 class ChunkReader:
@@ -83,7 +86,7 @@ class ChunkReader:
         while (job := self._jobs.get()) is not None:
             job.run()
 
-    def submit(self, read: Callable[[], None]) -> Job:
+    def submit(self, read: Callable[[], Any]) -> Job:
         job = Job(read)
         if self._threads:
             self._jobs.put(job)

@@ -3,12 +3,19 @@
 The batches follow the epoch plan (epoch_plan.py): the stream knows every batch of the epoch
 ahead, so it knows when each chunk is first and last needed. Reader threads (reader.py) decode
 whole chunks, in the order they are first needed and as far ahead as the slab's free slots
-allow, into a preallocated slab (slab.py); each batch is then one gather from the slab, and a
-chunk's slot is freed after its last batch. A chunk shared by several regions of the plan
+allow, into a preallocated slab (slab.py); each batch is then one gather from the slab (on a
+host slab done by the reader threads too, a batch per thread ahead of need), and a chunk's slot
+is freed after its last batch. A chunk shared by several regions of the plan
 (partitions, lanes, windows that split it) is decoded once and gathered from by all of them.
 With `keep` the slab holds every chunk of the rank's share and frees none: the row cache, each
 chunk decoded once per run. `set_epoch(e, start_batch=k)` resumes exactly and reads only what
 batches k.. need.
+
+KmerStream is a torch IterableDataset. Iterated in the rank's own process (as the trainer does,
+or under a DataLoader with num_workers=0) it is the in-rank feed above; under a DataLoader with
+num_workers N, worker w serves batches w, w + N, ... of the rank's plan and reads only the chunks
+those need, so the loader yields the same batches in the same order (batch_size=None: the stream
+makes the batches).
 
     from kmervae_core import KmerStream
     with KmerStream("kmers.zarr", batch_size=1024, workers=4) as stream:
@@ -16,30 +23,37 @@ batches k.. need.
             stream.set_epoch(epoch)
             for x, rows in stream:   # x float32 [1024, 2772], rows int64 [1024]: store rows
                 ...
+    loader = torch.utils.data.DataLoader(KmerStream("kmers.zarr", workers=1), batch_size=None, num_workers=4)
 """
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
+import time
 import weakref
-from collections import deque
 from typing import Iterator
 
 import numpy as np
 import torch
-import zarr
 from zarr.core.buffer.cpu import NDBuffer
 
 from ..config import TrainConfig
+from ..distributed import PROCESS_GROUP_TIMEOUT
 from ..errors import DamagedChunk, KmervaeError, ReaderFailed
-from ..store.contract import StoreInfo, chunk_name, chunk_span, damaged_chunk, open_array, open_store
+from ..limits import auto_workers
+from ..store.contract import StoreInfo, chunk_name, chunk_span, damaged_chunk, open_store
 from ..store.kmers import N_FEATURES
-from .epoch_plan import EpochPlan, default_partitions, make_split, rank_share
+from .epoch_plan import EpochPlan, default_partitions, make_split, rank_rows
 from .reader import ChunkReader, Job, ReadTimeout
-from .slab import Slab
+from .slab import CopyEngine, Footprint, PassPlan, Slab, gather_rows, pinned_bytes, plan_pass, slots_needed
 
 SPLITS = ("train", "val")
 TRANSPORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-READ_TIMEOUT_S = 600.0  # a chunk read this long is hung (a stalled disk or object store)
+# a chunk read this long is hung (a stalled disk or object store); a quarter of the process group's
+# timeout, so that the rank's one line and the ranks' agreement to stop come before the watchdog
+# ends the peers blocked in a collective
+READ_TIMEOUT_S = PROCESS_GROUP_TIMEOUT.total_seconds() / 4
 READ_AHEAD_PER_THREAD = 2  # chunks decoded ahead per reader thread, within the memory budget
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # one source: the trainer's settings
 
@@ -51,42 +65,20 @@ def _distributed_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """When each chunk is needed by a sequence of batches: `order`, the chunks in the order
-    they are first needed; `new[j]`, those first needed by batch j; `done[j]`, those last
-    needed by it; `live`, the most chunks any batch needs resident at once."""
+@dataclasses.dataclass
+class SlabHolder:
+    """The slab a stream gathers from; a rolling stream may hand its holder to the rank's other
+    split (`reuse_slab_of`), whose passes never overlap its own."""
 
-    order: list[int]
-    new: list[list[int]]
-    done: list[list[int]]
-    live: int
+    slab: Slab | None = None
 
 
-def schedule(batches: list[np.ndarray], chunk_rows: int) -> Schedule:
-    first: dict[int, int] = {}
-    last: dict[int, int] = {}
-    for j, rows in enumerate(batches):
-        for c in np.unique(rows // chunk_rows).tolist():
-            first.setdefault(c, j)
-            last[c] = j
-    n = len(batches)
-    new: list[list[int]] = [[] for _ in range(n)]
-    done: list[list[int]] = [[] for _ in range(n)]
-    for c, j in first.items():  # dicts keep insertion order: by first use, then chunk
-        new[j].append(c)
-        done[last[c]].append(c)
-    delta = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(delta, list(first.values()), 1)
-    np.add.at(delta, [last[c] + 1 for c in first], -1)
-    return Schedule(list(first), new, done, int(np.cumsum(delta).max(initial=0)))
-
-
-class KmerStream:
+class KmerStream(torch.utils.data.IterableDataset):
     """Yields (x [b, columns] on `device` as `dtype`, rows int64 [b]) with b = batch_size / world_size.
 
     Args:
-        path: a complete kmervae store (checked here, with one clear line if it is not).
+        store: a complete kmervae store: its path (checked here, with one clear line if it is
+            not), or the StoreInfo open_store gave where the caller has opened it already.
         split: "train" (shuffled, equal batch counts on every rank) or "val" (store order,
             disjoint across ranks, every row once, the last batch of a chunk may be short).
         batch_size: the global batch, over all ranks.
@@ -97,35 +89,38 @@ class KmerStream:
             epoch_plan.default_partitions(batch_size, world_size). Defaults: the trainer's.
         dtype: what batches hold (float32, float16, bfloat16; a float32 store's values are
             rounded by the last two).
-        info: the store as open_store gave it, where the caller has opened it already.
         workers: reader threads decoding whole chunks (0: each read runs in the iterating
-            thread when its batch comes, with no read-ahead).
+            thread when its batch comes, with no read-ahead); "auto": limits.auto_workers.
         keep: keep every chunk of the rank's share resident once read (the row cache): later
             epochs read nothing. The slab is allocated here, so it cannot run out later.
         device: where batches go; storage: where the slab is (None: the device).
-        columns: store columns the batches hold (None: all 2,772), selected as chunks land.
+        columns: store columns the batches hold (None: all 2,772), selected as chunks are read.
         read_ahead: chunks decoded ahead of need (None: 2 per reader thread).
         read_timeout: seconds after which a chunk read counts as hung.
-        share_slab: a stream of the same store, columns and device whose passes never overlap this
-            one's (the rank's other split): both use one rolling slab (not with keep).
+        reuse_slab_of: a stream of the same store, columns and device whose passes never overlap
+            this one's (the rank's other split): both use one rolling slab (not with keep).
+        copy_engine: how a slab with staging copies chunks in (None: a CUDA copy stream where the
+            slab is on a GPU, no staging elsewhere); the tests pass one that records its calls.
     """
 
-    def __init__(self, path: str, split: str = "train", batch_size: int = _DEFAULTS["batch_size"],
+    def __init__(self, store: str | StoreInfo, split: str = "train", batch_size: int = _DEFAULTS["batch_size"],
                  seed: int = _DEFAULTS["seed"], rank: int | None = None, world_size: int | None = None,
                  val_fraction: float = _DEFAULTS["val_fraction"], val_split: str = _DEFAULTS["val_split"],
                  window_chunks: int = _DEFAULTS["window_chunks"], lanes: int = _DEFAULTS["lanes"],
                  partitions: int | None = _DEFAULTS["partitions"], dtype: torch.dtype = torch.float32,
-                 info: StoreInfo | None = None, workers: int = _DEFAULTS["workers"], keep: bool = False,
+                 workers: int | str = _DEFAULTS["workers"], keep: bool = False,
                  device: torch.device | str = "cpu", storage: torch.device | str | None = None,
                  columns: np.ndarray | None = None, read_ahead: int | None = None,
-                 read_timeout: float = READ_TIMEOUT_S, share_slab: KmerStream | None = None) -> None:
+                 read_timeout: float = READ_TIMEOUT_S, reuse_slab_of: KmerStream | None = None,
+                 copy_engine: CopyEngine | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if dtype not in TRANSPORT_DTYPES:
             raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
-        if workers < 0:
-            raise ValueError(f"workers must be non-negative, got {workers}")
-        self.info = open_store(path) if info is None else info
+        workers = auto_workers() if workers == "auto" else workers
+        if not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"workers must be a non-negative integer or 'auto', got {workers!r}")
+        self.info = store if isinstance(store, StoreInfo) else open_store(store)
         default_rank, default_world = _distributed_rank_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
@@ -137,28 +132,31 @@ class KmerStream:
         self.window_chunks, self.lanes, self.dtype = window_chunks, lanes, dtype
         self.partitions = partitions or default_partitions(batch_size, self.world_size)
         self.split = make_split(self.info.rows, self.info.chunk_rows, val_fraction, val_split, seed)
-        self.share = rank_share(self.plan(0), self.rank, self.world_size)  # checks the shapes
+        self.rank_rows = rank_rows(self.plan(0), self.rank, self.world_size)  # checks the shapes
         train_rows = int(self.split.train_counts.sum())
         if split == "train" and train_rows < batch_size:
-            raise ValueError(f"{path}: {train_rows} training rows, fewer than one global batch of {batch_size}")
+            raise ValueError(f"{self.info.url}: {train_rows} training rows, fewer than one global batch of {batch_size}")
         self.device = torch.device(device)
         self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
+        self._columns = None if columns is None else torch.from_numpy(self.columns)
         self.width = N_FEATURES if columns is None else len(self.columns)
         self.store_dtype = torch.float16 if self.info.dtype == np.float16 else torch.float32
         # the slab holds the store's dtype: reader threads decode straight into it, and a float16
         # store takes half the memory and half the gathered bytes (converted where the batch is
         # gathered, one pass: docs/benchmarks.md, "The in-rank feed")
         self.storage = self.device if storage is None else torch.device(storage)
+        self.copy_engine = copy_engine
         self.workers, self.keep, self.read_timeout = workers, keep, read_timeout
         self._read_ahead = read_ahead
         self.epoch, self.start_batch = 0, 0
         self.decoded = 0  # chunks read and decoded so far (each once per epoch; with keep, once per run)
-        self._array: zarr.Array | None = None
         self._reader: ChunkReader | None = None
-        # the slab, in a box that a rolling stream may share with another (share_slab)
-        self._slab: list[Slab | None] = share_slab._slab if share_slab is not None and not keep else [None]
+        self._reader_pid = 0  # the process whose threads the reader has (a forked DataLoader worker makes its own)
+        self._full_rows = threading.local()  # a reader thread's full-width chunk buffer (with columns)
+        self._hung = False
+        self._holder = reuse_slab_of._holder if reuse_slab_of is not None and not keep else SlabHolder()
         if keep:
-            self._slab[0] = self._make_slab(len(self.share_chunks()))
+            self._holder.slab = self._make_slab(len(self.rank_chunks()))
 
     # ---- the plan ----
 
@@ -176,33 +174,46 @@ class KmerStream:
         """Batches this rank yields in the selected epoch (from its start batch)."""
         if self.split_name == "train":
             return self.plan().batches - self.start_batch
-        return sum(-(-(b - a) // self.share.local_batch) for a, b in self.share.val_ranges)
+        return sum(-(-(b - a) // self.rank_rows.local_batch) for a, b in self.rank_rows.val_ranges)
 
     def batch_rows(self, epoch: int, start_batch: int = 0) -> list[np.ndarray]:
         """The store rows of each batch this rank yields in `epoch` from `start_batch` on."""
         if self.split_name == "val":
-            b = self.share.local_batch
-            return [np.arange(s, min(s + b, stop)) for start, stop in self.share.val_ranges
+            b = self.rank_rows.local_batch
+            return [np.arange(s, min(s + b, stop)) for start, stop in self.rank_rows.val_ranges
                     for s in range(start, stop, b)]
         plan = self.plan(epoch)
-        return list(plan.order()[plan.batch_positions(self.share.partitions, start_batch)])
+        return list(plan.order()[plan.batch_positions(self.rank_rows.partitions, start_batch)])
 
-    def share_chunks(self) -> list[int]:
+    def rank_chunks(self) -> list[int]:
         """The chunks holding this rank's rows of this split."""
-        ranges = self.share.train_ranges if self.split_name == "train" else self.share.val_ranges
+        ranges = self.rank_rows.train_ranges if self.split_name == "train" else self.rank_rows.val_ranges
         cr = self.info.chunk_rows
         return sorted({c for a, b in ranges for c in range(a // cr, -(-b // cr))})
 
     @property
     def complete(self) -> bool:
         """With keep: every chunk of the share is resident (later epochs read nothing)."""
-        return self.keep and self._slab[0] is not None and len(self._slab[0].ready) == len(self.share_chunks())
+        slab = self._holder.slab
+        return self.keep and slab is not None and len(slab.resident) == len(self.rank_chunks())
 
-    def memory(self) -> int:
-        """Bytes the slab takes: every chunk of the share (keep), else the most chunks an epoch
-        needs resident at once (epoch 0's) plus the read-ahead; on a GPU slab, staging too."""
-        slots = len(self.share_chunks()) if self.keep else self._rolling_slots(self.batch_rows(0))
-        return Slab.bytes_for(slots, self.info.chunk_rows, self.width, self.store_dtype, self._staging_slots())
+    def memory(self) -> Footprint:
+        """Host and device bytes the stream's buffers take: the slab (every chunk of the share with
+        keep, else the most chunks an epoch needs resident at once, epoch 0's, plus the
+        read-ahead); on a GPU slab a pinned staging buffer per reader thread; a host slab feeding a
+        GPU pinned (pages rounded), with two pinned batch buffers; batches gathered ahead (and a
+        buffer per thread where they are converted); and a full-width chunk buffer per reader
+        thread where `columns` selects some."""
+        cr, item, threads = self.info.chunk_rows, self.store_dtype.itemsize, max(1, self.workers)
+        slots = len(self.rank_chunks()) if self.keep else self._slots_for(self.batch_rows(0))
+        chunk, batch = cr * self.width * item, self.rank_rows.local_batch * self.width
+        full_rows = 0 if self.columns is None else threads * cr * N_FEATURES * item
+        if self._staged():
+            return Footprint(host=threads * pinned_bytes(chunk) + full_rows, device=slots * chunk)
+        if self.device.type == "cuda":
+            return Footprint(host=pinned_bytes(slots * chunk) + 2 * pinned_bytes(batch * item) + full_rows)
+        converting = max(1, self.workers) * batch * item if self.dtype != self.store_dtype else 0  # gather_rows' buffers
+        return Footprint(host=slots * chunk + self.workers * batch * self.dtype.itemsize + converting + full_rows)
 
     # ---- reading ----
 
@@ -211,35 +222,39 @@ class KmerStream:
         """Chunks decoded ahead of need. `workers` may change between iterations after close()."""
         return READ_AHEAD_PER_THREAD * self.workers if self._read_ahead is None else self._read_ahead
 
-    def _rolling_slots(self, batches: list[np.ndarray]) -> int:
-        """The chunks needed at once plus the read-ahead, never more than the share has."""
-        return self._slots_for(schedule(batches, self.info.chunk_rows))
+    def _slots_for(self, batches: list[np.ndarray]) -> int:
+        """The chunks needed at once plus the read-ahead, never more than the batches use."""
+        live = slots_needed(batches, self.info.chunk_rows)
+        used = len({c for rows in batches for c in np.unique(rows // self.info.chunk_rows).tolist()})
+        return min(live + self.read_ahead, max(live, used))
 
-    def _slots_for(self, plan: Schedule) -> int:
-        return min(plan.live + self.read_ahead, max(plan.live, len(plan.order)))
-
-    def _staging_slots(self) -> int:
-        return max(1, self.read_ahead) if self.storage.type == "cuda" else 0
+    def _staged(self) -> bool:
+        """Whether chunks reach the slab through staging and a copy engine (a GPU slab)."""
+        return self.copy_engine is not None or self.storage.type == "cuda"
 
     def _make_slab(self, slots: int) -> Slab:
-        return Slab(max(1, slots), self.info.n_chunks, self.info.chunk_rows, self.width, self.store_dtype,
-                    self.storage, pin=self.device.type == "cuda", staging=self._staging_slots())
-
-    def _clr(self) -> zarr.Array:
-        if self._array is None:
-            self._array = open_array(self.info.url)
-        return self._array
+        engine = self.copy_engine
+        if engine is None and self.storage.type == "cuda":
+            engine = CopyEngine(self.storage)
+        return Slab(max(1, slots), self.info.chunk_rows, self.width, self.store_dtype, self.storage,
+                    pin=self.device.type == "cuda", engine=engine)
 
     def read_chunk(self, chunk: int, target: torch.Tensor) -> None:
         """Decode a whole chunk into `target` (a reader thread's job: rows x the stream's columns,
-        in the store's dtype); DamagedChunk names a chunk that cannot be decoded."""
-        array = self._clr()
+        in the store's dtype); DamagedChunk names a chunk that cannot be decoded. A column subset
+        is decoded into a full-width buffer the thread reuses, then selected."""
+        array = self.info.clr_array
         a, b = chunk_span(chunk, self.info.chunk_rows, self.info.rows)
         try:
             if self.columns is None:
                 array.get_basic_selection(slice(a, b), out=NDBuffer.from_numpy_array(target.numpy()))
-            else:
-                torch.index_select(torch.from_numpy(array[a:b]), 1, torch.from_numpy(self.columns), out=target)
+                return
+            local = self._full_rows
+            if not hasattr(local, "buffer"):
+                local.buffer = torch.empty((self.info.chunk_rows, N_FEATURES), dtype=self.store_dtype)
+            full = local.buffer[:b - a]
+            array.get_basic_selection(slice(a, b), out=NDBuffer.from_numpy_array(full.numpy()))
+            torch.index_select(full, 1, self._columns, out=target)
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - codecs raise ValueError, RuntimeError, zlib.error...
@@ -252,88 +267,139 @@ class KmerStream:
         except (DamagedChunk, KmervaeError):
             raise
         except ReadTimeout:
-            raise ReaderFailed(f"rank {self.rank}: reading {chunk_name(self.info.url, self._clr(), chunk)} did not "
-                               f"finish in {self.read_timeout:g} s (a stalled disk or object store?)") from None
+            self._hung = True
+            raise ReaderFailed(f"rank {self.rank}: reading {self._chunk_name(chunk)} did not finish in "
+                               f"{self.read_timeout:g} s (a stalled disk or object store?)") from None
         except MemoryError:
             raise ReaderFailed(f"rank {self.rank}: a reader thread ran out of memory decoding "
-                               f"{chunk_name(self.info.url, self._clr(), chunk)}; try fewer --workers, --cache none "
+                               f"{self._chunk_name(chunk)}; try fewer --workers, --cache none "
                                "or a smaller --cache-fraction (docs/memory.md sizes a job)") from None
         except Exception as e:  # noqa: BLE001 - an unexpected error in a reader thread
             text = str(e).splitlines()[0] if str(e) else ""
-            raise ReaderFailed(f"rank {self.rank}: a reader thread failed reading "
-                               f"{chunk_name(self.info.url, self._clr(), chunk)}: {type(e).__name__}"
-                               + (f": {text}" if text else "")) from None
+            raise ReaderFailed(f"rank {self.rank}: a reader thread failed reading {self._chunk_name(chunk)}: "
+                               f"{type(e).__name__}" + (f": {text}" if text else "")) from None
+
+    def _chunk_name(self, chunk: int) -> str:
+        return chunk_name(self.info.url, self.info.clr_array, chunk)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self._serve(self.batch_rows(self.epoch, self.start_batch))
+        batches = self.batch_rows(self.epoch, self.start_batch)
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:  # a DataLoader worker: batches w, w + N, ... (the loader yields them in turn)
+            if self.keep or self.device.type == "cuda":
+                raise ValueError("a KmerStream in DataLoader workers streams to the CPU without keep (the row cache "
+                                 "and GPU slabs are the in-rank feed's: iterate it in the rank, num_workers=0)")
+            batches = batches[worker.id::worker.num_workers]
+        return self._serve(batches)
 
-    def _serve(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        plan = schedule(batches, self.info.chunk_rows)
-        # a kept slab is made again only after a hung read abandoned it; a rolling one is reused by every
-        # pass (its pages are not faulted in again each epoch: docs/benchmarks.md), also by the passes of the
-        # stream it was shared with (the rank's other split: never at once), and grown where one needs more
-        box, need = self._slab, len(self.share_chunks()) if self.keep else self._slots_for(plan)
-        if box[0] is None or box[0].slots < need:
-            box[0] = None  # the old slab goes before the new one is allocated
-            box[0] = self._make_slab(need)
-        slab = box[0]
-        if self._reader is None:
-            self._reader = ChunkReader(self.workers, self.read_timeout)
+    def _reader_here(self) -> ChunkReader:
+        """The reader threads, started in this process (a forked DataLoader worker has none of its parent's)."""
+        if self._reader is None or self._reader_pid != os.getpid():
+            self._reader, self._reader_pid = ChunkReader(self.workers, self.read_timeout), os.getpid()
             # a stream dropped without close() ends and joins its threads too: one still ending while the
             # interpreter shuts down aborts the process ("terminate called without an active exception")
             weakref.finalize(self, self._reader.close)
-        pending = deque(c for c in plan.order if c not in slab.ready)
-        jobs: dict[int, tuple[Job, int]] = {}
+        return self._reader
 
-        def submit() -> None:
-            while pending and slab.can_take():
-                chunk = pending.popleft()
-                a, b = chunk_span(chunk, self.info.chunk_rows, self.info.rows)
-                target, staged = slab.take(chunk, b - a)
-                jobs[chunk] = (self._reader.submit(lambda c=chunk, t=target: self.read_chunk(c, t)), staged)
-
+    def _serve(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # a kept slab is made again only after a hung read abandoned it; a rolling one is reused by every
+        # pass (its pages are not faulted in again each epoch: docs/benchmarks.md), also by the passes of the
+        # stream it was handed to (the rank's other split: never at once), and grown where one needs more
+        holder, need = self._holder, len(self.rank_chunks()) if self.keep else self._slots_for(batches)
+        if holder.slab is None or holder.slab.slots < need:
+            holder.slab = None  # the old slab goes before the new one is allocated
+            holder.slab = self._make_slab(need)
+        slab, reader, cr = holder.slab, self._reader_here(), self.info.chunk_rows
+        plan = plan_pass(batches, cr, self.info.n_chunks, slab.slots, slab.resident if self.keep else {}, self.keep)
+        index = torch.from_numpy(plan.index)
+        if slab.storage.type == "cuda":
+            index = index.to(slab.storage)  # the pass's gather indices, uploaded once
+        # on the host, reader threads gather batches too, one per thread ahead of need
+        ahead = reader.threads if slab.engine is None and slab.storage.type == "cpu" and self.device.type == "cpu" else 0
+        gather_after = _gather_after(plan, batches, cr) if ahead else []
+        reads: dict[int, Job] = {}
+        gathers: dict[int, Job] = {}
+        self._hung, next_gather = False, 0
         try:
-            submit()
             for j, rows in enumerate(batches):
-                for chunk in plan.new[j]:
-                    if chunk in slab.ready:
-                        continue
-                    if chunk not in jobs:  # all ahead of it in `order` were waited for: slots came free
-                        submit()
-                    job, staged = jobs[chunk]
-                    self._wait(job, chunk)
-                    del jobs[chunk]
-                    a, b = chunk_span(chunk, self.info.chunk_rows, self.info.rows)
-                    slab.land(chunk, b - a, staged)
+                for c in plan.reads[j]:
+                    reads[c] = reader.submit(self._read_job(slab, c, int(plan.slot[c])))
+                while ahead and next_gather < min(len(batches), j + ahead + 1) and gather_after[next_gather] <= j:
+                    deps = [reads[c] for c in _chunks_of(batches[next_gather], cr) if c in reads]
+                    gathers[next_gather] = reader.submit(self._gather_job(slab, index, plan, next_gather, deps))
+                    next_gather += 1
+                for c in plan.first_needed[j]:
+                    self._wait(reads[c], c)
+                    del reads[c]
+                    slab.arrived(c, int(plan.slot[c]))
                     self.decoded += 1
-                x = slab.gather(slab.index(rows), self.device, self.dtype)
+                if j in gathers:
+                    x = gathers.pop(j).wait(self.read_timeout)
+                else:
+                    x = slab.gather(index[plan.batch_index(j)], self.device, self.dtype)
+                slab.release(plan.release[j])
                 yield x, torch.from_numpy(rows)
-                if not self.keep:
-                    for chunk in plan.done[j]:
-                        slab.drop(chunk)
-                submit()
-        finally:  # ended early (a stop, an error, a consumer that broke off): no read left running
-            for chunk, (job, staged) in jobs.items():
+        finally:  # ended early (a stop, an error, a consumer that broke off): no job left running
+            # after a hung read nothing more is waited for: the one line comes within one read timeout
+            deadline = time.monotonic() + (0 if self._hung else self.read_timeout)
+            for job in [*reads.values(), *gathers.values()]:
                 if not job.cancel():
                     try:
-                        job.wait(self.read_timeout)
+                        job.wait(max(0.0, deadline - time.monotonic()))
                     except ReadTimeout:  # a hung read may still write into its slot: never reuse this slab
-                        box[0] = None
+                        holder.slab = None
                     except BaseException:  # noqa: BLE001 - abandoned: its error is not this run's
                         pass
-                slab.drop(chunk, staged)
-            if not self.keep:  # a pass ended early leaves chunks resident: the next starts from an empty slab
-                for chunk in list(slab.slot_of):
-                    slab.drop(chunk)
+            if self._hung:
+                holder.slab = None
+            if not self.keep:  # a pass ended early leaves chunks resident: the next starts from an empty slab,
+                slab.release(list(slab.resident))  # copying into their slots only after the gathers so far
+            slab.copied.clear()
+
+    def _read_job(self, slab: Slab, chunk: int, slot: int):
+        """The read of `chunk` into its slot: straight in on a host slab; on a staged slab into the
+        thread's staging buffer, copied to the slot at once."""
+        a, b = chunk_span(chunk, self.info.chunk_rows, self.info.rows)
+        if slab.engine is None:
+            return lambda: self.read_chunk(chunk, slab.rows_of(slot, b - a))
+
+        def read_and_copy() -> None:
+            staged = slab.staging(b - a)
+            self.read_chunk(chunk, staged)
+            slab.copy_in(chunk, slot, staged)
+        return read_and_copy
+
+    def _gather_job(self, slab: Slab, index: torch.Tensor, plan: PassPlan, j: int, reads: list[Job]):
+        """Batch j gathered in a reader thread once its chunks' reads are done (their errors are
+        the loop's to report: it waits for those reads before it takes the batch)."""
+        def gather() -> torch.Tensor | None:
+            for job in reads:
+                try:
+                    job.wait(self.read_timeout)
+                except BaseException:  # noqa: BLE001 - reported by the loop
+                    return None
+            return gather_rows(slab.data, index[plan.batch_index(j)], self.dtype)
+        return gather
 
     def close(self) -> list[str]:
         """End the reader threads; returns the names of any hung in a read (they end with the
         process). The stream can be iterated again (new threads start)."""
         reader, self._reader = self._reader, None
-        return [] if reader is None else reader.close()
+        return [] if reader is None or self._reader_pid != os.getpid() else reader.close()
 
     def __enter__(self) -> KmerStream:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _chunks_of(rows: np.ndarray, chunk_rows: int) -> list[int]:
+    return np.unique(rows // chunk_rows).tolist()
+
+
+def _gather_after(plan: PassPlan, batches: list[np.ndarray], chunk_rows: int) -> list[int]:
+    """For each batch, the batch before which the last of its chunks' reads is submitted: from
+    then on its gather can be submitted behind them."""
+    submitted = {c: j for j, chunks in enumerate(plan.reads) for c in chunks}
+    return [max((submitted.get(c, 0) for c in _chunks_of(rows, chunk_rows)), default=0) for rows in batches]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,8 @@ def layout_attrs() -> dict:
 
 @dataclass(frozen=True)
 class StoreInfo:
-    """A complete store, validated: what readers need to know."""
+    """A complete store, validated: what readers need to know, and its arrays as opened and
+    checked here (one open and one listing per store: readers use these handles)."""
 
     url: str
     rows: int
@@ -49,6 +50,8 @@ class StoreInfo:
     clr: ClrSpec
     has_labels: bool
     attrs: dict
+    clr_array: zarr.Array = field(repr=False, compare=False)
+    column0_array: zarr.Array = field(repr=False, compare=False)
 
     @property
     def n_chunks(self) -> int:
@@ -248,4 +251,5 @@ def open_store(url: str) -> StoreInfo:
         raise StoreError(f"{url}: clr chunks {clr.chunks} are not whole rows of {attrs['chunk_rows']}")
     check_present(url, clr)
     return StoreInfo(url=url, rows=rows, chunk_rows=int(attrs["chunk_rows"]), dtype=np.dtype(clr.dtype),
-                     clr=ClrSpec.from_attrs(attrs["transform"]), has_labels=LABELS in group, attrs=attrs)
+                     clr=ClrSpec.from_attrs(attrs["transform"]), has_labels=LABELS in group, attrs=attrs,
+                     clr_array=clr, column0_array=column0)

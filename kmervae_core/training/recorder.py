@@ -15,7 +15,7 @@ import torch
 from .. import __version__
 from ..atomic import atomic_file
 from ..config import TrainConfig
-from .distributed import DistContext, all_reduce, gather
+from ..distributed import DistContext, all_reduce, gather
 from ..store.kmers import KMER_GROUPS, KGroup
 from ..model.losses import summarise
 from .prometheus import TrainMetrics

@@ -47,7 +47,7 @@ class CudaGraphStep:
 
     def capture(self, fn: Callable[[], torch.Tensor]) -> None:
         torch.cuda.synchronize()
-        # thread_local: the DataLoader's pin-memory thread may allocate while we capture
+        # thread_local: the feed's reader threads may allocate (staging, copies) while we capture
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.output = fn()
         torch.cuda.synchronize()

@@ -4,7 +4,7 @@ replayed from.
 
 The step is a part of its own because capture dictates its shape: a replay reads and writes
 tensors at fixed addresses only, so the counter, β and the sums live on the device here and the
-host's step number is kept beside them, changed only by this class. The loop (training.py)
+host's step number is kept beside them, changed only by this class. The loop (trainer.py)
 calls `runner(x)` and never sees which way the step ran."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ..config import TrainConfig
-from .distributed import DistContext, all_reduce
+from ..distributed import DistContext, all_reduce
 from ..store.kmers import KGroup
 from ..model.losses import N_SUMS, vae_loss
 from .step_graph import WARMUP_STEPS, CudaGraphStep, check_capture, graph_decision
@@ -24,7 +24,7 @@ NO_STEP = 2**62
 
 class StepRunner:
     """`model` is the VAE, `net` what the eager step calls (DDP's wrapper, torch.compile's, or
-    the model); `batch_slice` this rank's rows of the global batch (epoch_plan.RankShare). `epoch_sums` (the epoch's, reduced at checkpoints) and `window_sums` (since the
+    the model); `batch_slice` this rank's rows of the global batch (epoch_plan.RankRows). `epoch_sums` (the epoch's, reduced at checkpoints) and `window_sums` (since the
     last log point) are what the step adds its loss sums to."""
 
     def __init__(self, model: torch.nn.Module, net: torch.nn.Module, opt: torch.optim.Optimizer,

@@ -2,7 +2,7 @@
 
 `Trainer.run` is the whole story on one screen; each decision is handed to the part that owns
 it (docs/design.md, "The trainer"):
-  feed.py         where this rank's batches come from (the stream, or the row cache)
+  feed/rank_feed.py  where this rank's batches come from (the stream, or the row cache)
   step_runner.py  one optimisation step: noise, step counter, autocast, CUDA graph capture
   checkpoint.py   which checkpoint to resume from, when the next is due, writing it, exports
   tracker.py      the best epoch and the plateau learning-rate schedule
@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..atomic import atomic_file
 from .checkpoint import Checkpointer, initial_weights
 from ..config import DATA_CLR, TrainConfig, beta_at, resume_changes, saved_settings
-from .distributed import DistContext, StopVote, all_reduce, ddp_group
+from ..distributed import DistContext, StopVote, all_reduce, ddp_group
 from ..errors import KmervaeError
 from ..feed.rank_feed import Feed
 from ..outputs import one_line
@@ -84,7 +84,7 @@ class Trainer:
             self.start_from(cfg.init_from)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.runner = StepRunner(self.model, torch.compile(net) if cfg.compile else net, self.opt, cfg, ctx,
-                                 self.feed.train_stream.share.batch_slice, groups, cfg.weights_by_k(), log)
+                                 self.feed.train_stream.rank_rows.batch_slice, groups, cfg.weights_by_k(), log)
         self.tracker = Tracker(cfg, self.opt)
         self.validator = Validator(cfg, ctx, self.model, self.feed, self.runner, columns, blocks)
         self.recorder = Recorder(cfg, ctx, groups, blocks, log=log, info={

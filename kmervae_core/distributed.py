@@ -30,6 +30,11 @@ import torch
 import torch.distributed as dist
 
 
+# set at init_process_group, not left to the backend (NCCL's default is 10 min): the feed's read
+# timeout is a quarter of it (feed/stream.py), so a hung read is named and agreed on first
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=20)
+
+
 @dataclass(frozen=True)
 class DistContext:
     rank: int
@@ -60,7 +65,7 @@ def init_distributed() -> DistContext:
     key_space = "kmervae"
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        kwargs = {"timeout": PROCESS_GROUP_TIMEOUT, **({"device_id": device} if device.type == "cuda" else {})}
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # the store outlives restarts
             store = store_client(world)
             key_space = f"kmervae/{round_token(store, rank, world)}"
