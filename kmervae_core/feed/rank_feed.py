@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .cache import choose_tier, gib, ranks_per_host
-from ..config import TrainConfig
+from ..config import MSE, TrainConfig
 from ..training.distributed import DistContext
 from ..errors import KmervaeError
 from ..model.losses import length_weights
@@ -52,22 +52,31 @@ class Feed:
                 # the streams made without keep are used
         self.train_stream, self.val_stream = streams["train"], streams["val"]
         self.cache = self.train_stream if self.tier != "none" else None
-        self.weight_of_row = self._length_weights(cfg) if cfg.length_weight else None
+        needs = "--length-weight" if cfg.length_weight else "--likelihood multinomial" if cfg.likelihood != MSE else ""
+        self.length_of_row = self._lengths(cfg, needs) if needs else None
+        self.weight_of_row = length_weights(self.length_of_row, cfg.length_weight) if cfg.length_weight else None
 
     @staticmethod
-    def _length_weights(cfg: TrainConfig) -> np.ndarray:
-        """--length-weight's weight of every store row, from the contig lengths in column 0."""
+    def _lengths(cfg: TrainConfig, needs: str) -> np.ndarray:
+        """The contig length of every store row (column 0), which the setting `needs` reads."""
         lengths = read_rows(cfg.data, open_array(cfg.data, COLUMN0), slice(None))
         if missing := int((~(lengths > 0)).sum()):
-            raise KmervaeError(f"--length-weight needs each row's contig length in column 0; {missing:,} rows of "
+            raise KmervaeError(f"{needs} needs each row's contig length in column 0; {missing:,} rows of "
                                f"{cfg.data} have none (0 or less)")
-        return length_weights(lengths, cfg.length_weight)
+        return np.asarray(lengths, np.float32)
 
     def row_weights(self, rows: torch.Tensor) -> torch.Tensor | None:
         """The reconstruction weights of a batch's store rows, on the device (None: unweighted)."""
-        if self.weight_of_row is None:
+        return self._of_rows(self.weight_of_row, rows)
+
+    def row_lengths(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The contig lengths of a batch's store rows, on the device (None: not read)."""
+        return self._of_rows(self.length_of_row, rows)
+
+    def _of_rows(self, values: np.ndarray | None, rows: torch.Tensor) -> torch.Tensor | None:
+        if values is None:
             return None
-        return torch.from_numpy(self.weight_of_row[rows.numpy()]).to(self.device, non_blocking=True)
+        return torch.from_numpy(values[rows.numpy()]).to(self.device, non_blocking=True)
 
     @staticmethod
     def _residency(cfg: TrainConfig, ctx: DistContext, streams: dict[str, KmerStream],

@@ -11,11 +11,12 @@ from typing import Callable
 import torch
 
 from ..atomic import atomic_file
-from ..config import TrainConfig, resume_mismatch
+from ..config import MULTINOMIAL, TrainConfig, resume_mismatch
 from ..feed.epoch_plan import default_partitions
 from ..errors import KmervaeError
 
 NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+LOGIT_GROUPS = "logit_groups"  # in a multinomial run's decoder export: the k groups its outputs are logits of
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -97,6 +98,7 @@ class Checkpointer:
     def __init__(self, cfg: TrainConfig, writer: bool) -> None:
         self.run_dir, self.every, self.keep = Path(cfg.out), cfg.checkpoint_every, cfg.keep_checkpoints
         self.writer = writer
+        self.logit_groups = sorted(cfg.kmers, reverse=True) if cfg.likelihood == MULTINOMIAL else None
         self.path = self._resume_path(cfg.resume)
         self._saved = read_checkpoint(self.path) if self.path is not None else None
 
@@ -141,8 +143,13 @@ class Checkpointer:
         return f"last good checkpoint {found[-1]}" if found else "no checkpoint was written"
 
     def export(self, model: torch.nn.Module, tag: str) -> None:
-        """The model, its encoder and its decoder (state dicts), as vae_multi[_part]_{tag}.pt."""
+        """The model, its encoder and its decoder (state dicts), as vae_multi[_part]_{tag}.pt. A
+        multinomial run's decoder export also holds LOGIT_GROUPS: its outputs are logits of these
+        k groups, not CLR values (drop the entry before load_state_dict)."""
         if not self.writer:
             return
         for part, module in (("model", model), ("encoder", model.encoder), ("decoder", model.decoder)):
-            atomic_save(module.state_dict(), self.run_dir / f"vae_multi{'' if part == 'model' else '_' + part}_{tag}.pt")
+            state = module.state_dict()
+            if part == "decoder" and self.logit_groups:
+                state[LOGIT_GROUPS] = torch.tensor(self.logit_groups)
+            atomic_save(state, self.run_dir / f"vae_multi{'' if part == 'model' else '_' + part}_{tag}.pt")
