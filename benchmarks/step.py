@@ -11,7 +11,10 @@
   ours, multinomial ours with `--likelihood multinomial` (model/likelihood.py: frequencies read back
                     from the CLR, counts from contig lengths, per-group log-softmax, the decoded
                     CLR for the per-k-mer MSE); a last line sets its ms/step beside ours (mse), the
-                    median of the rounds' ratios: what the count likelihood costs in the step.
+                    median of the rounds' ratios: what the count likelihood costs in the step. On
+                    a loaded machine whole steps drift by more than that cost, so each round also
+                    times the two loss terms alone (forward and backward, median of 5), and the
+                    line gives their difference as a share of the mse step.
 
 Every variant steps on the same pre-made batches already on the device, so the figures are the
 step alone. Variants alternate in rounds so that drift of the machine hits all alike; rows/s
@@ -48,8 +51,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core.config import TrainConfig  # noqa: E402
 from kmervae_core.training.distributed import DistContext  # noqa: E402
+from kmervae_core.model.likelihood import Multinomial  # noqa: E402
+from kmervae_core.model.losses import vae_loss  # noqa: E402
 from kmervae_core.model.vae import KERAS_BN, LOG_VAR_RANGE, GlobalBatchNorm1d  # noqa: E402
-from kmervae_core.store.kmers import N_FEATURES  # noqa: E402
+from kmervae_core.store.clr import ClrSpec  # noqa: E402
+from kmervae_core.store.kmers import KMER_GROUPS, N_FEATURES  # noqa: E402
 from kmervae_core.training.step_graph import WARMUP_STEPS, CudaGraphStep  # noqa: E402
 from kmervae_core.training.trainer import Trainer  # noqa: E402
 
@@ -120,6 +126,26 @@ def ours_step(trainer: Trainer, sum_stats: bool) -> Callable[[torch.Tensor], Non
     def step(x: torch.Tensor) -> None:
         runner(x, None, torch.full((len(x),), LENGTH, device=x.device) if runner.counts is not None else None)
     return step
+
+
+def term_ms(x: torch.Tensor, device: torch.device, reps: int = 5) -> dict[str, float]:
+    """Milliseconds of each loss term alone, forward and backward (median of `reps`): the mse
+    term and the multinomial one (per-k CLR store, every row LENGTH long), on batch x."""
+    gen = torch.Generator(device=device).manual_seed(1)
+    recon = torch.randn(x.shape, device=device, generator=gen).requires_grad_()
+    mu, log_var = torch.zeros(len(x), 256, device=device), torch.zeros(len(x), 256, device=device)
+    lengths = torch.full((len(x),), LENGTH, device=device)
+    counts = Multinomial(KMER_GROUPS, ClrSpec("per_k"), device)
+    times: dict[str, list[float]] = {"mse": [], "multinomial": []}
+    for _ in range(reps):
+        for name, term in times.items():
+            sync(device)
+            start = time.perf_counter()
+            vae_loss(x, recon, mu, log_var, BETA, counts=counts if name == "multinomial" else None,
+                     lengths=lengths)[0].backward()
+            sync(device)
+            term.append(1000 * (time.perf_counter() - start))
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def sync(device: torch.device) -> None:
@@ -221,7 +247,10 @@ def main() -> None:
                                   precision=args.precision, cuda_graphs="on" if mode == "graph" else "off")
                 rates: dict[str, list[float]] = {v: [] for v in variants}
                 counts = {v: 1 for v in variants}  # a replay is one launch
+                terms: list[dict[str, float]] = []
                 for r in range(args.rounds):  # alternate, so that drift of the machine hits all alike
+                    if {"ours", "ours, multinomial"} <= set(variants):
+                        terms.append(term_ms(batches[0], device))
                     for variant in variants:
                         step = build(variant, mode, cfg, device, batches, args.warmup)
                         if mode == "eager" and r == 0:
@@ -243,6 +272,12 @@ def main() -> None:
                     print(f"{batch:>6} {mode:<6} multinomial vs mse step, median of {args.rounds} rounds: "
                           f"{np.median(ms['ours, multinomial']):.1f} ms vs {np.median(ms['ours']):.1f} ms, ratio "
                           f"{np.median(ratios):.3f} (rounds: {', '.join(f'{q:.3f}' for q in ratios)})", flush=True)
+                    extra = [(t["multinomial"] - t["mse"]) / o for t, o in zip(terms, ms["ours"])]
+                    print(f"{batch:>6} {mode:<6} loss terms alone, median of {args.rounds} rounds: multinomial "
+                          f"{np.median([t['multinomial'] for t in terms]):.1f} ms, mse "
+                          f"{np.median([t['mse'] for t in terms]):.1f} ms; the difference is "
+                          f"{100 * np.median(extra):.1f}% of the mse step (rounds: "
+                          f"{', '.join(f'{100 * e:.1f}%' for e in extra)})", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -200,3 +200,22 @@ def test_the_decoder_export_records_its_logit_groups_and_the_encoder_export_is_u
     assert decoder.keys() == {k.removeprefix("decoder.") for k in model if k.startswith("decoder.")}
     encoder = torch.load(f"{cfg.out}/vae_multi_encoder_final.pt", weights_only=True)
     assert encoder.keys() == {k.removeprefix("encoder.") for k in model if k.startswith("encoder.")}
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_multinomial_likelihood_like_one_and_run_the_contrastive_term(train_store, tmp_path):
+    """The counts' lengths follow each rank's rows; the second thinned view is encoded outside
+    DDP's forward, whose gradient averaging must still cover it (its draws differ by world size)."""
+    from tests.conftest import train_here
+    from tests.test_train import history, torchrun
+    store = train_store[0]
+    args = ("--epochs", 2, "--latent-sample", 0, *TINY, "--likelihood", "multinomial")
+    train_here(*train_args(store, tmp_path / "one", *args))
+    two = torchrun("train", *train_args(store, tmp_path / "two", *args))
+    assert two.returncode == 0, two.stderr[-3000:]
+    for a, b in zip(history(tmp_path / "one"), history(tmp_path / "two"), strict=True):
+        for key in ("train_recon", "train_mse_6mer", "val_loss", "val_mse_1mer"):
+            assert a[key] == pytest.approx(b[key], rel=2e-3), key
+    views = torchrun("train", *train_args(store, tmp_path / "views", *args, "--thinning", 0.5, "--contrastive", 100))
+    assert views.returncode == 0, views.stderr[-3000:]
+    assert all(np.isfinite(h["train_contrastive"]) and np.isfinite(h["val_loss"]) for h in history(tmp_path / "views"))

@@ -51,12 +51,11 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, log_var: to
     gradient flows through one sum of squares; the per-k sums come from the detached column
     sums, cut at the group boundaries of one float64 running sum."""
     if counts is None:
-        term = sq = (recon.float() - x.float()).square()
+        sq = (recon.float() - x.float()).square()
+        weighted = sq if weights is None else sq * torch.cat([sq.new_full((g.size,), weights[g.k]) for g in groups])
+        recon_sum = (weighted if row_weights is None else weighted * row_weights[:, None]).sum()
     else:
-        term, sq = counts.terms(x, recon, lengths)
-    weighted = term if weights is None else term * torch.cat([term.new_full((g.size,), weights[g.k]) for g in groups])
-    weighted = weighted if row_weights is None else weighted * row_weights[:, None]
-    recon_sum = weighted.sum()
+        recon_sum, sq = counts.terms(x, recon, lengths, None if weights is None else [weights[g.k] for g in groups])
     kl = normal_kl(mu, log_var, [mu.shape[1]]) if kl is None else kl
     kl_sum = kl.sum()
     total = (recon_sum + beta * kl_sum) / len(x)
