@@ -17,6 +17,7 @@ from kmervae_core.errors import KmervaeError
 from kmervae_core.model.likelihood import Multinomial, nt_xent
 from kmervae_core.model.losses import summarise, vae_loss
 from kmervae_core.store.clr import ClrSpec
+from kmervae_core.model.vae import Encoder
 from kmervae_core.store.kmers import KMER_GROUPS, selected_groups
 from tests.conftest import train_config
 from tests.test_train import TINY, first_step, train_args
@@ -170,9 +171,9 @@ def test_thinning_shows_the_encoder_thinned_counts_and_scores_the_full_ones(trai
 
 @pytest.fixture(scope="module")
 def runs(train_store, tmp_path_factory) -> dict[str, tuple[list[str], list[dict], TrainConfig]]:
-    """Tiny 4-epoch runs: one per setting."""
+    """Tiny 4-epoch runs: one per setting (the multinomial one on the 5..1-mers, weighted)."""
     store, d = train_store[0], tmp_path_factory.mktemp("likelihood")
-    settings = {"multinomial": dict(likelihood="multinomial"),
+    settings = {"multinomial": dict(likelihood="multinomial", kmers=[5, 4, 3, 2, 1], kmer_weights=[0.3, 1, 1, 1, 1]),
                 "thinning": dict(likelihood="multinomial", thinning=0.5),
                 "contrastive": dict(likelihood="multinomial", thinning=0.5, contrastive=200.0)}
     out = {}
@@ -189,17 +190,26 @@ def runs(train_store, tmp_path_factory) -> dict[str, tuple[list[str], list[dict]
 def test_a_tiny_run_of_each_setting_lowers_its_loss(runs, name, figure, by):
     _, history, _ = runs[name]  # NT-Xent over 48 rows of 4 genomes: same-genome negatives keep it high
     assert history[-1][figure] < by * history[0][figure]
-    assert all(np.isfinite(h[f"val_mse_{k}mer"]) for h in history for k in range(1, 7))
+    ks = range(1, 6) if name == "multinomial" else range(1, 7)
+    assert all(np.isfinite(h[f"val_mse_{k}mer"]) for h in history for k in ks)
 
 
-def test_the_decoder_export_records_its_logit_groups_and_the_encoder_export_is_unchanged(runs):
+def test_the_decoder_export_records_its_logit_groups_and_train_encode_takes_the_encoder(runs, tmp_path):
     _, _, cfg = runs["multinomial"]
     decoder = torch.load(f"{cfg.out}/vae_multi_decoder_final.pt", weights_only=True)
-    assert decoder.pop("logit_groups").tolist() == [6, 5, 4, 3, 2, 1]
+    assert decoder.pop("logit_groups").tolist() == [5, 4, 3, 2, 1]
     model = torch.load(f"{cfg.out}/vae_multi_final.pt", weights_only=True)
     assert decoder.keys() == {k.removeprefix("decoder.") for k in model if k.startswith("decoder.")}
     encoder = torch.load(f"{cfg.out}/vae_multi_encoder_final.pt", weights_only=True)
     assert encoder.keys() == {k.removeprefix("encoder.") for k in model if k.startswith("encoder.")}
+    run("train.encode", "--checkpoint", f"{cfg.out}/vae_multi_encoder_final.pt", "--data", cfg.data,
+        "--out", tmp_path / "z.zarr", check=True)
+    enc = Encoder(692, (64, 32), 8).eval()
+    enc.load_state_dict(encoder)
+    with torch.no_grad():
+        want = enc(torch.from_numpy(zarr.open_group(cfg.data, mode="r")["clr"][:, 2080:]))[0].numpy()
+    np.testing.assert_allclose(zarr.open_group(str(tmp_path / "z.zarr"), mode="r")["z_mean"][:], want,
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -59,9 +59,8 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, log_var: to
     kl = normal_kl(mu, log_var, [mu.shape[1]]) if kl is None else kl
     kl_sum = kl.sum()
     total = (recon_sum + beta * kl_sum) / len(x)
-    contrast = torch.zeros((), device=x.device) if contrastive is None else contrastive.float()
-    if contrastive is not None:
-        total = total + contrastive_weight * contrast
+    contrast = recon_sum.new_zeros(()) if contrastive is None else contrastive.float()
+    total = total if contrastive is None else total + contrastive_weight * contrast
     with torch.no_grad():
         running = torch.nn.functional.pad(sq.sum(0).double().cumsum(0), (1, 0))
         ends = {g.k: (g.local.start, g.local.stop) for g in groups}
