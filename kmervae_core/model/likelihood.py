@@ -9,9 +9,8 @@ reconstruction term of a row is the multinomial deviance
 
 the negative log-likelihood less its minimum (sum n log f, the saturated model), so that it has
 the NLL's gradient, is 0 for a perfect fit, and stays small enough to be summed in float32.
-Per row it is L x KL(data || model) summed over the groups; the batch mean of it plus β x KL is
-the loss, so β = 1 is the ELBO of this model and the reference's β 0.1 weighs the prior as
-lightly against the counts' evidence as it does against the reference's squared error.
+Per row it is (L - k + 1) x KL(data || model) summed over the groups; the batch mean of it plus
+β x KL is the loss, so β = 1 is the ELBO of this model (docs/experiments.md, "Scale").
 
 The store holds CLR values c, not frequencies. Within one k group G with pseudocount p, either
 CLR scope gives c_i = log(f_i + p) - m, with m constant over G (the group's own mean for per-k,
