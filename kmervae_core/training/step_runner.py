@@ -149,12 +149,11 @@ class StepRunner:
         cfg = self.cfg
         seen = x if not cfg.thinning else self.counts.thinned(x, self.row_len, cfg.thinning, self.thin_noise)
         seen = seen if self.x_noise is None else seen + cfg.input_noise * self.x_noise  # denoising: a noisy input
-        contrast = None
         with self.autocast():
             recon, mu, log_var, kl = (self.model if graphed else self.net)(seen, self.eps)
             if cfg.contrastive:  # a second thinned view of each row, encoded alone
                 pair = self.model.encoder(self.counts.thinned(x, self.row_len, cfg.thinning, self.thin_noise))[0]
-                contrast = nt_xent(mu, pair, cfg.contrastive_temperature)
+        contrast = nt_xent(mu, pair, cfg.contrastive_temperature) if cfg.contrastive else None  # in float32
         loss, sums = vae_loss(x, recon, mu, log_var, self.beta_t, self.groups, self.weights, kl,  # the clean row
                               self.row_w, self.counts, self.row_len, contrast, cfg.contrastive)
         self.opt.zero_grad(set_to_none=True)
