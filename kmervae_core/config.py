@@ -22,6 +22,8 @@ PRECISIONS = ("fp32", "bf16")
 CACHE_TIERS = ("auto", "device", "host", "none")  # see cache.py
 GRAPH_MODES = ("auto", "on", "off")  # see step_graph.py
 PRIOR_KINDS = ("normal", "mog", "vamp")  # see priors.py
+MSE, MULTINOMIAL = "mse", "multinomial"  # --likelihood: see model/likelihood.py
+LIKELIHOODS = (MSE, MULTINOMIAL)
 REFERENCE_HIDDEN, REFERENCE_LATENT = (1024, 512), 256  # VAEMulti's widths (model.py's defaults too)
 DEFAULT_BLOCK_KMERS = [[6], [5], [4, 3, 2, 1]]  # per-scale latents: 6-mers, 5-mers, the rest
 DATA_CLR = "data_clr"  # RUN/config.json's record of the CLR the run trained on (a fact, not a setting)
@@ -118,6 +120,15 @@ class TrainConfig:
                                    "(0: off, the reference)")
     input_noise: float = setting(RECIPE, 0.0, "denoising: sd of Gaussian noise added to the encoder's input while "
                                  "training (CLR units); the loss still reconstructs the clean row (0: off, the reference)")
+    likelihood: str = setting(RECIPE, MSE, "reconstruction term: mse (squared error of the CLR, the reference) or "
+                              "multinomial (per-k-group logits, the deviance of the k-mer counts frequency x "
+                              "(length - k + 1), length from column 0)", LIKELIHOODS)
+    thinning: float = setting(RECIPE, 0.0, "multinomial only: the encoder sees a binomially thinned copy of the row's "
+                              "counts, each k-mer kept with this probability, renormalised and CLR'd as the store's; "
+                              "the loss reconstructs the full counts (0: off)")
+    contrastive: float = setting(RECIPE, 0.0, "with --thinning: weight of an NT-Xent term between the z_mean of two "
+                                 "thinned views of each row (0: off)")
+    contrastive_temperature: float = setting(RECIPE, 0.5, "temperature of the --contrastive term")
     prior: str = setting(MODEL, "normal", "latent prior: normal (the reference N(0, I)), mog:K (a learned mixture of K "
                          "Gaussians) or vamp:K (VampPrior with K learned pseudo-inputs)")
     latent_blocks: list[int] = setting(MODEL, [], "per-scale latents: one latent size per --block-kmers block, adding "
@@ -141,6 +152,14 @@ class TrainConfig:
             (self.beta >= 0, "beta must be non-negative"),
             (self.input_noise >= 0, "input_noise must be non-negative"),
             (self.length_weight >= 0, "length_weight must be non-negative"),
+            (0 <= self.thinning < 1, "thinning must be in [0, 1): the probability a k-mer is kept (0: off)"),
+            (self.contrastive >= 0 and self.contrastive_temperature > 0,
+             "contrastive must be non-negative and contrastive_temperature positive"),
+            (self.likelihood == MULTINOMIAL or not (self.thinning or self.contrastive),
+             "thinning and contrastive need likelihood multinomial (they thin the row's k-mer counts)"),
+            (not self.contrastive or self.thinning, "contrastive needs thinning (its two views are thinned copies)"),
+            (self.likelihood == MSE or not self.length_weight,
+             "length_weight does not go with likelihood multinomial: the counts already weigh each row by its length"),
             (self.beta_warmup_epochs >= 0 and self.beta_cycle_epochs >= 1, "beta epochs must be non-negative"),
             (0 < self.cache_fraction <= 1, "cache_fraction must be in (0, 1]"),
             (self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be at least 1"),

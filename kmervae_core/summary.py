@@ -30,7 +30,8 @@ def history_key(split: str, key: str) -> str:
 class Summary(dict):
     """A split's figures by name: "rows" seen, per-row "recon" and "kl", "loss" (recon + β KL), "mse"
     over all trained features, then mse_key(k) of each trained k and kl_block_key(name) of each
-    latent block; a dict, as history.json stores it."""
+    latent block, and "contrastive" (the NT-Xent per row) where that term is on; a dict, as
+    history.json stores it."""
 
     def history(self, split: str) -> dict[str, float]:
         return {history_key(split, key): v for key, v in self.items()}

@@ -92,7 +92,8 @@ ROLES = {
     "plan": "batch_size seed val_fraction val_split window_chunks lanes partitions",
     "model": "hidden latent kmers prior latent_blocks block_kmers",
     "recipe": "epochs lr beta beta_schedule beta_warmup_epochs beta_cycle_epochs plateau_factor plateau_patience min_lr "
-              "precision latent_sample latent_pairs select_by kmer_weights length_weight input_noise",
+              "precision latent_sample latent_pairs select_by kmer_weights length_weight input_noise "
+              "likelihood thinning contrastive contrastive_temperature",
     "run": "data store_clr out workers resume init_from checkpoint_every keep_checkpoints deterministic compile cuda_graphs cache "
            "cache_fraction metrics_port metrics_addr pushgateway log_every",
 }
@@ -155,7 +156,8 @@ FLAGS = """--config --data --store-clr --out --epochs --batch-size --lr --seed -
     --beta-warmup-epochs --beta-cycle-epochs --plateau-factor --plateau-patience --min-lr --val-fraction --val-split
     --workers --window-chunks --lanes --partitions --resume --init-from --checkpoint-every --keep-checkpoints --deterministic
     --no-deterministic --precision --compile --no-compile --cuda-graphs --cache --cache-fraction --metrics-port
-    --metrics-addr --pushgateway --log-every --latent-sample --latent-pairs --select-by --kmers --kmer-weights --length-weight --input-noise --prior
+    --metrics-addr --pushgateway --log-every --latent-sample --latent-pairs --select-by --kmers --kmer-weights --length-weight --input-noise --likelihood
+    --thinning --contrastive --contrastive-temperature --prior
     --latent-blocks --block-kmers""".split()
 
 

@@ -99,6 +99,15 @@ def test_select_by_changed_on_resume_restarts_best_tracking_under_the_new_measur
     assert all(torch.equal(best[k], final[k]) for k in final)
 
 
+def test_a_likelihood_given_on_resume_is_the_losss_from_there(runs, tmp_path):
+    out, said = resume(runs, tmp_path, likelihood="multinomial")
+    assert "in force from step 21: epochs 2 -> 3, likelihood mse -> multinomial" in said
+    straight, resumed = ([h["train_recon"] for h in history(d)] for d in (runs[1] / "straight", out))
+    assert resumed[:2] == straight[:2] and resumed[2] != straight[2]
+    decoder = torch.load(out / "vae_multi_decoder_final.pt", weights_only=True)
+    assert decoder["logit_groups"].tolist() == [6, 5, 4, 3, 2, 1]  # exported as a multinomial decoder
+
+
 def test_a_run_setting_changed_on_resume_is_applied_and_changes_nothing_computed(runs, tmp_path):
     out, said = resume(runs, tmp_path, checkpoint_every=4, keep_checkpoints=20)
     assert "in force from step 21: epochs 2 -> 3\n" in said + "\n"  # the only change named

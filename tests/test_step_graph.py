@@ -36,9 +36,9 @@ class DoesNothing(Replay):
         self.output = torch.zeros(())
 
 
-def train(store: str, out, graph_class=None, epochs: int = 2) -> tuple[Trainer, list[str]]:
+def train(store: str, out, graph_class=None, epochs: int = 2, **settings) -> tuple[Trainer, list[str]]:
     cfg = TrainConfig(data=store, out=str(out), batch_size=48, workers=0, hidden=[64, 32], latent=8, epochs=epochs,
-                      metrics_port=0, latent_sample=0, cache="none", deterministic=True, resume="never")
+                      metrics_port=0, latent_sample=0, cache="none", deterministic=True, resume="never", **settings)
     lines: list[str] = []
     trainer = Trainer(cfg, DistContext(0, 1, 0, torch.device("cpu")), log=lines.append)
     if graph_class is not None:  # what --cuda-graphs does on a GPU, with the stand-in
@@ -68,6 +68,15 @@ def test_replayed_steps_train_exactly_like_eager_steps(train_store, tmp_path, ea
     assert losses(graphed) == losses(eager)
     assert same_weights(graphed, eager)
     assert graphed.runner.step == eager.runner.step and int(graphed.runner.step_t) == graphed.runner.step
+
+
+def test_a_multinomial_step_replays_exactly_like_its_eager_step(train_store, tmp_path):
+    """The count likelihood (its frequencies, counts and per-k metrics) is all in the captured step:
+    the contig lengths are copied into a fixed tensor before each replay, like the batch."""
+    eager_run, _ = train(train_store[0], tmp_path / "eager", likelihood="multinomial")
+    replayed, lines = train(train_store[0], tmp_path / "replay", Replay, likelihood="multinomial")
+    assert "CUDA graph: captured at step 4; replay matches the eager step" in lines
+    assert losses(replayed) == losses(eager_run) and same_weights(replayed, eager_run)
 
 
 def test_a_capture_that_differs_from_the_eager_step_is_refused_and_training_goes_on_eagerly(train_store, tmp_path, eager):
@@ -115,6 +124,8 @@ def test_elsewhere_the_step_is_eager_and_the_line_says_why():
     assert "no CUDA device: --cuda-graphs on needs one" in off[("on", CPU, 1, False)][1]
     assert "under DDP" in off[("auto", GPU, 8, False)][1] and "--cuda-graphs on" in off[("auto", GPU, 8, False)][1]
     assert "--compile" in off[("on", GPU, 1, True)][1]
+    thinning = graph_decision("auto", GPU, 1, False, True)
+    assert not thinning[0] and "--thinning draws its binomial counts in the step" in thinning[1]
 
 
 def test_an_unknown_graph_mode_is_refused():

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .cache import choose_tier, gib
-from ..config import TrainConfig
+from ..config import MSE, TrainConfig
 from ..distributed import DistContext
 from ..errors import KmervaeError
 from ..limits import ranks_per_host
@@ -54,36 +54,49 @@ class Feed:
                 # the streams made without keep are used
         self.train_stream, self.val_stream = streams["train"], streams["val"]
         self.cache = self.train_stream if self.tier != "none" else None
-        self.weight_of_row = self._length_weights(cfg, info) if cfg.length_weight else None
-        self._weights = torch.zeros(0)
+        needs = "--length-weight" if cfg.length_weight else "--likelihood multinomial" if cfg.likelihood != MSE else ""
+        self.length_of_row = self._lengths(cfg, info, needs) if needs else None
+        self.weight_of_row = length_weights(self.length_of_row, cfg.length_weight) if cfg.length_weight else None
+        self._batch: dict[str, torch.Tensor] = {}  # the batch just fed: its slice of the pass's per-row values
 
     @staticmethod
-    def _length_weights(cfg: TrainConfig, info: StoreInfo) -> np.ndarray:
-        """--length-weight's weight of every store row, from the contig lengths in column 0."""
+    def _lengths(cfg: TrainConfig, info: StoreInfo, needs: str) -> np.ndarray:
+        """The contig length of every store row (column 0), which the setting `needs` reads."""
         lengths = read_rows(cfg.data, info.column0_array, slice(None))
         if missing := int((~(lengths > 0)).sum()):
-            raise KmervaeError(f"--length-weight needs each row's contig length in column 0; {counted(missing, 'row')} of "
+            raise KmervaeError(f"{needs} needs each row's contig length in column 0; {counted(missing, 'row')} of "
                                f"{cfg.data} {'has' if missing == 1 else 'have'} none (0 or less)")
-        return length_weights(lengths, cfg.length_weight)
+        return np.asarray(lengths, np.float32)
 
     def row_weights(self, rows: torch.Tensor) -> torch.Tensor | None:
         """The reconstruction weights of the batch of store rows `rows` just fed, on the device
         (None: unweighted): a slice of the pass's weights, uploaded once at its start."""
-        if self.weight_of_row is None:
-            return None
-        assert len(rows) == len(self._weights), "row_weights is asked for the batch just fed"
-        return self._weights
+        return self._of_batch("weights", rows)
 
-    def _weighted(self, stream: KmerStream, epoch: int, start_batch: int = 0) -> Batches:
-        """The stream's batches, each with its weights ready for row_weights."""
-        if self.weight_of_row is None:
+    def row_lengths(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The contig lengths of the batch of store rows `rows` just fed, on the device (None: not
+        read), uploaded like the weights."""
+        return self._of_batch("lengths", rows)
+
+    def _of_batch(self, name: str, rows: torch.Tensor) -> torch.Tensor | None:
+        if name not in self._batch:
+            return None
+        assert len(rows) == len(self._batch[name]), "per-row values are asked for the batch just fed"
+        return self._batch[name]
+
+    def _with_row_values(self, stream: KmerStream, epoch: int, start_batch: int = 0) -> Batches:
+        """The stream's batches, each with its slice of the pass's per-row values (weights,
+        lengths) ready: the pass's values cross to the device once, at its start."""
+        per_row = {name: values for name, values in (("weights", self.weight_of_row), ("lengths", self.length_of_row))
+                   if values is not None}
+        if not per_row:
             yield from stream
             return
         rows = np.concatenate(stream.batch_rows(epoch, start_batch) or [np.zeros(0, np.int64)])
-        weights = torch.from_numpy(self.weight_of_row[rows]).to(self.device)
+        on_device = {name: torch.from_numpy(values[rows]).to(self.device) for name, values in per_row.items()}
         offset = 0
         for x, batch in stream:
-            self._weights = weights[offset:offset + len(batch)]
+            self._batch = {name: values[offset:offset + len(batch)] for name, values in on_device.items()}
             offset += len(batch)
             yield x, batch
 
@@ -119,14 +132,14 @@ class Feed:
         stream = self.train_stream
         stream.set_epoch(epoch, start_batch=start_batch)
         filling = self.cache is not None and not stream.complete
-        yield from self._weighted(stream, epoch, start_batch)
+        yield from self._with_row_values(stream, epoch, start_batch)
         if filling and stream.complete:
             self.log(f"cache: holds this rank's {stream.rank_rows.train_row_count:,} training rows ({stream.decoded:,} "
                      "chunks, each decoded once); the next epochs gather from it")
 
     def val(self) -> Batches:
         """This rank's validation batches, in store order."""
-        return self._weighted(self.val_stream, 0)
+        return self._with_row_values(self.val_stream, 0)
 
     def close(self) -> None:
         """End both streams' reader threads (before the process group goes)."""

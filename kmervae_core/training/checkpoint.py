@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from ..atomic import atomic_file
-from ..config import TrainConfig, resume_mismatch
+from ..config import MULTINOMIAL, TrainConfig, resume_mismatch
 from ..feed.epoch_plan import default_partitions
 from ..errors import KmervaeError
 from ..outputs import one_line
@@ -20,6 +20,7 @@ from ..store.contract import describe_identity
 
 NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
 DAMAGED = ".damaged"  # the suffix a damaged checkpoint is moved aside under (out of NAME, so never pruned)
+LOGIT_GROUPS = "logit_groups"  # in a multinomial run's decoder export: the k groups its outputs are logits of
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -132,6 +133,7 @@ class Checkpointer:
         self.run_dir, self.every, self.keep = Path(cfg.out), cfg.checkpoint_every, cfg.keep_checkpoints
         self.writer = writer
         self.note: str | None = None  # a damaged checkpoint moved aside, for the resume line
+        self.logit_groups = sorted(cfg.kmers, reverse=True) if cfg.likelihood == MULTINOMIAL else None
         self.path, self._saved = self._resume(cfg.resume)
 
     def _resume(self, resume: str) -> tuple[Path | None, dict | None]:
@@ -201,8 +203,13 @@ class Checkpointer:
         return f"last good checkpoint {found[-1]}" if found else "no checkpoint was written"
 
     def export(self, model: torch.nn.Module, tag: str) -> None:
-        """The model, its encoder and its decoder (state dicts), as vae_multi[_part]_{tag}.pt."""
+        """The model, its encoder and its decoder (state dicts), as vae_multi[_part]_{tag}.pt. A
+        multinomial run's decoder export also holds LOGIT_GROUPS: its outputs are logits of these
+        k groups, not CLR values (drop the entry before load_state_dict)."""
         if not self.writer:
             return
         for part, module in (("model", model), ("encoder", model.encoder), ("decoder", model.decoder)):
-            atomic_save(module.state_dict(), self.run_dir / f"vae_multi{'' if part == 'model' else '_' + part}_{tag}.pt")
+            state = module.state_dict()
+            if part == "decoder" and self.logit_groups:
+                state[LOGIT_GROUPS] = torch.tensor(self.logit_groups)
+            atomic_save(state, self.run_dir / f"vae_multi{'' if part == 'model' else '_' + part}_{tag}.pt")

@@ -21,8 +21,10 @@ WARMUP_STEPS = 3  # eager steps (on a side stream) before capture, as torch's CU
 CHECK_LR_FACTOR = 0.5
 
 
-def graph_decision(mode: str, device: torch.device, world_size: int, compiled: bool) -> tuple[bool, str]:
-    """(capture the step?, the line that says how steps run and why)."""
+def graph_decision(mode: str, device: torch.device, world_size: int, compiled: bool,
+                   draws: bool = False) -> tuple[bool, str]:
+    """(capture the step?, the line that says how steps run and why). `draws`: the step draws
+    random numbers itself (--thinning), which a replay would repeat unchanged."""
     if mode not in GRAPH_MODES:
         raise ValueError(f"cuda_graphs must be one of {', '.join(GRAPH_MODES)}, got {mode!r}")
     if mode == "off":
@@ -31,6 +33,8 @@ def graph_decision(mode: str, device: torch.device, world_size: int, compiled: b
         return False, "step: eager (no CUDA device" + (": --cuda-graphs on needs one)" if mode == "on" else ")")
     if compiled:
         return False, "step: eager, torch.compile'd (--compile; it does not mix with --cuda-graphs)"
+    if draws:
+        return False, "step: eager (--thinning draws its binomial counts in the step; a captured graph would replay one draw)"
     if world_size > 1 and mode == "auto":
         return False, ("step: eager (--cuda-graphs auto stays eager under DDP: capturing NCCL collectives is "
                        "not yet verified here; --cuda-graphs on tries it, checked against the eager step)")

@@ -16,6 +16,7 @@ import torch
 from ..config import TrainConfig
 from ..distributed import DistContext, all_reduce
 from ..store.kmers import KGroup
+from ..model.likelihood import Multinomial, nt_xent
 from ..model.losses import N_SUMS, vae_loss
 from .step_graph import WARMUP_STEPS, CudaGraphStep, check_capture, graph_decision
 
@@ -24,15 +25,18 @@ NO_STEP = 2**62
 
 class StepRunner:
     """`model` is the VAE, `net` what the eager step calls (DDP's wrapper, torch.compile's, or
-    the model); `batch_slice` this rank's rows of the global batch (epoch_plan.RankRows). `epoch_sums` (the epoch's, reduced at checkpoints) and `window_sums` (since the
-    last log point) are what the step adds its loss sums to."""
+    the model); `batch_slice` this rank's rows of the global batch (epoch_plan.RankRows);
+    `counts` the multinomial likelihood (None: the reference's squared error). `epoch_sums` (the
+    epoch's, reduced at checkpoints) and `window_sums` (since the last log point) are what the
+    step adds its loss sums to."""
 
     def __init__(self, model: torch.nn.Module, net: torch.nn.Module, opt: torch.optim.Optimizer,
                  cfg: TrainConfig, ctx: DistContext, batch_slice: slice, groups: tuple[KGroup, ...],
-                 weights: dict[int, float], log: Callable[[str], None]) -> None:
+                 weights: dict[int, float], log: Callable[[str], None], counts: Multinomial | None = None) -> None:
         self.model, self.net, self.opt, self.cfg, self.ctx, self.log = model, net, opt, cfg, ctx, log
-        self.groups, self.weights = groups, weights
-        self.graph_wanted, self.mode_line = graph_decision(cfg.cuda_graphs, ctx.device, ctx.world_size, cfg.compile)
+        self.groups, self.weights, self.counts = groups, weights, counts
+        self.graph_wanted, self.mode_line = graph_decision(cfg.cuda_graphs, ctx.device, ctx.world_size, cfg.compile,
+                                                           bool(cfg.thinning))
         self.configure_adam()
         device = ctx.device
         self.noise = torch.Generator(device=device)
@@ -43,6 +47,9 @@ class StepRunner:
         self.x_noise = None if self.x_noise_full is None else self.x_noise_full[batch_slice]
         rank_rows = batch_slice.stop - batch_slice.start
         self.row_w = torch.ones(rank_rows, device=device) if cfg.length_weight else None  # the batch's, copied in
+        self.row_len = torch.ones(rank_rows, device=device) if counts is not None else None  # likewise
+        self.thin_noise = torch.Generator(device=device) if cfg.thinning else None
+        self.rank_start = batch_slice.start
         self.static_x: torch.Tensor | None = None  # the captured step's batch
         self.beta_t = torch.zeros((), device=device)
         self.step = 0
@@ -95,12 +102,16 @@ class StepRunner:
 
     # ---- the step ----
 
-    def __call__(self, x: torch.Tensor, row_weights: torch.Tensor | None = None) -> None:
+    def __call__(self, x: torch.Tensor, row_weights: torch.Tensor | None = None,
+                 lengths: torch.Tensor | None = None) -> None:
         """One step on a batch of the trained columns, on the device (and its rows' weights under
-        --length-weight): replayed from the captured graph once there is one, else eager."""
+        --length-weight, its contig lengths under --likelihood multinomial): replayed from the
+        captured graph once there is one, else eager."""
         self.draw_noise()
         if self.row_w is not None:
             self.row_w.copy_(row_weights)
+        if self.row_len is not None:
+            self.row_len.copy_(lengths)
         if self.graph_wanted and self.graph is None and self.eager_steps >= WARMUP_STEPS:
             self.graph = self.capture(x)
         if self.graph is not None:
@@ -115,8 +126,12 @@ class StepRunner:
     def draw_noise(self) -> None:
         """Reparameterisation noise (and `--input-noise`'s) for the whole global batch, drawn from
         (seed, step) into `eps_full` (`x_noise_full`); this rank uses its rows (`eps`,
-        `x_noise`), so any world size draws the same noise."""
+        `x_noise`), so any world size draws the same noise. `--thinning`'s binomial draws depend
+        on the counts, which a rank holds of its own rows only: they are drawn in the step from
+        (seed, step, the rank's first row), so they are the same on a rerun at the same world size."""
         self.noise.manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        if self.thin_noise is not None:
+            self.thin_noise.manual_seed((self.cfg.seed * 1_000_003 + self.step) * 1_000_033 + self.rank_start + 1)
         torch.randn(self.eps_full.shape, generator=self.noise, out=self.eps_full)
         if self.x_noise_full is not None:
             torch.randn(self.x_noise_full.shape, generator=self.noise, out=self.x_noise_full)
@@ -131,11 +146,16 @@ class StepRunner:
         """One optimisation step on device tensors only (no host values, no syncs), so that it
         can be captured. Under DDP a captured step averages gradients itself (DDP's hooks do
         it for the eager step). Returns the loss."""
-        seen = x if self.x_noise is None else x + self.cfg.input_noise * self.x_noise  # denoising: a noisy input
+        cfg = self.cfg
+        seen = x if not cfg.thinning else self.counts.thinned(x, self.row_len, cfg.thinning, self.thin_noise)
+        seen = seen if self.x_noise is None else seen + cfg.input_noise * self.x_noise  # denoising: a noisy input
         with self.autocast():
             recon, mu, log_var, kl = (self.model if graphed else self.net)(seen, self.eps)
+            if cfg.contrastive:  # a second thinned view of each row, encoded alone
+                pair = self.model.encoder(self.counts.thinned(x, self.row_len, cfg.thinning, self.thin_noise))[0]
+        contrast = nt_xent(mu, pair, cfg.contrastive_temperature) if cfg.contrastive else None  # in float32
         loss, sums = vae_loss(x, recon, mu, log_var, self.beta_t, self.groups, self.weights, kl,  # the clean row
-                              self.row_w)
+                              self.row_w, self.counts, self.row_len, contrast, cfg.contrastive)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if graphed and self.ctx.active:

@@ -23,13 +23,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..atomic import atomic_file
 from .checkpoint import Checkpointer, initial_weights
-from ..config import DATA_CLR, TrainConfig, beta_at, resume_changes, saved_settings
+from ..config import DATA_CLR, MULTINOMIAL, TrainConfig, beta_at, resume_changes, saved_settings
 from ..distributed import DistContext, StopVote, all_reduce, ddp_group
 from ..errors import KmervaeError
 from ..feed.rank_feed import Feed
 from ..outputs import one_line
 from ..store.contract import store_identity
 from ..store.kmers import N_FEATURES, block_columns, selected_groups
+from ..model.likelihood import Multinomial
 from ..model.losses import summarise
 from ..model.vae import VAE
 from .recorder import Recorder
@@ -84,7 +85,8 @@ class Trainer:
             self.start_from(cfg.init_from)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.runner = StepRunner(self.model, torch.compile(net) if cfg.compile else net, self.opt, cfg, ctx,
-                                 self.feed.train_stream.rank_rows.batch_slice, groups, cfg.weights_by_k(), log)
+                                 self.feed.train_stream.rank_rows.batch_slice, groups, cfg.weights_by_k(), log,
+                                 Multinomial(groups, self.feed.clr, ctx.device) if cfg.likelihood == MULTINOMIAL else None)
         self.tracker = Tracker(cfg, self.opt)
         self.validator = Validator(cfg, ctx, self.model, self.feed, self.runner, columns, blocks)
         self.recorder = Recorder(cfg, ctx, groups, blocks, log=log, info={
@@ -103,7 +105,7 @@ class Trainer:
                 self.log(note)
             for x, rows, wait in self.recorder.batches(self.epoch, self.batch, self.batches,
                                                        self.feed.train(self.epoch, self.batch)):
-                runner(x, self.feed.row_weights(rows))
+                runner(x, self.feed.row_weights(rows), self.feed.row_lengths(rows))
                 self.batch += 1
                 self.recorder.step(len(x), wait)
                 if runner.step % cfg.log_every == 0:

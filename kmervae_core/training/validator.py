@@ -98,7 +98,7 @@ class Validator:
             with self.runner.autocast():
                 recon, mu, log_var, kl = self.model(x, torch.zeros(len(x), self.cfg.latent, device=self.ctx.device))
             sums += vae_loss(x, recon, mu, log_var, beta, self.runner.groups, self.runner.weights, kl,
-                             self.feed.row_weights(rows))[1]
+                             self.feed.row_weights(rows), self.runner.counts, self.feed.row_lengths(rows))[1]
         self.model.train()
         all_reduce(sums)
         return summarise(sums, beta, self.runner.groups, self.blocks) if sums[0] > 0 else None
