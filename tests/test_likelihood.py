@@ -136,8 +136,8 @@ def test_a_store_without_lengths_in_column_0_is_one_line_and_exit_2(sample, tmp_
     proc = run("train", *train_args(str(tmp_path / "kmers.zarr"), tmp_path / "run", "--likelihood", "multinomial",
                                     *TINY))
     assert proc.returncode == 2 and proc.stderr.strip() == (
-        f"train: error: --likelihood multinomial needs each row's contig length in column 0; 1 rows of "
-        f"{tmp_path / 'kmers.zarr'} have none (0 or less)")
+        f"train: error: --likelihood multinomial needs each row's contig length in column 0; 1 row of "
+        f"{tmp_path / 'kmers.zarr'} has none (0 or less)")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

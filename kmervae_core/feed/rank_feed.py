@@ -55,8 +55,9 @@ class Feed:
         self.train_stream, self.val_stream = streams["train"], streams["val"]
         self.cache = self.train_stream if self.tier != "none" else None
         needs = "--length-weight" if cfg.length_weight else "--likelihood multinomial" if cfg.likelihood != MSE else ""
-        self.length_of_row = self._lengths(cfg, info, needs) if needs else None
-        self.weight_of_row = length_weights(self.length_of_row, cfg.length_weight) if cfg.length_weight else None
+        lengths = self._lengths(cfg, info, needs) if needs else None
+        self.weight_of_row = length_weights(lengths, cfg.length_weight) if cfg.length_weight else None
+        self.length_of_row = lengths if cfg.likelihood != MSE else None  # the step's counts need them
         self._batch: dict[str, torch.Tensor] = {}  # the batch just fed: its slice of the pass's per-row values
 
     @staticmethod
