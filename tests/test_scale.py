@@ -16,9 +16,13 @@ from tests.conftest import ROOT, child_env, random_kmers
 STEPS = ["make-npy", "ingest", "verify", "train-1-epoch", "encode"]
 
 
-def scale(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "benchmarks" / "scale.sh"), *args], capture_output=True, text=True,
-                          env=child_env(PY=sys.executable, DROP_CACHES="0", **env), timeout=300)
+def scale(*args: str, max_file_kib: int = 0, **env: str) -> subprocess.CompletedProcess:
+    """Run scale.sh; `max_file_kib` caps every file it writes (a run that should have been refused
+    dies at that size instead of filling the disk)."""
+    limit = f"ulimit -f {max_file_kib}; " if max_file_kib else ""
+    return subprocess.run(["bash", "-c", limit + 'exec bash "$0" "$@"', str(ROOT / "benchmarks" / "scale.sh"), *args],
+                          capture_output=True, text=True, env=child_env(PY=sys.executable, DROP_CACHES="0", **env),
+                          timeout=300)
 
 
 @pytest.mark.slow
@@ -47,7 +51,7 @@ def test_the_big_input_is_the_sample_repeated_row_by_row(tmp_path):
 
 def test_a_disk_too_small_is_refused_in_one_line_before_anything_is_written(tmp_path):
     work = tmp_path / "scale"
-    proc = scale(str(10**12), SCALE_DIR=str(work))  # 44 PB of npy: no disk here holds it
+    proc = scale(str(10**12), max_file_kib=1024, SCALE_DIR=str(work))  # 44 PB of npy: no disk here holds it
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("scale.sh: error: ")
     assert "GB free" in proc.stderr and "need" in proc.stderr
@@ -56,7 +60,7 @@ def test_a_disk_too_small_is_refused_in_one_line_before_anything_is_written(tmp_
 
 @pytest.mark.parametrize("rows", ["0", "1e6", "-5"])
 def test_rows_that_are_not_a_positive_whole_number_are_refused_in_one_line(tmp_path, rows):
-    proc = scale(rows, SCALE_DIR=str(tmp_path / "scale"))
+    proc = scale(rows, max_file_kib=1024, SCALE_DIR=str(tmp_path / "scale"))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("scale.sh: error: ")
     assert not (tmp_path / "scale").exists()
