@@ -56,6 +56,7 @@ def space(folder: str, rows: int, sample_rows: int) -> int:
 
 
 def fail(message: str) -> int:
+    """One line on stderr, as every refusal of the script reads; the exit status for bad input."""
     print(f"scale.sh: error: {message}", file=sys.stderr)
     return 2
 
@@ -117,6 +118,7 @@ def mem_total() -> int:
 
 
 def cpu_model() -> str:
+    """The CPU's name, for the table's machine line."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
