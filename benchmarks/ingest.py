@@ -28,6 +28,7 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kmervae_core.atomic import atomic_file  # noqa: E402
 from kmervae_core.store.convert import IngestPlan, ingest, transform_chunk  # noqa: E402
 from kmervae_core.store.kmers import N_FEATURES, SOURCE_COLUMNS  # noqa: E402
 from kmervae_core.store.npy_source import open_npy  # noqa: E402
@@ -35,8 +36,9 @@ from kmervae_core.store.synth import write_sample  # noqa: E402
 
 
 def make_input(path: Path, rows: int, template: np.ndarray) -> None:
-    """A large input made of copies of a realistic synthetic sample (so it compresses like one)."""
-    with open(path, "wb") as f:
+    """A large input made of copies of a realistic synthetic sample (so it compresses like one),
+    written block by block (never whole in memory) and in place only once complete."""
+    with atomic_file(path) as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
                                                  "shape": (rows, SOURCE_COLUMNS)})
         for s in range(0, rows, len(template)):
