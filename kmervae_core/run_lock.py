@@ -2,7 +2,7 @@
 on .OUT.kmervae.lock beside its --out, which --overwrite replaces whole), the file saying who holds it (host, pid, start time). A second writer is refused in
 one line naming the live one. The kernel drops the lock when the holder's process ends however it
 ends (kill -9 included), so a requeued job or a torchrun restart takes it over, saying whose it
-was; a clean end empties the file, so that only a holder that died leaves its name behind.
+was; a clean end removes the file, so that only a holder that died leaves it (and its name) behind.
 
 flock is local to a host on some network file systems (NFS before Linux 2.6.12 and some Lustre
 mounts without `-o flock`): there two hosts may both take it (docs/design.md)."""
@@ -36,23 +36,27 @@ class RunLock:
         self.folder = Path(folder)
         check_output(self.folder, STORE if beside else FOLDER)
         path = self.folder.parent / f".{self.folder.name}{LOCK_NAME}" if beside else self.folder / LOCK_NAME
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as e:
-            raise write_failure(e, self.folder) from None
-        self.note: str | None = None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder()
+        self.path, self.note = path, None
+        while True:  # until the locked file is the one at `path` (a holder ending removes it)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except OSError as e:
+                raise write_failure(e, self.folder) from None
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder()
+                os.close(self.fd)
+                raise KmervaeError(f"{self.folder}: another {what} is writing it ({describe(holder)}); wait for it "
+                                   f"to end or stop it, or choose another --out") from None
+            except OSError as e:  # a file system without flock (Lustre mounted without -o flock: ENOSYS)
+                self.note = (f"{self.folder}: the file system does not lock ({one_line(e.strerror or e)}); this "
+                             f"{what} goes on unguarded against a second one")
+                return
+            if self._still_at_path():
+                break
             os.close(self.fd)
-            raise KmervaeError(f"{self.folder}: another {what} is writing it ({describe(holder)}); wait for it to "
-                               f"end or stop it, or choose another --out") from None
-        except OSError as e:  # a file system without flock (Lustre mounted without -o flock: ENOSYS)
-            self.note = (f"{self.folder}: the file system does not lock ({one_line(e.strerror or e)}); this "
-                              f"{what} goes on unguarded against a second one")
-            return
         left = self._holder()
         if left:
             self.note = f"{self.folder}: took over the lock of a {what} that is gone ({describe(left)})"
@@ -72,12 +76,22 @@ class RunLock:
         except (OSError, ValueError):
             return {"host": "?", "pid": "?"}
 
+    def _still_at_path(self) -> bool:
+        """Whether the file locked is still the one at the path: a holder that ended between our
+        open and our flock removed it, and a lock on the removed file guards nothing."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
+        except FileNotFoundError:
+            return False
+
     def release(self) -> None:
-        """Empty the file (a clean end) and let go of the lock; idempotent."""
+        """Remove the file (a clean end leaves no trace) and let go of the lock; idempotent.
+        Removed while still held, so a waiter that opened it sees it gone and opens anew."""
         if self.fd < 0:
             return
         try:
-            os.ftruncate(self.fd, 0)
+            if self._still_at_path():
+                self.path.unlink()
         except OSError:
             pass
         os.close(self.fd)  # closing drops the flock

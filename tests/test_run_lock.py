@@ -111,3 +111,34 @@ def test_an_encode_into_an_out_another_encode_is_writing_is_refused(train_store,
         held.release()
     assert status == 2 and err.startswith(f"train.encode: error: {out}: another encode is writing it (host "), err
     assert not out.exists()
+
+
+def test_a_clean_end_leaves_no_lock_file_and_the_next_writer_takes_the_lock_without_a_word(tmp_path):
+    run = RunLock(tmp_path / "run")
+    run.release()
+    encode = RunLock(tmp_path / "latents.zarr", "encode", beside=True)
+    encode.release()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["run"]  # no lock file beside or inside
+    again = RunLock(tmp_path / "run")
+    assert again.note is None
+    again.release()
+
+
+def test_a_writer_that_locks_the_file_a_holder_removed_as_it_ended_locks_the_new_one(tmp_path, monkeypatch):
+    """The race of a clean end: B opens the lock file, A ends (removes it, lets go), B's flock then
+    succeeds on the removed file. B must hold the file at the path, or a third writer would get in."""
+    import kmervae_core.run_lock as run_lock
+    first = RunLock(tmp_path / "run")
+    flock, ended = run_lock.fcntl.flock, []
+
+    def first_ends_then_flock(fd, op):
+        if not ended:
+            ended.append(first.release())
+        return flock(fd, op)
+    monkeypatch.setattr(run_lock.fcntl, "flock", first_ends_then_flock)
+    second = RunLock(tmp_path / "run")
+    monkeypatch.setattr(run_lock.fcntl, "flock", flock)
+    assert ended and os.stat(tmp_path / "run" / LOCK_NAME).st_ino == os.fstat(second.fd).st_ino
+    with pytest.raises(run_lock.KmervaeError, match="another run is writing it"):
+        RunLock(tmp_path / "run")
+    second.release()
