@@ -7,14 +7,16 @@
 # (commit 3daac66).
 #   bash benchmarks/real_genomes_trials.sh                  # the quick bands (10,000 fragments each)
 #   MODE= bash benchmarks/real_genomes_trials.sh            # the full bands (a GPU)
-#   VARIANTS="reference mn-tiny" EXTRA=(--add-variant 'mn-tiny=per-k:--config configs/per-k-tiny.toml --likelihood multinomial') ...
-#     (in bash: EXTRA is an array; see docs/experiments.md for the commands written out)
+#   ADD='mn-tiny=per-k:--config configs/per-k-tiny.toml --likelihood multinomial' VARIANTS=mn-tiny \
+#     bash benchmarks/real_genomes_trials.sh                # a new variant (a name, a store, train flags)
 set -uo pipefail
 OUT=${OUT:-runs/real_genomes/trials31}; mkdir -p "$OUT"
 MODE=${MODE---quick}
 VARIANTS=${VARIANTS:-reference per-k-5mer-weight-0.3-tiny}
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}  # make setup's venv, else the active one
-bench() { $PY benchmarks/real_genomes.py $MODE "$@"; }
+ADD=${ADD:-}  # one --add-variant NAME=STORE:FLAGS, if any
+extra=(); [ -n "$ADD" ] && extra=(--add-variant "$ADD")
+bench() { $PY benchmarks/real_genomes.py $MODE "${extra[@]}" "$@"; }
 # 1. the baselines on the held-out folds (they choose nothing)
 bench --folds heldout --variants | tee "$OUT/1_heldout_baselines.txt"
 # 2. the variants on the tuning folds: the choice (records each variant tried)
