@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, ValueError):
                 p.error(f"variant {name} has no record of a `--folds tune` run with this data ({record}): "
                         "choose on the tuning folds first")
-            if {k: tuned[k] for k in wanted} != wanted or not set(args.bands) <= set(tuned["bands"]):
+            if {k: tuned.get(k) for k in wanted} != wanted or not set(args.bands) <= set(tuned.get("bands", ())):
                 p.error(f"variant {name}: its tuning record ({record}) is of other flags, setting or bands; "
                         "run it with `--folds tune` as it is now")
             chosen[name] = tuned
