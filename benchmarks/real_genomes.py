@@ -280,6 +280,15 @@ def choice_record(work: Path, size: str, order: str, data_seed: int, name: str) 
     return work / "choices" / f"{size}-{order}-data{data_seed}-split{SPLIT_SEED}" / f"{name}.json"
 
 
+def tuning_record(config: dict, figures: dict[str, dict[str, str]], before: dict) -> dict:
+    """What `--folds tune` records of a variant: its configuration, the tuning folds and each
+    band's figures; the bands of an earlier record of the same configuration are kept, so the
+    bands can be tuned one at a time."""
+    if {k: before.get(k) for k in config} == config:
+        figures = {**before.get("tuning", {}), **figures}
+    return dict(config, bands=sorted(figures), folds=list(TUNING), split_seed=SPLIT_SEED, tuning=figures)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--folds", choices=("tune", "heldout"), required=True,
@@ -421,12 +430,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.variants:
             record = choice_record(args.work, size, args.order, args.data_seed, name)
             record.parent.mkdir(parents=True, exist_ok=True)
+            config = dict(store=variants[name][0], flags=variants[name][1], setting=setting)
             figures = {band: {label: spread(np.array(runs)[:, col]) for label, col in (("genome", 1), ("species", 2))}
                        for band, (_, results) in tables.items()
                        for label_name, runs in results.items() if label_name.startswith(f"VAE {name} (")}
-            record.write_text(json.dumps(dict(store=variants[name][0], flags=variants[name][1], setting=setting,
-                                              bands=sorted(tables), folds=list(TUNING), split_seed=SPLIT_SEED,
-                                              tuning=figures), indent=1))
+            try:
+                before = json.loads(record.read_text())
+            except (OSError, ValueError):
+                before = {}
+            record.write_text(json.dumps(tuning_record(config, figures, before), indent=1))
 
     print(f"\n{'TUNING' if args.folds == 'tune' else 'HELD-OUT'} folds {', '.join(map(str, fold_set))} of {FOLDS} "
           f"(species groups split by seed {SPLIT_SEED}; tuning folds {', '.join(map(str, TUNING))}): "

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks.genome_sources import GENOMES, decompress, parse_records
 from benchmarks.real_genomes import (BANDS, FOLDS, SETTINGS, SPLIT_SEED, TUNING, VARIANTS, balanced_limit, choice_record,
+                                     tuning_record,
                                      four_mer_columns, main, parse_variants, pca, pick, species_folds, tile,
                                      write_kmers)
 from kmervae_core.store.kmers import canonical_kmers, group
@@ -131,3 +132,13 @@ def test_a_variant_is_data_a_name_a_store_and_train_flags():
     for bad in ("x=perk:--latent 8", "x=per-k", "=per-k:"):
         with pytest.raises(ValueError):
             parse_variants([bad])
+
+
+def test_tuning_one_band_at_a_time_keeps_the_other_bands_record_of_the_same_configuration():
+    config = dict(store="per_k", flags=["--latent", "8"], setting=dict(SETTINGS["quick"]))
+    short = tuning_record(config, {"1-4kb": {"genome": "0.4", "species": "0.9"}}, {})
+    both = tuning_record(config, {"2-20kb": {"genome": "0.5", "species": "0.95"}}, short)
+    assert both["bands"] == ["1-4kb", "2-20kb"] and both["tuning"]["1-4kb"] == {"genome": "0.4", "species": "0.9"}
+    other = tuning_record(dict(config, flags=["--latent", "16"]), {"2-20kb": {"genome": "0.5", "species": "0.9"}},
+                          short)
+    assert other["bands"] == ["2-20kb"]  # another configuration's bands were not tuned with these flags
