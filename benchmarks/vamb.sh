@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # VAMB 5.0.4 on the real-genome benchmark's fragments (issue 22, point 2), composition only:
-# every fragment gets the same single-sample depth, so VAMB sees its k-mers alone. Three seeds a
-# band, each judged by benchmarks/real_genomes.py on its own folds, as a VAE variant is.
-#   bash benchmarks/vamb.sh                 # the quick bands (about 4 min a VAMB run on 2 cores)
+# every fragment gets the same single-sample depth, so VAMB sees its k-mers alone. Trained on each
+# species-group fold of a band alone (the held-out folds unless FOLDS=tune), three seeds a fold,
+# each judged by benchmarks/real_genomes.py on its own kNN folds, as a VAE variant is.
+#   bash benchmarks/vamb.sh                 # the quick bands' held-out folds
 #   MODE= bash benchmarks/vamb.sh           # the full bands (MODE is --quick or empty)
 #   DATA_SEED=43 bash benchmarks/vamb.sh    # another draw of the fragments
 # VAMB pins torch==2.6.0, which from PyPI is the CUDA build (several GB). Its own venv ($VENV) gets
@@ -19,6 +20,8 @@ VENV=${VENV:-.vamb-venv}
 TORCH=${TORCH:-torch==2.13.0}
 SEEDS=${SEEDS:-42 43 44}
 DATA_SEED=${DATA_SEED:-42}  # the fragments' draw (real_genomes.py --data-seed)
+FOLDS=${FOLDS:-heldout}  # the fold set (real_genomes.py --folds): tune or heldout
+case "$FOLDS" in tune|heldout) ;; *) echo "vamb.sh: FOLDS must be tune or heldout, not '$FOLDS'" >&2; exit 2 ;; esac
 WORK=${WORK:-runs/real_genomes}
 if [ ! -x "$VENV/bin/vamb" ]; then
   echo "vamb.sh: installing vamb 5.0.4 into $VENV ($TORCH)" >&2
@@ -28,10 +31,12 @@ if [ ! -x "$VENV/bin/vamb" ]; then
     scikit-learn==1.6.1 dadaptation==3.2 loguru==0.7.3 pyhmmer==0.10.15 pyrodigal==3.6.3
   "$VENV/bin/pip" install -q --no-deps vamb==5.0.4
 fi
-# fragments.fna and abundance.tsv of each band (the stores are made too, if missing)
-$PY benchmarks/real_genomes.py $MODE --fasta --no-baselines --variants --work "$WORK" --data-seed "$DATA_SEED" >/dev/null
+# fragments.fna and abundance.tsv of each fold of the set (the stores are made too, if missing)
+$PY benchmarks/real_genomes.py $MODE --folds "$FOLDS" --fasta --no-baselines --variants --work "$WORK" \
+  --data-seed "$DATA_SEED" >/dev/null
 size=$([ -n "$MODE" ] && echo quick || echo full)
-for w in "$WORK"/$size-*-file-data"$DATA_SEED"; do
+for w in "$WORK"/$size-*-file-data"$DATA_SEED"-split*/fold*; do
+  [ -f "$w/fragments.fna" ] || continue
   for s in $SEEDS; do
     [ -f "$w/vamb-$s/latent.npz" ] && continue
     rm -rf "$w/vamb-$s"
@@ -41,5 +46,5 @@ for w in "$WORK"/$size-*-file-data"$DATA_SEED"; do
       --abundance_tsv "$w/abundance.tsv" -m 1000 --seed "$s" > "$w/vamb-$s.log" 2>&1
   done
 done
-$PY benchmarks/real_genomes.py $MODE --no-baselines --variants --work "$WORK" --data-seed "$DATA_SEED" --seeds $SEEDS \
+$PY benchmarks/real_genomes.py $MODE --folds "$FOLDS" --no-baselines --variants --work "$WORK" --data-seed "$DATA_SEED" --seeds $SEEDS \
   --embedding "VAMB 5.0.4 (32-d)={work}/vamb-{seed}/latent.npz"

@@ -3,12 +3,17 @@ packaged files, against hand computations."""
 from __future__ import annotations
 
 import gzip
+import json
 import lzma
 
 import numpy as np
+import pytest
 
 from benchmarks.genome_sources import GENOMES, decompress, parse_records
-from benchmarks.real_genomes import BANDS, balanced_limit, four_mer_columns, pca, pick, tile, write_kmers
+from benchmarks.real_genomes import (BANDS, FOLDS, SETTINGS, SPLIT_SEED, TUNING, VARIANTS, balanced_limit, choice_record,
+                                     tuning_record,
+                                     four_mer_columns, main, parse_variants, pca, pick, species_folds, tile,
+                                     write_kmers)
 from kmervae_core.store.kmers import canonical_kmers, group
 
 
@@ -74,9 +79,9 @@ def test_fasta_and_genbank_records_are_read_as_header_and_bases():
     assert decompress(gzip.compress(fasta)) == decompress(lzma.compress(fasta)) == decompress(fasta) == fasta
 
 
-def test_the_benchmark_has_40_distinct_genomes_of_at_least_15_species_groups():
-    assert len(GENOMES) >= 40 and len({g.species for g in GENOMES}) >= 15
-    assert len({(g.member, g.records) for g in GENOMES}) == len(GENOMES)  # no genome twice
+def test_the_benchmark_has_55_distinct_genomes_of_at_least_30_species_groups():
+    assert len(GENOMES) >= 55 and len({g.species for g in GENOMES}) >= 30
+    assert len({(g.member, g.records, g.inner) for g in GENOMES}) == len(GENOMES)  # no genome twice
     assert all(len(g.sha256) == 64 for g in GENOMES)
 
 
@@ -85,3 +90,55 @@ def test_pca_scores_are_the_svd_scores_up_to_sign():
     centred = x - x.mean(axis=0)
     u, s, _ = np.linalg.svd(centred, full_matrices=False)
     np.testing.assert_allclose(np.abs(pca(x, 5)), np.abs(u[:, :5] * s[:5]), rtol=1e-8, atol=1e-10)
+
+
+def test_species_groups_are_dealt_heaviest_first_to_the_lightest_fold():
+    weights = {"a": 5, "b": 4, "c": 3, "d": 3, "e": 1}
+    fold = species_folds(weights, 2, seed=0)
+    # by hand: a->0 (5), b->1 (4), then c or d (tied, seeded order) to 1 (7), the other to 0 (8), e to 1 (8)
+    assert fold["a"] == 0 and fold["b"] == 1 and fold["e"] == 1 and {fold["c"], fold["d"]} == {0, 1}
+    assert sorted(sum(w for g, w in weights.items() if fold[g] == f) for f in (0, 1)) == [8, 8]
+    assert species_folds(weights, 2, seed=0) == fold  # the same seed, the same split
+
+
+def test_every_genome_of_a_species_group_lands_in_one_fold_and_each_fold_holds_groups():
+    species = sorted({g.species for g in GENOMES})
+    fold = species_folds({s: 1.0 for s in species}, FOLDS, SPLIT_SEED)
+    assert set(fold) == set(species) and set(fold.values()) == set(range(FOLDS))
+    assert set(TUNING) < set(range(FOLDS))  # some folds are left to judge
+
+
+def test_a_held_out_table_refuses_a_variant_never_run_on_the_tuning_folds(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", "--folds", "heldout", "--variants", "reference", "--work", str(tmp_path)])
+    assert e.value.code == 2 and "choose on the tuning folds first" in capsys.readouterr().err
+
+
+def test_a_held_out_table_refuses_a_variant_whose_flags_changed_since_tuning(tmp_path, capsys):
+    record = choice_record(tmp_path, "quick", "file", 42, "v")
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps(dict(store="per_k", flags=["--latent", "16"], setting=dict(SETTINGS["quick"]),
+                                      bands=list(BANDS))))
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", "--folds", "heldout", "--work", str(tmp_path), "--add-variant", "v=per-k:--latent 8",
+              "--variants", "v"])
+    assert e.value.code == 2 and "other flags" in capsys.readouterr().err
+
+
+def test_a_variant_is_data_a_name_a_store_and_train_flags():
+    variants = parse_variants(["mn=per-k:--config configs/per-k-tiny.toml --likelihood multinomial"])
+    assert variants["mn"] == ("per_k", ["--config", "configs/per-k-tiny.toml", "--likelihood", "multinomial"])
+    assert variants["reference"] == VARIANTS["reference"]
+    for bad in ("x=perk:--latent 8", "x=per-k", "=per-k:"):
+        with pytest.raises(ValueError):
+            parse_variants([bad])
+
+
+def test_tuning_one_band_at_a_time_keeps_the_other_bands_record_of_the_same_configuration():
+    config = dict(store="per_k", flags=["--latent", "8"], setting=dict(SETTINGS["quick"]))
+    short = tuning_record(config, {"1-4kb": {"genome": "0.4", "species": "0.9"}}, {})
+    both = tuning_record(config, {"2-20kb": {"genome": "0.5", "species": "0.95"}}, short)
+    assert both["bands"] == ["1-4kb", "2-20kb"] and both["tuning"]["1-4kb"] == {"genome": "0.4", "species": "0.9"}
+    other = tuning_record(dict(config, flags=["--latent", "16"]), {"2-20kb": {"genome": "0.5", "species": "0.9"}},
+                          short)
+    assert other["bands"] == ["2-20kb"]  # another configuration's bands were not tuned with these flags
