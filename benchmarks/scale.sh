@@ -24,6 +24,10 @@ $PY -m benchmarks.scale space "$DIR" "$ROWS" --sample-rows "$SAMPLE_ROWS"
 [ "$SAMPLE_ROWS" -gt "$ROWS" ] && SAMPLE_ROWS=$ROWS
 
 NPY=$DIR/all_kmers.npy STORE=$DIR/kmers.zarr RUN=$DIR/run LATENTS=$DIR/latents.zarr FIGURES=$DIR/figures.jsonl
+if [ -d "$DIR" ] && [ -n "$(ls -A "$DIR")" ] && [ ! -f "$FIGURES" ]; then  # never delete what a user keeps there
+  echo "scale.sh: error: $DIR holds files that are not an earlier scale.sh run's; set SCALE_DIR to an empty or new folder" >&2
+  exit 2
+fi
 cleanup() {
   [ "${KEEP:-0}" = 1 ] || rm -rf "$NPY" "$DIR"/.*.npy.*.tmp "$DIR/sample.npy" "$DIR/sample_labels.npy" "$STORE" "$RUN" "$LATENTS"
 }

@@ -291,3 +291,17 @@ def test_a_pass_broken_off_on_a_staged_slab_copies_into_its_slots_only_after_its
     assert firsts
     for slot, (_, _, _, _, after, _) in firsts.items():  # after an event behind the gathers from its chunk
         assert after is not None and at[("record", after)] > last_copy[slot]
+
+
+def test_a_pass_broken_off_has_the_compute_stream_wait_for_copies_still_in_flight():
+    """Slots a broken-off pass was copying into are handed out again (by the next pass, or by a grown
+    slab reusing the memory): the compute stream must wait for those copies first."""
+    engine = RecordingEngine({})
+    engine.first_rows = {torch.full((3,), 7.0).numpy().tobytes(): 7}
+    slab = slab_module.Slab(2, 4, 3, torch.float32, torch.device("cpu"), pin=False, engine=engine)
+    staged = slab.staging(4)
+    staged.fill_(7.0)
+    slab.copy_in(7, 1, staged)  # decoded and copying; the pass breaks off before chunk 7 is needed
+    (copy,) = [entry for entry in engine.log if entry[0] == "copy"]
+    slab.forget_copies()
+    assert ("wait", copy[1]) in engine.log and slab.copied == {}

@@ -50,10 +50,12 @@ def test_train_never_imports_ingest():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_the_feed_never_imports_the_training_loop():
-    """feed/ is what users plug into loops of their own: it stands below training/ (the process
-    group helpers it needs live in the leaf kmervae_core/distributed.py)."""
-    code = "import sys, kmervae_core.feed.rank_feed, kmervae_core.feed.stream, kmervae_core.feed.cache\n" \
+def test_the_feed_and_the_evaluation_never_import_the_training_loop():
+    """feed/ is what users plug into loops of their own, evaluation/ what reads a run's exports: both
+    stand below training/ (the process group helpers they need live in the leaf
+    kmervae_core/distributed.py)."""
+    code = "import sys, kmervae_core.feed.rank_feed, kmervae_core.feed.stream, kmervae_core.feed.cache, " \
+           "kmervae_core.evaluation.encode, kmervae_core.evaluation.embedding, kmervae_core.evaluation.report\n" \
            "assert not [m for m in sys.modules if m.startswith('kmervae_core.training')], 'training/ was imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

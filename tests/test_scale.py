@@ -64,3 +64,14 @@ def test_rows_that_are_not_a_positive_whole_number_are_refused_in_one_line(tmp_p
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("scale.sh: error: ")
     assert not (tmp_path / "scale").exists()
+
+
+def test_a_folder_of_the_users_own_files_is_refused_and_kept_whole(tmp_path):
+    work = tmp_path / "mine"
+    work.mkdir()
+    (work / "kmers.zarr").mkdir()  # a store of the user's, named as scale.sh names its own
+    (work / "kmers.zarr" / "zarr.json").write_text("{}")
+    proc = scale("500", max_file_kib=1024, SCALE_DIR=str(work), SAMPLE_ROWS="200")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "not an earlier scale.sh run's" in proc.stderr
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == ["kmers.zarr", "kmers.zarr/zarr.json"]

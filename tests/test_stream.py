@@ -200,6 +200,35 @@ def test_a_dataloader_with_workers_yields_the_in_rank_batches_in_order(store, wo
         s.close()
 
 
+def test_a_dataloader_worker_started_by_spawn_yields_the_in_rank_batches(store):
+    """spawn and forkserver (Linux's default from Python 3.14) pickle the dataset: the stream goes
+    without its threads and buffers, and the worker makes its own."""
+    s = stream(store, workers=1)
+    s.set_epoch(2, start_batch=1)
+    want = [(x.numpy().copy(), rows.numpy()) for x, rows in s]
+    got = [(x.numpy(), rows.numpy()) for x, rows in
+           DataLoader(s, batch_size=None, num_workers=1, multiprocessing_context="spawn")]
+    s.close()
+    assert len(got) == len(want) > 0
+    for (x, rows), (want_x, want_rows) in zip(got, want):
+        np.testing.assert_array_equal(rows, want_rows)
+        np.testing.assert_array_equal(x, want_x)
+
+
+def test_a_stream_closed_and_iterated_again_keeps_none_of_its_closed_readers(store):
+    import gc
+    import weakref
+    s = stream(store, workers=1)
+    closed = []
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        next(iter(s))
+        closed.append(weakref.ref(s._reader))
+        s.close()
+    gc.collect()
+    assert [r() for r in closed] == [None, None, None]
+
+
 def test_a_dataloader_worker_reads_only_the_chunks_of_its_batches(store, monkeypatch):
     s = stream(store, workers=0)
     s.set_epoch(1, start_batch=2)

@@ -15,7 +15,6 @@ import zarr
 from torch import nn
 
 from ..config import DATA_CLR
-from ..training import checkpoint as ckpt
 from ..distributed import DistContext
 from ..errors import KmervaeError
 from ..outputs import STORE, check_output, one_line
@@ -32,7 +31,7 @@ def load_encoder(path: str, device: torch.device) -> nn.Module:
     if not Path(path).is_file():
         raise KmervaeError(f"{path}: no such checkpoint")
     try:
-        state = ckpt.load(Path(path), device)
+        state = torch.load(path, map_location=device, weights_only=True)  # as every checkpoint is read
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing line
         raise KmervaeError(f"{path}: not a checkpoint torch can read ({one_line(e, 120)})") from None
     if isinstance(state, dict) and ("config" in state or any(str(k).startswith("encoder.") for k in state)):

@@ -217,12 +217,6 @@ class EpochPlan:
     def region(self, partition: int, k: int) -> tuple[int, int]:
         return partition, k % self.lanes
 
-    def windows_of(self, p0: int, p1: int) -> range:
-        """Windows holding positions [p0, p1)."""
-        first = int(np.searchsorted(self.window_starts, p0, side="right")) - 1
-        last = int(np.searchsorted(self.window_starts, p1 - 1, side="right")) - 1
-        return range(first, last + 1)
-
 
 @dataclass(frozen=True)
 class RankRows:

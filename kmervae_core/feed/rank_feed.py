@@ -82,7 +82,9 @@ class Feed:
     def _of_batch(self, name: str, rows: torch.Tensor) -> torch.Tensor | None:
         if name not in self._batch:
             return None
-        assert len(rows) == len(self._batch[name]), "per-row values are asked for the batch just fed"
+        if len(rows) != len(self._batch[name]):
+            raise RuntimeError(f"the {name} of a batch of {len(rows)} rows asked for after one of {len(self._batch[name])}: "
+                               "per-row values are the batch just fed's")
         return self._batch[name]
 
     def _with_row_values(self, stream: KmerStream, epoch: int, start_batch: int = 0) -> Batches:

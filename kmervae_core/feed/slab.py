@@ -20,6 +20,7 @@ an anonymous mapping of the bytes asked, rounded to a page, registered with CUDA
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import threading
@@ -39,9 +40,13 @@ def pinned_bytes(nbytes: int) -> int:
     return max(1, -(-nbytes // PAGE)) * PAGE
 
 
+HOST_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable: pinned for every CUDA context, not only the caller's
+
+
 def register_host(ptr: int, size: int) -> None:
-    """Page-lock host memory for CUDA copies (cudaHostRegister)."""
-    status = int(torch.cuda.cudart().cudaHostRegister(ptr, size, 0))
+    """Page-lock host memory for CUDA copies (cudaHostRegister), for every context: a reader
+    thread registers its staging buffer, and its current device is not the rank's."""
+    status = int(torch.cuda.cudart().cudaHostRegister(ptr, size, HOST_REGISTER_PORTABLE))
     if status != 0:
         raise RuntimeError(f"cudaHostRegister of {size / 2**30:.2f} GiB failed (CUDA error {status})")
 
@@ -212,7 +217,10 @@ class Slab:
         local = self._staging
         if not hasattr(local, "buffer"):
             pin = self.storage.type == "cuda"
-            local.buffer, local.copied = host_empty((self.chunk_rows, self.width), self.dtype, pin), None
+            # a new thread's current device is 0: register under the slab's, or rank k's readers open
+            # a context on GPU 0
+            with torch.cuda.device(self.storage) if pin else contextlib.nullcontext():
+                local.buffer, local.copied = host_empty((self.chunk_rows, self.width), self.dtype, pin), None
         if local.copied is not None:
             self.engine.synchronize(local.copied)
         return local.buffer[:rows]
@@ -229,6 +237,13 @@ class Slab:
         self.resident[chunk] = slot
         if self.engine is not None:
             self.engine.wait(self.copied.pop(chunk))
+
+    def forget_copies(self) -> None:
+        """A pass broken off: the compute stream waits for the copies still in flight (into slots
+        a later pass, or a grown slab reusing this memory, may hand out) before they are dropped."""
+        for event in self.copied.values():
+            self.engine.wait(event)
+        self.copied.clear()
 
     def release(self, chunks: list[int]) -> None:
         """Chunks whose last batch is gathered: their slots may be copied into once that gather is done."""

@@ -152,6 +152,7 @@ class KmerStream(torch.utils.data.IterableDataset):
         self.decoded = 0  # chunks read and decoded so far (each once per epoch; with keep, once per run)
         self._reader: ChunkReader | None = None
         self._reader_pid = 0  # the process whose threads the reader has (a forked DataLoader worker makes its own)
+        self._finalizer: weakref.finalize | None = None
         self._full_rows = threading.local()  # a reader thread's full-width chunk buffer (with columns)
         self._hung = False
         self._holder = reuse_slab_of._holder if reuse_slab_of is not None and not keep else SlabHolder()
@@ -298,7 +299,7 @@ class KmerStream(torch.utils.data.IterableDataset):
             self._reader, self._reader_pid = ChunkReader(self.workers, self.read_timeout), os.getpid()
             # a stream dropped without close() ends and joins its threads too: one still ending while the
             # interpreter shuts down aborts the process ("terminate called without an active exception")
-            weakref.finalize(self, self._reader.close)
+            self._finalizer = weakref.finalize(self, self._reader.close)
         return self._reader
 
     def _serve(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -354,7 +355,7 @@ class KmerStream(torch.utils.data.IterableDataset):
                 holder.slab = None
             if not self.keep:  # a pass ended early leaves chunks resident: the next starts from an empty slab,
                 slab.release(list(slab.resident))  # copying into their slots only after the gathers so far
-            slab.copied.clear()
+            slab.forget_copies()
 
     def _read_job(self, slab: Slab, chunk: int, slot: int):
         """The read of `chunk` into its slot: straight in on a host slab; on a staged slab into the
@@ -370,12 +371,14 @@ class KmerStream(torch.utils.data.IterableDataset):
         return read_and_copy
 
     def _gather_job(self, slab: Slab, index: torch.Tensor, plan: PassPlan, j: int, reads: list[Job]):
-        """Batch j gathered in a reader thread once its chunks' reads are done (their errors are
-        the loop's to report: it waits for those reads before it takes the batch)."""
+        """Batch j gathered in a reader thread once its chunks' reads are done. Their errors and
+        their timeout are the loop's to report (it waits for those reads, with the read timeout,
+        before it takes the batch): a timeout here, started earlier than the loop's, would hand
+        the loop no batch for a read that was slow but in time."""
         def gather() -> torch.Tensor | None:
             for job in reads:
                 try:
-                    job.wait(self.read_timeout)
+                    job.wait(None)
                 except BaseException:  # noqa: BLE001 - reported by the loop
                     return None
             return gather_rows(slab.data, index[plan.batch_index(j)], self.dtype)
@@ -385,7 +388,20 @@ class KmerStream(torch.utils.data.IterableDataset):
         """End the reader threads; returns the names of any hung in a read (they end with the
         process). The stream can be iterated again (new threads start)."""
         reader, self._reader = self._reader, None
+        if self._finalizer is not None:
+            self._finalizer.detach()  # closed here: the finalizer would keep the closed reader to the end
+            self._finalizer = None
         return [] if reader is None or self._reader_pid != os.getpid() else reader.close()
+
+    def __getstate__(self) -> dict:
+        """What a DataLoader worker started by spawn or forkserver gets: the stream without its
+        threads, thread-local buffers or slab (the worker makes its own, as a forked one does)."""
+        state = self.__dict__.copy()
+        state.update(_reader=None, _reader_pid=0, _finalizer=None, _full_rows=None, _holder=SlabHolder())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _full_rows=threading.local())
 
     def __enter__(self) -> KmerStream:
         return self

@@ -197,7 +197,7 @@ def read_attrs(url: str) -> dict | None:
 
 
 # attributes that say where a store's files are or how its chunks are encoded, not what it holds: a
-# store moved, copied or recompressed keeps its identity
+# store moved, copied or recompressed keeps its identity (a change of dtype, float32 to float16, does not)
 NOT_CONTENT = ("complete", "codec", "checksum", "labels")
 
 
