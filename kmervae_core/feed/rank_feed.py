@@ -122,6 +122,23 @@ class Feed:
         return residency.tier, (f"{residency.message}; this rank: {sizes} in {gib(need)} of whole chunks; the "
                                 "first epoch decodes each chunk once and keeps it, later epochs gather from it")
 
+    def memory_line(self) -> str:
+        """What the rank's streams take (KmerStream.memory), said at the start so that a job can
+        be sized by it: one rolling slab serves both splits (the larger pass's), kept slabs add up."""
+        train, val = self.train_stream, self.val_stream
+        prints = [s.memory() for s in (train, val)]
+        combine = sum if self.cache is not None else max
+        host, device = combine(p.host for p in prints), combine(p.device for p in prints)
+        slots, live = train.slab_chunks()
+        chunk = train.info.chunk_rows * train.width * train.store_dtype.itemsize
+        where = "GPU" if train.storage.type == "cuda" else "host"
+        what = ("every chunk of its share, kept" if self.cache is not None else
+                f"{live:,} that a batch of epoch 1 needs at once + {slots - live} read ahead")
+        return (f"memory: the feed takes {gib(host)} of host memory" + (f" and {gib(device)} of GPU memory" if device else "")
+                + f" on this rank: a {where} slab of {slots:,} chunks x {chunk / 2**20:,.1f} MiB ({what}; the rank's "
+                f"{len(train.rank_chunks()):,} training chunks) and its buffers; the process, model and latent sample "
+                "come on top (docs/memory.md)")
+
     @property
     def batches(self) -> int:
         """Training batches per epoch (the same on every rank)."""

@@ -153,6 +153,7 @@ class Trainer:
                  f"{counted(self.batches, 'batch', 'batches')} an epoch): " + json.dumps(cfg))
         self.log(self.runner.mode_line)
         self.log(self.feed.message)
+        self.log(self.feed.memory_line())
         if line := self.validator.shortfall():
             self.log(line)
         if self.recorder.metrics_url:
