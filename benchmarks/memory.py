@@ -10,7 +10,9 @@ then the rank's RSS and anonymous memory (/proc/PID/smaps_rollup) over time, and
     python benchmarks/memory.py [--rows 60800 | --store S.zarr] [--dir /tmp] [--limit-mib 1434] -- --epochs 2 --cache none
 
 --limit-mib puts a memory limit on that cgroup (memory.max, v2; memory.limit_in_bytes, v1): whether
-the run finishes within it.
+the run finishes within it. --latent-read trains nothing: it reads the store's latent sample as
+the trainer does at start (up to 64 chunks through zarr) and reports this process's RSS before,
+at its peak during the read and after.
 """
 from __future__ import annotations
 
@@ -20,16 +22,21 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import ingested_store  # noqa: E402
-from kmervae_core.limits import find_cgroup  # noqa: E402
+from kmervae_core.config import TrainConfig  # noqa: E402
+from kmervae_core.evaluation.embedding import sample_rows  # noqa: E402
+from kmervae_core.limits import find_cgroup, return_large_blocks  # noqa: E402
+from kmervae_core.store.contract import open_store, read_rows  # noqa: E402
 
 
 def child_cgroup() -> Path | None:
@@ -64,6 +71,27 @@ def rollup(pid: int) -> tuple[int, int] | None:
     return int(fields["Rss:"]) * 1024, int(fields["Anonymous:"]) * 1024
 
 
+def latent_read(url: str) -> None:
+    """RSS of this process before, at the peak of (sampled every 10 ms) and after reading the
+    latent sample of `url` as the trainer does (glibc's threshold set as `python -m train` sets it)."""
+    return_large_blocks()
+    info, me = open_store(url), os.getpid()
+    defaults = TrainConfig()
+    rows = sample_rows(info.rows, info.chunk_rows, defaults.latent_sample, defaults.seed)
+    before, peak, done = rollup(me)[0], [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], rollup(me)[0])
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    x = np.asarray(read_rows(url, info.clr_array, rows), dtype=np.float32)
+    done.set()
+    sampler.join()
+    print(f"latent sample: {len(rows):,} rows from {len(np.unique(rows // info.chunk_rows))} chunks ({x.nbytes / 2**20:,.0f} "
+          f"MiB); RSS {before / 2**20:,.0f} MiB before, {peak[0] / 2**20:,.0f} at the peak, {rollup(me)[0] / 2**20:,.0f} after")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=60800)
@@ -72,7 +100,11 @@ def main() -> None:
     p.add_argument("--limit-mib", type=int, default=0, help="memory limit of the run's cgroup (0: none)")
     p.add_argument("--every", type=float, default=10.0, help="seconds between the timeline's lines")
     p.add_argument("train_args", nargs="*", help="after --: arguments for python -m train (not --data, --out)")
+    p.add_argument("--latent-read", action="store_true", help="only read the latent sample of --store")
     args = p.parse_args()
+    if args.latent_read:
+        latent_read(args.store)
+        return
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
         store = args.store or ingested_store(Path(work), args.rows, 4096)
         cgroup = child_cgroup()

@@ -232,19 +232,20 @@ def test_a_cache_that_does_not_fit_falls_back_to_streaming_with_one_line(train_s
     assert "Epoch 2/2" in said
 
 
-def test_a_run_says_at_start_what_its_feed_takes_of_the_host(train_store):
+def test_a_run_says_at_start_what_the_rank_takes_of_the_host(train_store):
     """The start line a job is sized by: the streams' bytes (one rolling slab serves both splits;
-    kept slabs add up), the slab's chunks and what they are for."""
+    kept slabs add up), what the slab is for, and what else the rank holds, added up."""
     store, _ = train_store
     streamed, kept = make_feed(store, cache="none"), make_feed(store, cache="host")
     slots, live = streamed.train_stream.slab_chunks()
-    line = streamed.memory_line()
-    host = max(streamed.train_stream.memory().host, streamed.val_stream.memory().host)
-    assert line.startswith(f"memory: the feed takes {host / GiB:.2f} GiB of host memory on this rank: a host slab of "
-                           f"{slots} chunks x {40 * 2772 * 4 / 2**20:.1f} MiB ({live} that a batch of epoch 1 needs "
-                           f"at once + {slots - live} read ahead"), line
+    feed = max(streamed.train_stream.memory().host, streamed.val_stream.memory().host)
+    line = streamed.memory_line({"the latent sample": 3 * GiB})
+    assert line.startswith(f"memory: this rank expects {(feed + 3 * GiB) / GiB:.2f} GiB of host memory "), line
+    assert (f"the feed {feed / GiB:.2f} GiB: a host slab of {slots} chunks x {40 * 2772 * 4 / 2**20:.1f} MiB ({live} "
+            f"that a batch of epoch 1 needs at once + {slots - live} read ahead") in line
+    assert line.endswith("; the latent sample 3.00 GiB")
     chunks = len(kept.train_stream.rank_chunks()) + len(kept.val_stream.rank_chunks())
-    assert f"takes {chunks * 40 * 2772 * 4 / GiB:.2f} GiB" in kept.memory_line()  # both kept slabs, nothing ahead (workers 0)
+    assert f"the feed {chunks * 40 * 2772 * 4 / GiB:.2f} GiB" in kept.memory_line()  # both kept slabs (workers 0)
     assert "every chunk of its share, kept" in kept.memory_line()
 
 
