@@ -11,8 +11,9 @@ then the rank's RSS and anonymous memory (/proc/PID/smaps_rollup) over time, and
 
 --limit-mib puts a memory limit on that cgroup (memory.max, v2; memory.limit_in_bytes, v1): whether
 the run finishes within it. --latent-read trains nothing: it reads the store's latent sample as
-the trainer does at start (up to 64 chunks through zarr) and reports this process's RSS before,
-at its peak during the read and after.
+the trainer does at start (up to 64 chunks through zarr, --at-once of them decoded at once: the
+trainer's 2 unless set, 0 for zarr's default 10) and reports this process's RSS before, at its
+peak during the read and after.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import ingested_store  # noqa: E402
 from kmervae_core.config import TrainConfig  # noqa: E402
-from kmervae_core.evaluation.embedding import sample_rows  # noqa: E402
+from kmervae_core.evaluation.embedding import LATENT_READ_AT_ONCE, sample_rows  # noqa: E402
 from kmervae_core.limits import find_cgroup, return_large_blocks  # noqa: E402
 from kmervae_core.store.contract import open_store, read_rows  # noqa: E402
 
@@ -71,7 +72,7 @@ def rollup(pid: int) -> tuple[int, int] | None:
     return int(fields["Rss:"]) * 1024, int(fields["Anonymous:"]) * 1024
 
 
-def latent_read(url: str) -> None:
+def latent_read(url: str, at_once: int) -> None:
     """RSS of this process before, at the peak of (sampled every 10 ms) and after reading the
     latent sample of `url` as the trainer does (glibc's threshold set as `python -m train` sets it)."""
     return_large_blocks()
@@ -85,11 +86,13 @@ def latent_read(url: str) -> None:
             peak[0] = max(peak[0], rollup(me)[0])
     sampler = threading.Thread(target=sample)
     sampler.start()
-    x = np.asarray(read_rows(url, info.clr_array, rows), dtype=np.float32)
+    start = time.monotonic()
+    x = np.asarray(read_rows(url, info.clr_array, rows, at_once=at_once), dtype=np.float32)
+    seconds = time.monotonic() - start
     done.set()
     sampler.join()
     print(f"latent sample: {len(rows):,} rows from {len(np.unique(rows // info.chunk_rows))} chunks ({x.nbytes / 2**20:,.0f} "
-          f"MiB); RSS {before / 2**20:,.0f} MiB before, {peak[0] / 2**20:,.0f} at the peak, {rollup(me)[0] / 2**20:,.0f} after")
+          f"MiB), {at_once or 'zarr default'} at once, {seconds:.1f} s; RSS {before / 2**20:,.0f} MiB before, {peak[0] / 2**20:,.0f} at the peak, {rollup(me)[0] / 2**20:,.0f} after")
 
 
 def main() -> None:
@@ -101,9 +104,10 @@ def main() -> None:
     p.add_argument("--every", type=float, default=10.0, help="seconds between the timeline's lines")
     p.add_argument("train_args", nargs="*", help="after --: arguments for python -m train (not --data, --out)")
     p.add_argument("--latent-read", action="store_true", help="only read the latent sample of --store")
+    p.add_argument("--at-once", type=int, default=LATENT_READ_AT_ONCE, help="chunks the latent read decodes at once")
     args = p.parse_args()
     if args.latent_read:
-        latent_read(args.store)
+        latent_read(args.store, args.at_once)
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
         store = args.store or ingested_store(Path(work), args.rows, 4096)
