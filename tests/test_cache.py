@@ -232,6 +232,23 @@ def test_a_cache_that_does_not_fit_falls_back_to_streaming_with_one_line(train_s
     assert "Epoch 2/2" in said
 
 
+def test_a_run_says_at_start_what_the_rank_takes_of_the_host(train_store):
+    """The start line a job is sized by: the streams' bytes (one rolling slab serves both splits;
+    kept slabs add up), what the slab is for, and what else the rank holds, added up."""
+    store, _ = train_store
+    streamed, kept = make_feed(store, cache="none"), make_feed(store, cache="host")
+    slots, live = streamed.train_stream.slab_chunks()
+    feed = max(streamed.train_stream.memory().host, streamed.val_stream.memory().host)
+    line = streamed.memory_line({"the latent sample": 3 * GiB})
+    assert line.startswith(f"memory: this rank expects {(feed + 3 * GiB) / GiB:.2f} GiB of host memory "), line
+    assert (f"the feed {feed / GiB:.2f} GiB: a host slab of {slots} chunks x {40 * 2772 * 4 / 2**20:.1f} MiB ({live} "
+            f"that a batch of epoch 1 needs at once + {slots - live} read ahead") in line
+    assert line.endswith("; the latent sample 3.00 GiB")
+    chunks = len(kept.train_stream.rank_chunks()) + len(kept.val_stream.rank_chunks())
+    assert f"the feed {chunks * 40 * 2772 * 4 / GiB:.2f} GiB" in kept.memory_line()  # both kept slabs (workers 0)
+    assert "every chunk of its share, kept" in kept.memory_line()
+
+
 def test_the_row_weights_of_a_pass_are_uploaded_once_and_follow_its_batches(train_store, monkeypatch):
     """--length-weight: the pass's weights cross to the device in one copy at its start, not one
     pageable copy per batch; each batch's slice weighs its own rows."""

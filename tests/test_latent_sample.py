@@ -2,15 +2,18 @@
 grouped by sample) tells what the offline 5-fold kNN over every row tells, not a flattering one."""
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import numpy as np
 import pytest
 import torch
 import zarr
 
-from kmervae_core.evaluation.embedding import knn_cv_accuracy, sample_rows
+from kmervae_core.evaluation.embedding import LATENT_READ_AT_ONCE, knn_cv_accuracy, sample_rows
 from kmervae_core.model.vae import Encoder
+from kmervae_core.store.contract import read_rows
 from kmervae_core.store.synth import write_sample
 from tests.conftest import run, train_here
 
@@ -70,3 +73,31 @@ def test_a_large_stores_latent_sample_comes_from_64_chunks_spread_over_all_of_it
 def test_a_small_stores_latent_sample_comes_from_every_chunk():
     rows = sample_rows(10_000, 200, 5000, seed=0)  # 50 chunks
     assert len(np.unique(rows)) == 5000 and len(np.unique(rows // 200)) == 50
+
+
+def test_the_latent_samples_read_decodes_a_few_chunks_at_a_time(tmp_path, monkeypatch):
+    """Each chunk is held whole, decoded, while its rows are copied out: read 10 at once (zarr's
+    default), 64 chunks of 4,096 rows held 430 MiB more at start-up (docs/memory.md)."""
+    values = np.arange(64 * 50 * 8, dtype=np.float32).reshape(64 * 50, 8)
+    array = zarr.create_array(tmp_path / "a.zarr", shape=values.shape, chunks=(50, 8), dtype="float32",
+                              compressors=zarr.codecs.ZstdCodec(level=1))
+    array[:] = values
+    decoding, most, lock = [0], [0], threading.Lock()
+    decode = zarr.codecs.ZstdCodec._decode_single
+
+    async def counted(self, *args):
+        with lock:
+            decoding[0] += 1
+            most[0] = max(most[0], decoding[0])
+        await asyncio.sleep(0.01)  # let other decodes start where the read allows them
+        try:
+            return await decode(self, *args)
+        finally:
+            with lock:
+                decoding[0] -= 1
+    monkeypatch.setattr(zarr.codecs.ZstdCodec, "_decode_single", counted)
+    rows = sample_rows(len(values), 50, 500, seed=1)
+    x = read_rows(str(tmp_path / "a.zarr"), zarr.open_array(tmp_path / "a.zarr", mode="r"), rows,
+                  at_once=LATENT_READ_AT_ONCE)
+    assert np.array_equal(x, values[rows]) and len(np.unique(rows // 50)) == 64
+    assert 1 <= most[0] <= LATENT_READ_AT_ONCE == 2

@@ -162,6 +162,24 @@ def read_epoch(s: KmerStream, workers: int) -> list[tuple[np.ndarray, np.ndarray
     return batches
 
 
+def test_the_slab_is_what_a_batch_needs_from_first_to_last_use_plus_the_read_ahead(store):
+    """What a job is sized by: the most chunks any batch of the epoch needs resident, each held
+    from its first batch to its last (a chunk two regions share, at a lane or partition boundary,
+    is held between the one's use and the other's: more than a chunk per region), plus 2 read
+    ahead per reader thread; memory() counts that and the batches gathered ahead, one a thread."""
+    s = stream(store, partitions=2, lanes=2, workers=2)
+    uses: dict[int, list[int]] = {}
+    for j, rows in enumerate(s.batch_rows(0)):
+        for c in set((rows // CHUNK).tolist()):
+            uses.setdefault(c, []).append(j)
+    live = max(sum(min(js) <= j <= max(js) for js in uses.values()) for j in range(len(s.batch_rows(0))))
+    assert 2 * 2 < live < len(uses)  # more than one per region (2 partitions x 2 lanes), fewer than all
+    assert s.slab_chunks() == (live + 4, live)
+    assert s.memory().host == (live + 4) * CHUNK * 2772 * 4 + 2 * BATCH * 2772 * 4
+    read_epoch(s, 2)
+    assert s._holder.slab.slots == live + 4  # the slab the pass allocated
+
+
 def test_batches_hold_the_same_values_for_any_reader_thread_count(store):
     clr = zarr.open_group(store, mode="r")["clr"][:]  # the store read with zarr, not the stream
     s = stream(store, rank=1, world_size=2)

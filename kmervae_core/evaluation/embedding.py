@@ -39,6 +39,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 LATENT_SAMPLE_CHUNKS = 64  # the most chunks the latent sample's rows come from: its read at start-up
+LATENT_READ_AT_ONCE = 2  # chunks the latent sample's read decodes at once (zarr's 10: 10 x 43 MiB at start)
 
 
 def sample_rows(total: int, chunk_rows: int, size: int, seed: int,

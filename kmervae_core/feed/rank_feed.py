@@ -124,6 +124,26 @@ class Feed:
         return residency.tier, (f"{residency.message}; this rank: {sizes} in {gib(need)} of whole chunks; the "
                                 "first epoch decodes each chunk once and keeps it, later epochs gather from it")
 
+    def memory_line(self, besides: dict[str, int] | None = None) -> str:
+        """The rank's expected host bytes, said at start so that a job can be sized by them: the
+        streams' (KmerStream.memory: one rolling slab serves both splits, the larger pass's; kept
+        slabs add up) and `besides` (what else the rank holds, by name), and what the slab is for."""
+        train, val = self.train_stream, self.val_stream
+        prints = [s.memory() for s in (train, val)]
+        combine = sum if self.cache is not None else max
+        host, device = combine(p.host for p in prints), combine(p.device for p in prints)
+        slots, live = train.slab_chunks()
+        chunk = train.info.chunk_rows * train.width * train.store_dtype.itemsize
+        what = ("every chunk of its share, kept" if self.cache is not None else
+                f"{live:,} that a batch of epoch 1 needs at once + {slots - live} read ahead")
+        parts = [f"the feed {gib(host)}: a {'GPU' if train.storage.type == 'cuda' else 'host'} slab of {slots:,} chunks "
+                 f"x {chunk / 2**20:,.1f} MiB ({what}; the rank's {len(train.rank_chunks()):,} training chunks)"
+                 + (f" and {gib(device)} on the GPU" if device else ""),
+                 *(f"{name} {gib(n)}" for name, n in (besides or {}).items())]
+        total = host + sum((besides or {}).values())
+        return (f"memory: this rank expects {gib(total)} of host memory besides its interpreter and libraries (about "
+                f"0.4-0.6 GiB on a CPU: docs/memory.md): {'; '.join(parts)}")
+
     @property
     def batches(self) -> int:
         """Training batches per epoch (the same on every rank)."""

@@ -206,7 +206,7 @@ class KmerStream(torch.utils.data.IterableDataset):
         buffer per thread where they are converted); and a full-width chunk buffer per reader
         thread where `columns` selects some."""
         cr, item, threads = self.info.chunk_rows, self.store_dtype.itemsize, max(1, self.workers)
-        slots = len(self.rank_chunks()) if self.keep else self._slots_for(self.batch_rows(0))
+        slots = self.slab_chunks()[0]
         chunk, batch = cr * self.width * item, self.rank_rows.local_batch * self.width
         full_rows = 0 if self.columns is None else threads * cr * N_FEATURES * item
         if self._staged():
@@ -223,11 +223,23 @@ class KmerStream(torch.utils.data.IterableDataset):
         """Chunks decoded ahead of need. `workers` may change between iterations after close()."""
         return READ_AHEAD_PER_THREAD * self.workers if self._read_ahead is None else self._read_ahead
 
-    def _slots_for(self, batches: list[np.ndarray]) -> int:
-        """The chunks needed at once plus the read-ahead, never more than the batches use."""
+    def slab_chunks(self) -> tuple[int, int]:
+        """(chunks the slab holds, chunks epoch 0's batches need resident at once): with keep,
+        every chunk of the share (both); else the most chunks any batch needs resident, each from
+        its first batch to its last, plus the read-ahead. A chunk two regions of the plan share (a
+        lane or partition boundary falls inside it) is held from the one's first batch to the
+        other's last, at a lane boundary nearly the whole epoch: hence about 2 x partitions x
+        lanes, not one per region (131 slots at 16 x 4 on 221 training chunks: docs/memory.md)."""
+        if self.keep:
+            return len(self.rank_chunks()), len(self.rank_chunks())
+        return self._slots_for(self.batch_rows(0))
+
+    def _slots_for(self, batches: list[np.ndarray]) -> tuple[int, int]:
+        """(slots, chunks needed at once): the latter plus the read-ahead, never more than the
+        batches use."""
         live = slots_needed(batches, self.info.chunk_rows)
         used = len({c for rows in batches for c in np.unique(rows // self.info.chunk_rows).tolist()})
-        return min(live + self.read_ahead, max(live, used))
+        return min(live + self.read_ahead, max(live, used)), live
 
     def _staged(self) -> bool:
         """Whether chunks reach the slab through staging and a copy engine (a GPU slab)."""
@@ -306,7 +318,7 @@ class KmerStream(torch.utils.data.IterableDataset):
         # a kept slab is made again only after a hung read abandoned it; a rolling one is reused by every
         # pass (its pages are not faulted in again each epoch: docs/benchmarks.md), also by the passes of the
         # stream it was handed to (the rank's other split: never at once), and grown where one needs more
-        holder, need = self._holder, len(self.rank_chunks()) if self.keep else self._slots_for(batches)
+        holder, need = self._holder, len(self.rank_chunks()) if self.keep else self._slots_for(batches)[0]
         if holder.slab is None or holder.slab.slots < need:
             holder.slab = None  # the old slab goes before the new one is allocated
             holder.slab = self._make_slab(need)

@@ -9,6 +9,7 @@ Zarr would read a missing chunk as zeros.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -170,11 +171,13 @@ def damaged_chunk(url: str, array: zarr.Array, start: int, stop: int, error: Exc
     return error
 
 
-def read_rows(url: str, array: zarr.Array, rows: slice | np.ndarray) -> np.ndarray:
+def read_rows(url: str, array: zarr.Array, rows: slice | np.ndarray, at_once: int | None = None) -> np.ndarray:
     """array[rows] for a slice of rows or sorted row indices; a chunk that cannot be read
-    raises DamagedChunk naming it."""
+    raises DamagedChunk naming it. `at_once`: the most chunks decoded at once (zarr's
+    `async.concurrency`, 10 unless set): each is held whole while its rows are copied out."""
     try:
-        return array[rows] if isinstance(rows, slice) else array.oindex[rows]
+        with zarr.config.set({"async.concurrency": at_once}) if at_once else contextlib.nullcontext():
+            return array[rows] if isinstance(rows, slice) else array.oindex[rows]
     except Exception as e:  # noqa: BLE001 - see damaged_chunk
         lo, hi = (rows.start, rows.stop) if isinstance(rows, slice) else (int(rows[0]), int(rows[-1]) + 1)
         raise damaged_chunk(url, array, lo, hi, e) from None

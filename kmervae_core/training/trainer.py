@@ -153,10 +153,22 @@ class Trainer:
                  f"{counted(self.batches, 'batch', 'batches')} an epoch): " + json.dumps(cfg))
         self.log(self.runner.mode_line)
         self.log(self.feed.message)
+        self.log(self.feed.memory_line(self.host_besides_feed()))
         if line := self.validator.shortfall():
             self.log(line)
         if self.recorder.metrics_url:
             self.log(f"metrics: {self.recorder.metrics_url} (Prometheus scrape target; see deploy/README.md)")
+
+    def host_besides_feed(self) -> dict[str, int]:
+        """Host bytes this rank holds besides its feed, by name: on a CPU rank the model with its
+        gradients and Adam's two moments; on rank 0 the latent sample."""
+        out = {}
+        if self.ctx.device.type == "cpu":
+            out["the model, its gradients and Adam's moments"] = 4 * sum(
+                p.numel() * p.element_size() for p in self.model.parameters())
+        if self.validator.heldout is not None:
+            out["the latent sample"] = self.validator.heldout["x"].nbytes
+        return out
 
     # ---- checkpoints ----
 

@@ -14,8 +14,8 @@ from ..config import TrainConfig
 from ..distributed import DistContext, all_reduce
 from ..errors import KmervaeError
 from ..evaluation.report import SAMPLE_LATENTS
-from ..evaluation.embedding import (active_units, distance_spearman, knn_accuracy, pair_distances, sample_pairs,
-                                   sample_rows)
+from ..evaluation.embedding import (LATENT_READ_AT_ONCE, active_units, distance_spearman, knn_accuracy,
+                                   pair_distances, sample_pairs, sample_rows)
 from ..feed.rank_feed import Feed
 from ..model.losses import N_SUMS, summarise, vae_loss
 from .step_runner import StepRunner
@@ -70,7 +70,8 @@ class Validator:
         info = self.feed.train_stream.info
         rows = sample_rows(info.rows, info.chunk_rows, cfg.latent_sample, cfg.seed)
         labels = read_rows(cfg.data, open_array(cfg.data, LABELS), rows) if info.has_labels else None
-        x = np.asarray(read_rows(cfg.data, info.clr_array, rows), dtype=np.float32)[:, columns]
+        x = read_rows(cfg.data, info.clr_array, rows, at_once=LATENT_READ_AT_ONCE)  # a few chunks decoded at a time
+        x = np.asarray(x, dtype=np.float32)[:, columns]
         pairs = sample_pairs(len(rows), cfg.latent_pairs, cfg.seed)
         return {"rows": rows, "x": x, "labels": labels, "pairs": pairs, "x_distances": pair_distances(x, *pairs)}
 
