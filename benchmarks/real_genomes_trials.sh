@@ -7,12 +7,12 @@
 # (commit 3daac66).
 #   bash benchmarks/real_genomes_trials.sh                  # the quick bands (10,000 fragments each)
 #   MODE= bash benchmarks/real_genomes_trials.sh            # the full bands (a GPU)
-#   ADD='mn-tiny=per-k:--config configs/per-k-tiny.toml --likelihood multinomial' VARIANTS=mn-tiny \
+#   ADD='mn-beta-1=per-k:--likelihood multinomial --hidden 512,256 --latent 64 --beta 1' VARIANTS=mn-beta-1 \
 #     bash benchmarks/real_genomes_trials.sh                # a new variant (a name, a store, train flags)
 set -uo pipefail
 OUT=${OUT:-runs/real_genomes/trials31}; mkdir -p "$OUT"
 MODE=${MODE---quick}
-VARIANTS=${VARIANTS:-reference per-k-5mer-weight-0.3-tiny}
+VARIANTS=${VARIANTS:-reference mn-6to1-h512-l64-thin-0.5-ntxent-1000}
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}  # make setup's venv, else the active one
 ADD=${ADD:-}  # one --add-variant NAME=STORE:FLAGS, if any
 extra=(); [ -n "$ADD" ] && extra=(--add-variant "$ADD")

@@ -126,8 +126,8 @@ def test_a_held_out_table_refuses_a_variant_whose_flags_changed_since_tuning(tmp
 
 
 def test_a_variant_is_data_a_name_a_store_and_train_flags():
-    variants = parse_variants(["mn=per-k:--config configs/per-k-tiny.toml --likelihood multinomial"])
-    assert variants["mn"] == ("per_k", ["--config", "configs/per-k-tiny.toml", "--likelihood", "multinomial"])
+    variants = parse_variants(["mn=per-k:--config configs/x.toml --likelihood multinomial"])
+    assert variants["mn"] == ("per_k", ["--config", "configs/x.toml", "--likelihood", "multinomial"])
     assert variants["reference"] == VARIANTS["reference"]
     for bad in ("x=perk:--latent 8", "x=per-k", "=per-k:"):
         with pytest.raises(ValueError):
