@@ -235,13 +235,11 @@ def main() -> None:
             trainer.runner(next(batches))
         mode = "captured step" if trainer.runner.graph is not None else "eager step"
         trace, steps, rows, wall = profile(trainer, batches, args.seconds)
-        events = trace.get("traceEvents", [])
-        written = write_trace(trimmed(trace), Path(args.trace))
         print(f"profile: {Path(store).name}, batch {args.batch_size}, {args.workers} reader threads, {mode} on {device}: "
               f"{steps:,} steps in {wall:.2f} s ({rows / wall:,.0f} rows/s)")
-        print(f"trace: {written}")
-        for line in summary(copy_overlap(events), wall * 1e6, device):
-            print(line)
+        for line in summary(copy_overlap(trace.get("traceEvents", [])), wall * 1e6, device):
+            print(line, flush=True)
+        print(f"trace: {write_trace(trimmed(trace), Path(args.trace))}")
         batches.close()
     finally:
         if trainer is not None:
