@@ -1,7 +1,8 @@
 """One second of training from a streamed store under torch.profiler, and how much of the
 feed's host-to-device copying overlaps the step's kernels (issue 32 part 7).
 
-The trainer (the captured step where CUDA allows it, the trainer's epoch plan, --cache none)
+The trainer (the captured step where CUDA allows it unless --cuda-graphs off, the trainer's epoch
+plan, --cache none)
 streams a store: on a GPU its reader threads decode chunks into pinned staging and copy each to
 the GPU slab on a copy stream of its own (kmervae_core/feed/slab.py, CopyEngine), while the
 compute stream runs the step and the gathers. After --warmup steps (the capture among them) the
@@ -220,6 +221,7 @@ def main() -> None:
     p.add_argument("--store-dtype", default="float16", choices=("float32", "float16"))
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--workers", type=reader_threads, default="auto", help="reader threads, or auto")
+    p.add_argument("--cuda-graphs", default="on", choices=("on", "off"), help="the step captured (on) or eager")
     p.add_argument("--warmup", type=int, default=20, help="steps before the profile (a graph is captured after 3)")
     p.add_argument("--seconds", type=float, default=1.0, help="how long the profiler records")
     p.add_argument("--trace", default="profile_trace.json.gz", help="where the gzipped chrome trace goes")
@@ -229,7 +231,7 @@ def main() -> None:
     trainer = None
     try:
         store = args.store or build_store(Path(args.stores_dir or work), args.rows, 4096, args.codec, args.store_dtype)
-        trainer = make_trainer(store, work / "run", args.batch_size, args.workers, device)
+        trainer = make_trainer(store, work / "run", args.batch_size, args.workers, device, args.cuda_graphs)
         batches = fed(trainer)
         for _ in range(args.warmup):
             trainer.runner(next(batches))
