@@ -10,9 +10,10 @@
 #      and at $WORKERS (up to the usable CPUs), each store (no target: recorded)          2 x 45 s
 #   8. benchmarks/train.py at batch $BATCH, one epoch per round, one process per mode: the
 #      captured step fed by the float16 lz4 stream (target >= 0.8x the captured step's rows/s),
-#      by the float32 zstd-1 stream (>= 0.5x) and by the device tier from its second epoch on
-#      (>= 0.95x), each with PASS or MISS; below the device tier's row its first epoch's wall
-#      time (the store's rank share fits the device; no target: recorded)               3 x 60 s
+#      by the float32 zstd-1 stream (>= 0.5x) and by the device tier (>= 0.95x: its second
+#      epoch timed whole, and rounds from the third epoch on), each with PASS or MISS; below the
+#      device tier's row its first epoch's wall time (the store's rank share fits the device;
+#      no target: recorded)                                                              3 x 60 s
 #   9. benchmarks/copy_overlap.py: one second of torch.profiler on the float16 lz4 stream: the
 #      trace ($OUT/profile_trace.json.gz) and the share of the copy stream's host-to-device time
 #      that overlaps compute-stream kernels (PASS at >= 1%)                                  90 s
