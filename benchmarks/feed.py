@@ -11,7 +11,7 @@ prints the process's CPU seconds for the ceiling's pass and the feed's epoch: on
 where wall-clock ratios swing with the neighbours' load, their ratio still says how much work the
 feed adds to the decoding (plan, gathers, conversion). `--scaling` first prints the ceiling at 1,
 2, 4, 8 and 16 threads and at --workers (do the codecs decode in parallel here?), each up to the
-usable CPUs; `--rounds 0` stops there. The last line is `feed rows/s N`, to hold against a store
+usable CPUs, on the first 64 chunks; `--rounds 0` stops there. The last line is `feed rows/s N`, to hold against a store
 of one's own.
 
     python benchmarks/feed.py --store kmers.zarr --batch-size 1024 [--workers N|auto] [--rounds 3]
@@ -50,6 +50,7 @@ from kmervae_core.store.contract import chunk_span  # noqa: E402
 
 BUFFERS: dict[tuple, list[torch.Tensor]] = {}  # the ceiling's chunk buffers, made and touched once
 SCALING_THREADS = (1, 2, 4, 8, 16)  # --scaling's thread counts (issue 32), besides --workers
+SCALING_CHUNKS = 64  # --scaling decodes at most this many chunks per thread count (one thread is slow)
 
 
 def reader_threads(value: str) -> int:
@@ -57,19 +58,23 @@ def reader_threads(value: str) -> int:
     return auto_workers() if value == "auto" else int(value)
 
 
-def ceiling(stream: KmerStream, workers: int) -> float:
-    """Rows/s of `workers` reader threads decoding every chunk whole with the feed's decode call,
-    as far ahead as the feed reads, each into a buffer reused once its read is waited for (made
-    before the clock starts, as the feed's slab is from its second epoch on)."""
+def ceiling(stream: KmerStream, workers: int, chunks: int | None = None) -> float:
+    """Rows/s of `workers` reader threads decoding every chunk (or the first `chunks`) whole with
+    the feed's decode call, as far ahead as the feed reads, each into a buffer reused once its
+    read is waited for (made before the clock starts, as the feed's slab is from its second epoch
+    on)."""
     info, ahead = stream.info, max(1, READ_AHEAD_PER_THREAD * workers)
+    n_chunks = info.n_chunks if chunks is None else min(chunks, info.n_chunks)
     shape = (info.chunk_rows, stream.width)
     buffers = BUFFERS.setdefault((shape, stream.store_dtype, ahead),
                                  [torch.zeros(shape, dtype=stream.store_dtype) for _ in range(ahead + 1)])
     reader = ChunkReader(workers, READ_TIMEOUT_S)
     in_flight: deque = deque()
     start = time.perf_counter()
-    for chunk in range(info.n_chunks):
+    rows = 0
+    for chunk in range(n_chunks):
         a, b = chunk_span(chunk, info.chunk_rows, info.rows)
+        rows += b - a
         target = buffers[chunk % len(buffers)][:b - a]
         in_flight.append(reader.submit(lambda c=chunk, t=target: stream.read_chunk(c, t)))
         if len(in_flight) > ahead:
@@ -78,7 +83,7 @@ def ceiling(stream: KmerStream, workers: int) -> float:
         in_flight.popleft().wait(READ_TIMEOUT_S)
     seconds = time.perf_counter() - start
     reader.close()
-    return info.rows / seconds
+    return rows / seconds
 
 
 def feed(stream: KmerStream, epoch: int) -> float:
@@ -149,11 +154,12 @@ def report(args: argparse.Namespace) -> None:
               f"batch {args.batch_size}, {args.workers} reader threads, {str(dtype).removeprefix('torch.')} "
               f"batches to {args.device}")
         if args.scaling:
-            usable = usable_cpus()
-            ceiling(probe, min(max(1, args.workers), usable))  # warm: page cache, allocator
+            usable, chunks = usable_cpus(), min(SCALING_CHUNKS, info.n_chunks)
+            ceiling(probe, min(max(1, args.workers), usable), chunks)  # warm: page cache, allocator
+            print(f"  (the first {chunks} chunks each)")
             for n in sorted(set(SCALING_THREADS) | {max(1, args.workers)}):
                 label = f"  decode ceiling, {n} thread{'s' if n > 1 else ''}:"
-                print(f"{label} {ceiling(probe, n):,.0f} rows/s" if n <= usable else
+                print(f"{label} {ceiling(probe, n, chunks):,.0f} rows/s" if n <= usable else
                       f"{label} not measured ({usable} usable CPUs)", flush=True)
     if not args.rounds:
         return

@@ -5,9 +5,11 @@
 # Issue 32 part 7, the default (PARTS="7 8 9"), each part's time limit beside it (540 s in all,
 # with the wheels' install about 10 s more):
 #   stores  benchmarks/train.py --stores-only: a float16 lz4 and a float32 zstd-1 store of $ROWS
-#           rows (4,096-row chunks), made once in a temporary folder for the parts below    120 s
+#           rows (1,000,000: 245 chunks of 4,096, about 5 GiB each on disk), made once in a
+#           temporary folder for the parts below                                            120 s
 #   7. benchmarks/feed.py --scaling --rounds 0: the decode ceiling at 1, 2, 4, 8 and 16 threads
-#      and at $WORKERS (up to the usable CPUs), each store (no target: recorded)          2 x 45 s
+#      and at $WORKERS (up to the usable CPUs), the first 64 chunks of each store (no target:
+#      recorded)                                                                          2 x 45 s
 #   8. benchmarks/train.py at batch $BATCH, one epoch per round, one process per mode: the
 #      captured step fed by the float16 lz4 stream (target >= 0.8x the captured step's rows/s),
 #      by the float32 zstd-1 stream (>= 0.5x) and by the device tier (>= 0.95x: its second
@@ -45,7 +47,7 @@ if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then
 fi
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-DEVICE=${DEVICE:-cuda}; ROWS=${ROWS:-600000}; WORKERS=${WORKERS:-auto}; PARTS=${PARTS:-7 8 9}
+DEVICE=${DEVICE:-cuda}; ROWS=${ROWS:-1000000}; WORKERS=${WORKERS:-auto}; PARTS=${PARTS:-7 8 9}
 BATCH=${BATCH:-1024}; STEPS=${STEPS:-0}  # part 8: STEPS 0 times one epoch per round
 BATCHES=${BATCHES:-1024 4096}; OLD_STEPS=${OLD_STEPS:-100}  # parts 2 and 3
 declare -A LIMIT=([stores]=120 [7]=45 [8]=60 [9]=90 [9e]=60 [1]=100 [2]=90 [2p]=75 [3]=200 [4]=120 [5]=100 [6]=150)
