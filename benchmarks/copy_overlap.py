@@ -94,8 +94,8 @@ class StreamUse:
 class Overlap:
     """The copies' overlap with the compute stream's kernels (µs). compute: None without kernels."""
 
-    streams: dict[int, StreamUse]
-    compute: int | None
+    streams: dict[int | str, StreamUse]
+    compute: int | str | None
     copy_us: float  # the union of the H2D copies on streams other than the compute stream
     overlap_us: float  # of that, while a compute-stream kernel runs
 
@@ -108,15 +108,15 @@ class Overlap:
         return "PASS" if self.copy_us and self.share >= MIN_SHARE else "MISS"
 
 
-def stream_of(event: dict) -> int:
-    args = event.get("args", {})
-    return int(args.get("stream", event.get("tid", -1)))
+def stream_of(event: dict) -> int | str:
+    """A GPU event's stream: kineto writes it in args (and as the thread, in some versions "stream N")."""
+    return event.get("args", {}).get("stream", event.get("tid", -1))
 
 
 def copy_overlap(events: list[dict]) -> Overlap:
     """Per stream, kernels and host-to-device copies of a chrome trace's events; the compute
     stream (most kernel time) and the share of the other streams' copy time overlapping it."""
-    streams: dict[int, StreamUse] = {}
+    streams: dict[int | str, StreamUse] = {}
     for e in events:
         if e.get("ph") != "X" or e.get("cat") not in ("kernel", "gpu_memcpy"):
             continue
@@ -137,7 +137,7 @@ def copy_overlap(events: list[dict]) -> Overlap:
 def summary(result: Overlap, window_us: float, device: torch.device) -> list[str]:
     """The lines the profile prints: each stream, the overlap, the target."""
     lines = []
-    for s, use in sorted(result.streams.items()):
+    for s, use in sorted(result.streams.items(), key=lambda item: str(item[0])):
         role = " (compute)" if s == result.compute else " (copies)" if use.copies else ""
         busy, copied = length(merged(use.kernels)), length(merged(use.copies))
         lines.append(f"  stream {s}{role}: {len(use.kernels):,} kernels, busy {busy / 1e3:,.1f} ms "

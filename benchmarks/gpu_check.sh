@@ -38,7 +38,7 @@
 #
 # Dry run on a CPU first (small sizes, about 3 minutes on 2 cores; every part prints the same lines,
 # the profile says that a CPU has no CUDA streams):
-#   DEVICE=cpu ROWS=20480 WORKERS=2 BATCH=256 STEPS=5 OUT=/tmp/gpu-out PY=.venv/bin/python bash benchmarks/gpu_check.sh
+#   DEVICE=cpu ROWS=12288 WORKERS=2 BATCH=256 STEPS=5 OUT=/tmp/gpu-out PY=.venv/bin/python bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then
