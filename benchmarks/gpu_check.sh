@@ -36,9 +36,9 @@
 # output goes to $OUT (the device tool brings back up to 8 files). Carried wheels (.whl/, `make
 # gpu-wheels`) supply zarr, numcodecs and dask where the image lacks them.
 #
-# Dry run on a CPU first (small sizes, about 3 minutes on 2 cores; every part prints the same lines,
-# the profile says that a CPU has no CUDA streams):
-#   DEVICE=cpu ROWS=12288 WORKERS=2 BATCH=256 STEPS=5 OUT=/tmp/gpu-out PY=.venv/bin/python bash benchmarks/gpu_check.sh
+# Dry run on a CPU first (small sizes, about 2-3 minutes on 2 cores; every part prints the same
+# lines, the profile says that a CPU has no CUDA streams):
+#   DEVICE=cpu ROWS=8192 WORKERS=2 BATCH=256 STEPS=4 WARMUP=2 OUT=/tmp/gpu-out PY=.venv/bin/python bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then
@@ -48,12 +48,12 @@ fi
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}; ROWS=${ROWS:-1000000}; WORKERS=${WORKERS:-auto}; PARTS=${PARTS:-7 8 9}
-BATCH=${BATCH:-1024}; STEPS=${STEPS:-0}  # part 8: STEPS 0 times one epoch per round
+BATCH=${BATCH:-1024}; STEPS=${STEPS:-0}; WARMUP=${WARMUP:-10}  # part 8: STEPS 0 times one epoch per round
 BATCHES=${BATCHES:-1024 4096}; OLD_STEPS=${OLD_STEPS:-100}  # parts 2 and 3
 declare -A LIMIT=([stores]=120 [7]=45 [8]=60 [9]=90 [9e]=60 [1]=100 [2]=90 [2p]=75 [3]=200 [4]=120 [5]=100 [6]=150)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 $PY -c "import sys, torch, zarr, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'zarr', zarr.__version__, 'numpy', numpy.__version__)"
-echo "PARTS=\"$PARTS\" DEVICE=$DEVICE ROWS=$ROWS WORKERS=$WORKERS BATCH=$BATCH STEPS=$STEPS; $(env -u OMP_NUM_THREADS nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "PARTS=\"$PARTS\" DEVICE=$DEVICE ROWS=$ROWS WORKERS=$WORKERS BATCH=$BATCH STEPS=$STEPS WARMUP=$WARMUP; $(env -u OMP_NUM_THREADS nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "time limits (s): stores ${LIMIT[stores]}, 7: 2 x ${LIMIT[7]}, 8: 3 x ${LIMIT[8]}, 9: ${LIMIT[9]} (eager" \
   "again where it fails: ${LIMIT[9e]}); issue 32: $(( LIMIT[stores] + 2 * LIMIT[7] + 3 * LIMIT[8] + LIMIT[9] + LIMIT[9e] )) s in all"
 part() { echo "== $1 ($(date +%T))"; }
@@ -93,7 +93,7 @@ if want 8; then
   part "8. the stream and the device tier against the captured step, batch $BATCH"
   for mode in "graph f16-lz4" graph graph+cache; do  # a process each: one cut off leaves the others' rows
     run 8 targets.txt $PY benchmarks/train.py --device "$DEVICE" "${STORES[@]}" --batches "$BATCH" --workers "$WORKERS" \
-      --modes "$mode" --steps "$STEPS" --warmup 10 --rounds 2
+      --modes "$mode" --steps "$STEPS" --warmup "$WARMUP" --rounds 2
   done
 fi
 if want 9; then
