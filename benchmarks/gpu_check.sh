@@ -73,10 +73,10 @@ run() {
   return "$rc"
 }
 
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kmervae-gpu-check-XXXXXX")  # the stores, made once (parts 3 and 6-9)
+trap 'rm -rf "$WORK"' EXIT
+STORES=(--stores-dir "$WORK" --rows "$ROWS")
 if want 7 || want 8 || want 9; then
-  WORK=$(mktemp -d "${TMPDIR:-/tmp}/kmervae-gpu-check-XXXXXX")
-  trap 'rm -rf "$WORK"' EXIT
-  STORES=(--stores-dir "$WORK" --rows "$ROWS")
   part "stores: float16 lz4 and float32 zstd-1, $ROWS rows"
   if ! run stores stores.txt $PY benchmarks/train.py "${STORES[@]}" --modes graph "graph f16-lz4" --stores-only; then
     echo "no stores: parts 7-9 skipped"; PARTS=${PARTS//[789]/}
@@ -117,7 +117,7 @@ if want 2; then  # graph and eager in separate processes: a failed replay ends i
 fi
 if want 3; then
   part "3. feeding the step: eager, graph, graph+cache, graph f16-lz4"
-  run 3 train.txt $PY benchmarks/train.py --device "$DEVICE" --batches $BATCHES --rows "$ROWS" --workers "$WORKERS" \
+  run 3 train.txt $PY benchmarks/train.py --device "$DEVICE" --batches $BATCHES "${STORES[@]}" --workers "$WORKERS" \
     --steps "$OLD_STEPS" --warmup 10 --rounds 2
 fi
 if want 4; then
@@ -135,15 +135,13 @@ if want 5; then
 fi
 if want 6; then
   part "6. the in-rank feed against its decode ceiling (reader threads, GPU slab)"
-  d=$(mktemp -d)
   for spec in "lz4 float16" "zstd:1 float32"; do
     set -- $spec
     for b in 1024 128; do
-      run 6 feed.txt $PY benchmarks/feed.py --stores-dir "$d" --rows "$ROWS" --codec "$1" --store-dtype "$2" \
+      run 6 feed.txt $PY benchmarks/feed.py "${STORES[@]}" --codec "$1" --store-dtype "$2" \
         --batch-size "$b" --workers "$WORKERS" --device "$DEVICE" --rounds 2
     done
   done
-  rm -rf "$d"
 fi
 
 part "summary: targets (PASS or MISS) and parts cut off"
