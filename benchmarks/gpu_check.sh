@@ -75,6 +75,7 @@ run() {
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kmervae-gpu-check-XXXXXX")  # the stores, made once (parts 3 and 6-9)
 trap 'rm -rf "$WORK"' EXIT
+export TMPDIR=$WORK  # the scripts' temporary folders too, left behind by a part cut off
 STORES=(--stores-dir "$WORK" --rows "$ROWS")
 if want 7 || want 8 || want 9; then
   part "stores: float16 lz4 and float32 zstd-1, $ROWS rows"
