@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.train import build_store  # noqa: E402
+from benchmarks.ingest import build_store  # noqa: E402
 from kmervae_core.config import TrainConfig  # noqa: E402
 from kmervae_core.distributed import DistContext  # noqa: E402
 from kmervae_core.training.step_graph import set_lr  # noqa: E402

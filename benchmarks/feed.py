@@ -10,16 +10,18 @@ Rounds alternate ceiling and feed; figures are means over rounds. Beside the row
 prints the process's CPU seconds for the ceiling's pass and the feed's epoch: on a shared machine,
 where wall-clock ratios swing with the neighbours' load, their ratio still says how much work the
 feed adds to the decoding (plan, gathers, conversion). `--scaling` first prints the ceiling at 1,
-2, 4, ... threads (do the codecs decode in parallel here?). The last line is `feed rows/s N`, to
-hold against a store of one's own.
+2, 4, 8 and 16 threads and at --workers (do the codecs decode in parallel here?), each up to the
+usable CPUs, on the first 64 chunks; `--rounds 0` stops there. The last line is `feed rows/s N`, to hold against a store
+of one's own.
 
-    python benchmarks/feed.py --store kmers.zarr --batch-size 1024 [--workers N] [--rounds 3]
+    python benchmarks/feed.py --store kmers.zarr --batch-size 1024 [--workers N|auto] [--rounds 3]
         [--dtype float32|store] [--scaling]
     python benchmarks/feed.py --codec lz4 --store-dtype float16 --batch-size 1024   # the sample store
 
 Without --store it makes the sample store docs/benchmarks.md reports (61,440 rows, copies of a
 2,000-contig synthetic sample, 4,096-row chunks) with --codec and --store-dtype, in a temporary
-folder it removes afterwards.
+folder it removes afterwards; with --stores-dir DIR it uses benchmarks/train.py's store of --rows
+rows there (made if missing, kept).
 """
 from __future__ import annotations
 
@@ -38,30 +40,41 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ingest import ingested_store  # noqa: E402
+from benchmarks.ingest import build_store, ingested_store  # noqa: E402
 from kmervae_core import KmerStream  # noqa: E402
 from kmervae_core.feed.reader import ChunkReader  # noqa: E402
 from kmervae_core.feed.stream import READ_AHEAD_PER_THREAD, READ_TIMEOUT_S  # noqa: E402
-from kmervae_core.limits import usable_cpus  # noqa: E402
+from kmervae_core.limits import auto_workers, usable_cpus  # noqa: E402
 from kmervae_core.store.contract import chunk_span  # noqa: E402
 
 
 BUFFERS: dict[tuple, list[torch.Tensor]] = {}  # the ceiling's chunk buffers, made and touched once
+SCALING_THREADS = (1, 2, 4, 8, 16)  # --scaling's thread counts (issue 32), besides --workers
+SCALING_CHUNKS = 64  # --scaling decodes at most this many chunks per thread count (one thread is slow)
 
 
-def ceiling(stream: KmerStream, workers: int) -> float:
-    """Rows/s of `workers` reader threads decoding every chunk whole with the feed's decode call,
-    as far ahead as the feed reads, each into a buffer reused once its read is waited for (made
-    before the clock starts, as the feed's slab is from its second epoch on)."""
+def reader_threads(value: str) -> int:
+    """A --workers value: a count, or auto (kmervae_core.limits.auto_workers, as python -m train)."""
+    return auto_workers() if value == "auto" else int(value)
+
+
+def ceiling(stream: KmerStream, workers: int, chunks: int | None = None) -> float:
+    """Rows/s of `workers` reader threads decoding every chunk (or the first `chunks`) whole with
+    the feed's decode call, as far ahead as the feed reads, each into a buffer reused once its
+    read is waited for (made before the clock starts, as the feed's slab is from its second epoch
+    on)."""
     info, ahead = stream.info, max(1, READ_AHEAD_PER_THREAD * workers)
+    n_chunks = info.n_chunks if chunks is None else min(chunks, info.n_chunks)
     shape = (info.chunk_rows, stream.width)
     buffers = BUFFERS.setdefault((shape, stream.store_dtype, ahead),
                                  [torch.zeros(shape, dtype=stream.store_dtype) for _ in range(ahead + 1)])
     reader = ChunkReader(workers, READ_TIMEOUT_S)
     in_flight: deque = deque()
     start = time.perf_counter()
-    for chunk in range(info.n_chunks):
+    rows = 0
+    for chunk in range(n_chunks):
         a, b = chunk_span(chunk, info.chunk_rows, info.rows)
+        rows += b - a
         target = buffers[chunk % len(buffers)][:b - a]
         in_flight.append(reader.submit(lambda c=chunk, t=target: stream.read_chunk(c, t)))
         if len(in_flight) > ahead:
@@ -70,7 +83,7 @@ def ceiling(stream: KmerStream, workers: int) -> float:
         in_flight.popleft().wait(READ_TIMEOUT_S)
     seconds = time.perf_counter() - start
     reader.close()
-    return info.rows / seconds
+    return rows / seconds
 
 
 def feed(stream: KmerStream, epoch: int) -> float:
@@ -109,15 +122,19 @@ def main() -> None:
     p.add_argument("--store-dtype", default="float32", choices=("float32", "float16"), help="the sample store's dtype")
     p.add_argument("--rows", type=int, default=61440, help="the sample store's rows")
     p.add_argument("--batch-size", type=int, default=1024, help="global batch (one rank)")
-    p.add_argument("--workers", type=int, default=usable_cpus(), help="reader threads (default: the usable CPUs)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of ceiling and feed")
+    p.add_argument("--workers", type=reader_threads, default=usable_cpus(),
+                   help="reader threads, or auto (as python -m train; default: the usable CPUs)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of ceiling and feed (0: none)")
     p.add_argument("--device", default="cpu", help="where batches go: cpu (gathered from a host slab) or cuda "
                    "(decoded chunks copied to a GPU slab, batches gathered there)")
     p.add_argument("--dtype", choices=("float32", "store"), default="float32",
                    help="what batches hold: float32 (what the trainer's step takes) or the store's dtype "
                         "(float16 for a float16 store: what a step converting on the GPU could take)")
-    p.add_argument("--scaling", action="store_true", help="first print the decode ceiling at 1, 2, 4, ... threads")
+    p.add_argument("--scaling", action="store_true", help="first print the decode ceiling at 1, 2, 4, 8, 16 threads")
+    p.add_argument("--stores-dir", help="without --store: benchmarks/train.py's store of --rows rows here (made if missing)")
     args = p.parse_args()
+    if args.store is None and args.stores_dir:
+        args.store = build_store(Path(args.stores_dir), args.rows, 4096, args.codec, args.store_dtype)
     if args.store is None:
         with tempfile.TemporaryDirectory(prefix="kmervae-feed-") as work:
             args.store = ingested_store(Path(work), args.rows, 4096, args.codec, args.store_dtype)
@@ -137,10 +154,15 @@ def report(args: argparse.Namespace) -> None:
               f"batch {args.batch_size}, {args.workers} reader threads, {str(dtype).removeprefix('torch.')} "
               f"batches to {args.device}")
         if args.scaling:
-            ceiling(probe, args.workers)  # warm: page cache, allocator
-            threads = sorted({1 << i for i in range(max(1, args.workers).bit_length())} | {args.workers})
-            for n in threads:
-                print(f"  decode ceiling, {n} thread{'s' if n > 1 else ''}: {ceiling(probe, n):,.0f} rows/s")
+            usable, chunks = usable_cpus(), min(SCALING_CHUNKS, info.n_chunks)
+            ceiling(probe, min(max(1, args.workers), usable), chunks)  # warm: page cache, allocator
+            print(f"  (the first {chunks} chunks each)")
+            for n in sorted(set(SCALING_THREADS) | {max(1, args.workers)}):
+                label = f"  decode ceiling, {n} thread{'s' if n > 1 else ''}:"
+                print(f"{label} {ceiling(probe, n, chunks):,.0f} rows/s" if n <= usable else
+                      f"{label} not measured ({usable} usable CPUs)", flush=True)
+    if not args.rounds:
+        return
     c, f = measure(args.store, args.batch_size, args.workers, args.rounds, args.device, dtype)
     print(f"decode ceiling rows/s {c:,.0f}")
     print(f"feed / ceiling {f / c:.2f}x")

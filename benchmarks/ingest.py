@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kmervae_core.atomic import atomic_file  # noqa: E402
+from kmervae_core.errors import StoreError  # noqa: E402
+from kmervae_core.store.contract import ATTRS_KEY, CLR, COLUMN0, open_store  # noqa: E402
 from kmervae_core.store.convert import IngestPlan, ingest, transform_chunk  # noqa: E402
 from kmervae_core.store.kmers import N_FEATURES, SOURCE_COLUMNS  # noqa: E402
 from kmervae_core.store.npy_source import open_npy  # noqa: E402
@@ -55,6 +57,43 @@ def ingested_store(work: Path, rows: int, chunk_rows: int, codec: str = "zstd:1"
     ingest(IngestPlan(source=open_npy(str(npy)), url=url, chunk_rows=chunk_rows, codec=codec, dtype=dtype),
            workers=os.cpu_count() or 2)
     npy.unlink()
+    return url
+
+
+def build_store(work: Path, rows: int, chunk_rows: int, codec: str = "zstd:1", dtype: str = "float32") -> str:
+    """A store of `rows` rows in `work`: a template of up to 8 chunks ingested, its chunks
+    written again as often as needed (fast for large stores). A complete one made earlier in
+    `work` with the same rows, chunks, codec and dtype is reused, so that several benchmarks of
+    one session (benchmarks/gpu_check.sh) build each store once."""
+    url = str(work / f"bench-{codec.replace(':', '')}-{dtype}-{rows}x{chunk_rows}.zarr")
+    try:
+        if open_store(url).rows == rows:
+            return url
+    except StoreError:
+        pass
+    base_rows = min(rows, 8 * chunk_rows)
+    base = ingested_store(work, base_rows, chunk_rows, codec, dtype)
+    if rows == base_rows:
+        shutil.rmtree(url, ignore_errors=True)
+        shutil.move(base, url)
+        return url
+    src = zarr.open_group(base, mode="r")
+    dst = zarr.open_group(url, mode="w")
+    for name, shape in ((CLR, (rows, src[CLR].shape[1])), (COLUMN0, (rows,))):
+        dst.create_array(name, shape=shape, chunks=(chunk_rows, *shape[1:]), dtype=src[name].dtype,
+                         compressors=src[name].compressors, fill_value=0)
+    blocks = [(src[CLR][s:s + chunk_rows], src[COLUMN0][s:s + chunk_rows]) for s in range(0, base_rows, chunk_rows)]
+
+    def write(c: int) -> None:
+        clr, col0 = blocks[c % len(blocks)]
+        n = min(chunk_rows, rows - c * chunk_rows)
+        dst[CLR][c * chunk_rows: c * chunk_rows + n] = clr[:n]
+        dst[COLUMN0][c * chunk_rows: c * chunk_rows + n] = col0[:n]
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(write, range(-(-rows // chunk_rows))))
+    dst.attrs[ATTRS_KEY] = {**src.attrs[ATTRS_KEY], "rows": rows}  # last: the store is complete from here on
+    shutil.rmtree(base, ignore_errors=True)
     return url
 
 
