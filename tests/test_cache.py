@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from kmervae_core import KmerStream
-from kmervae_core.feed.cache import choose_tier
+from kmervae_core.feed.cache import choose_tier, rolling_storage
 from kmervae_core.config import TrainConfig
 from kmervae_core.distributed import DistContext
 from kmervae_core.feed.rank_feed import Feed
@@ -184,6 +184,14 @@ def test_the_streams_rolling_slabs_are_taken_from_the_host_budget():
 def test_slabs_that_alone_may_not_fit_are_named_with_what_to_try():
     crowded = choose_tier("auto", NEED, CPU, 0.8, host_free=(1 * GiB, "cgroup v2 memory.max"), stream_bytes=2 * GiB)
     assert crowded.tier == "none" and "the stream's slabs alone may not fit: fewer --workers" in crowded.message
+
+
+def test_a_rolling_slab_goes_on_the_gpu_only_where_it_fits_the_gpu_budget():
+    assert rolling_storage(GPU, 3 * GiB, 0.8, device_free=20 * GiB) == (GPU, "")
+    storage, why = rolling_storage(GPU, 3 * GiB, 0.8, device_free=3 * GiB)  # 3 GiB > 0.8 x 3 GiB
+    assert storage == CPU and why == ("the rolling slab (3.00 GiB) does not fit 0.8 x 3.00 GiB free on cuda:0: "
+                                      "it is in pinned host memory, batches are copied over")
+    assert rolling_storage(CPU, 0, 0.8) == (CPU, "")
 
 
 def test_an_unknown_tier_is_refused():

@@ -61,3 +61,17 @@ def choose_tier(requested: str, need: int, device: torch.device, fraction: float
     if share <= 0:
         reasons.append("the stream's slabs alone may not fit: fewer --workers (less read-ahead)")
     return Residency("none", f"cache: none, every epoch streams from the store [{'; '.join(reasons)}]")
+
+
+def rolling_storage(device: torch.device, device_bytes: int, fraction: float,
+                    device_free: int | None = None) -> tuple[torch.device, str]:
+    """Where a rank's rolling slab goes where nothing is kept: on the GPU where its `device_bytes`
+    fit `fraction` of the free memory, else in pinned host memory (batches gathered there and
+    copied over), with the line that says why ("" on the GPU)."""
+    if device.type != "cuda" or not device_bytes:
+        return device, ""
+    free = torch.cuda.mem_get_info(device)[0] if device_free is None else device_free
+    if device_bytes <= fraction * free:
+        return device, ""
+    return torch.device("cpu"), (f"the rolling slab ({gib(device_bytes)}) does not fit {fraction:g} x {gib(free)} free "
+                                 f"on {device}: it is in pinned host memory, batches are copied over")

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .cache import choose_tier, gib
+from .cache import choose_tier, gib, rolling_storage
 from ..config import MSE, TrainConfig
 from ..distributed import DistContext
 from ..errors import KmervaeError
@@ -52,6 +52,13 @@ class Feed:
                 self.tier, self.message = "none", (f"cache: none, allocating it ({self.tier} tier) failed: "
                                                    f"{str(e).splitlines()[0]}")
                 # the streams made without keep are used
+        if self.tier == "none":
+            storage, why = rolling_storage(ctx.device, max(s.memory().device for s in streams.values()),
+                                           cfg.cache_fraction)
+            if why:
+                train = KmerStream(info, "train", **args, storage=storage)
+                streams = {"train": train, "val": KmerStream(info, "val", **args, storage=storage, reuse_slab_of=train)}
+                self.message = f"{self.message}; {why}"
         self.train_stream, self.val_stream = streams["train"], streams["val"]
         self.cache = self.train_stream if self.tier != "none" else None
         needs = "--length-weight" if cfg.length_weight else "--likelihood multinomial" if cfg.likelihood != MSE else ""
