@@ -9,6 +9,7 @@ gradient, so Adam moves it on rounding noise.)
 
     python benchmarks/cuda_graph_check.py [--rows 20000] [--batch 1024] [--epochs 3]
     python benchmarks/cuda_graph_check.py --prior vamp:16 --latent-blocks 128,64,64   # the variants
+    python benchmarks/cuda_graph_check.py --likelihood multinomial                    # issue 31's likelihood
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def train(store: str, out: Path, graphs: str, args: argparse.Namespace, device: 
     cfg = TrainConfig(data=store, out=str(out), batch_size=args.batch, epochs=args.epochs, workers=2,
                       beta_warmup_epochs=0, metrics_port=0, latent_sample=0, deterministic=True,
                       cuda_graphs=graphs, cache=args.cache, resume="never", prior=args.prior,
-                      latent_blocks=args.latent_blocks)
+                      latent_blocks=args.latent_blocks, likelihood=args.likelihood)
     lines: list[str] = []
     trainer = Trainer(cfg, DistContext(0, 1, 0, device), log=lines.append)
     trainer.tracker.plateau = CutEachEpoch(trainer.opt)
@@ -59,6 +60,7 @@ def main() -> int:
     p.add_argument("--prior", default="normal", help="the latent prior, as python -m train --prior (e.g. vamp:16)")
     p.add_argument("--latent-blocks", type=lambda v: [int(s) for s in v.split(",")], default=[],
                    help="per-scale latent sizes, as python -m train --latent-blocks (e.g. 128,64,64)")
+    p.add_argument("--likelihood", default="mse", help="the reconstruction term, as python -m train --likelihood")
     args = p.parse_args()
     device = torch.device(args.device)
     work = Path(tempfile.mkdtemp(prefix="kmervae-graph-check-"))
