@@ -28,7 +28,8 @@
 #      with the profiler's top kernels of one eager step                                        165 s
 #   3. benchmarks/train.py: each way of feeding the step against its ceiling, at $BATCHES       200 s
 #   4. a 3-epoch training run with the default settings: its start-up lines                     120 s
-#   5. check 1 with a VampPrior and per-scale latents (the variants' step captured)             100 s
+#   5. check 1 with a VampPrior and per-scale latents, then with the multinomial likelihood (issue
+#      31 part 5: the captured step holds its term; part 2's step.py times it)               2 x 100 s
 #   6. benchmarks/feed.py: the in-rank feed against its decode ceiling, both stores, batch 1024
 #      and 128                                                                                4 x 150 s
 #
@@ -133,6 +134,8 @@ if want 5; then
   part "5. captured step == eager step, VampPrior and per-scale latents"
   run 5 graph_check_variants.txt $PY benchmarks/cuda_graph_check.py --device "$DEVICE" --rows 40000 --batch 1024 --epochs 3 \
     --prior vamp:16 --latent-blocks 128,64,64
+  run 5 graph_check_multinomial.txt $PY benchmarks/cuda_graph_check.py --device "$DEVICE" --rows 40000 --batch 1024 \
+    --epochs 3 --likelihood multinomial
 fi
 if want 6; then
   part "6. the in-rank feed against its decode ceiling (reader threads, GPU slab)"
