@@ -6,8 +6,8 @@
 #   bash benchmarks/vamb.sh                 # the quick bands' held-out folds
 #   MODE= bash benchmarks/vamb.sh           # the full bands (MODE is --quick or empty)
 #   DATA_SEED=43 bash benchmarks/vamb.sh    # another draw of the fragments
-#   THREADS=1 bash benchmarks/vamb.sh       # VAMB's -p: torch's thread count (OMP_NUM_THREADS does not
-#                                           # bind it); at -p 1 a seed repeats bit for bit
+#   THREADS=1 bash benchmarks/vamb.sh       # VAMB's -p, torch's thread count (OMP_NUM_THREADS does not
+#                                           # bind it): it changes the run; at -p 1 seed 42 repeated bit for bit
 # VAMB pins torch==2.6.0, which from PyPI is the CUDA build (several GB). Its own venv ($VENV) gets
 # $TORCH instead (vamb --no-deps; VAMB's other pins as it lists them), unless VENV already holds a
 # vamb (e.g. `python -m venv $VENV && $VENV/bin/pip install vamb==5.0.4`). TORCH is the Makefile's
