@@ -6,6 +6,8 @@
 #   bash benchmarks/vamb.sh                 # the quick bands' held-out folds
 #   MODE= bash benchmarks/vamb.sh           # the full bands (MODE is --quick or empty)
 #   DATA_SEED=43 bash benchmarks/vamb.sh    # another draw of the fragments
+#   THREADS=1 bash benchmarks/vamb.sh       # VAMB's -p, torch's thread count (OMP_NUM_THREADS does not
+#                                           # bind it): it changes the run; at -p 1 seed 42 repeated bit for bit
 # VAMB pins torch==2.6.0, which from PyPI is the CUDA build (several GB). Its own venv ($VENV) gets
 # $TORCH instead (vamb --no-deps; VAMB's other pins as it lists them), unless VENV already holds a
 # vamb (e.g. `python -m venv $VENV && $VENV/bin/pip install vamb==5.0.4`). TORCH is the Makefile's
@@ -20,6 +22,8 @@ VENV=${VENV:-.vamb-venv}
 TORCH=${TORCH:-torch==2.13.0}
 SEEDS=${SEEDS:-42 43 44}
 DATA_SEED=${DATA_SEED:-42}  # the fragments' draw (real_genomes.py --data-seed)
+THREADS=${THREADS:-2}  # vamb -p (VAMB's default 2)
+case "$THREADS" in ''|*[!0-9]*|0) echo "vamb.sh: THREADS must be a positive whole number, not '$THREADS'" >&2; exit 2 ;; esac
 FOLDS=${FOLDS:-heldout}  # the fold set (real_genomes.py --folds): tune or heldout
 case "$FOLDS" in tune|heldout) ;; *) echo "vamb.sh: FOLDS must be tune or heldout, not '$FOLDS'" >&2; exit 2 ;; esac
 WORK=${WORK:-runs/real_genomes}
@@ -43,7 +47,7 @@ for w in "$WORK"/$size-*-file-data"$DATA_SEED"-split*/fold*; do
     echo "vamb.sh: $w seed $s" >&2
     # -m 1000: keep every fragment (VAMB's default drops contigs under 2,000 bp)
     "$VENV/bin/vamb" bin default --outdir "$w/vamb-$s" --fasta "$w/fragments.fna" \
-      --abundance_tsv "$w/abundance.tsv" -m 1000 --seed "$s" > "$w/vamb-$s.log" 2>&1
+      --abundance_tsv "$w/abundance.tsv" -m 1000 --seed "$s" -p "$THREADS" > "$w/vamb-$s.log" 2>&1
   done
 done
 $PY benchmarks/real_genomes.py $MODE --folds "$FOLDS" --no-baselines --variants --work "$WORK" --data-seed "$DATA_SEED" --seeds $SEEDS \
