@@ -11,14 +11,13 @@ shuffled mixes them before ingest); the fragments are drawn once by --data-seed.
 The protocol (issue 31): the species groups are dealt to folds (no group in two folds; greedy by
 fragment count, so the folds hold about as many fragments; seeded by SPLIT_SEED, the same split
 for both bands), each round of genomes (genome_sources.Genome.round) on its own: round 1 (55
-genomes, 30 species groups) to folds 0-3, round 2 (45 genomes, 30 further groups, added after
-the configuration was chosen) to fold 4 (ROUNDS: one fold, as round 2's genomes are small and
-one of them, M. smegmatis, holds over half their bases). Each round's fragments are drawn by
-their own seeded generator and cap, so adding a round changes no fragment, fold or figure of an
+genomes, 30 species groups) to folds 0-3, round 2 (51 genomes, 36 further groups, added after
+the configuration was chosen) to folds 4-5 (ROUNDS). Each round's fragments are drawn by their
+own seeded generator and cap, so adding a round changes no fragment, fold or figure of an
 earlier one. Folds TUNING (0, 1) choose every setting of a VAE (variant, epochs, beta, latent
 size, lr): `--folds tune`. The table a configuration is judged by comes from the other folds
-only: `--folds heldout` (folds 2, 3) and `--folds fresh` (fold 4: species groups that no choice
-has ever seen), which refuse a VAE variant that has no record of a `--folds tune` run with
+only: `--folds heldout` (folds 2, 3) and `--folds fresh` (folds 4, 5: species groups that no
+choice has ever seen), which refuse a VAE variant that has no record of a `--folds tune` run with
 the same flags and setting, and name the fold set that chose it. On each fold on its
 own, as a user would: its fragments' k-mers counted (canonical 7..1-mers, the all_kmers.npy
 layout, column 0 the length) and ingested (global and per-k CLR), each VAE trained on that
@@ -74,7 +73,7 @@ BANDS = {"1-4kb": (1000, 4000), "2-20kb": (2000, 20000)}
 PCA_DIMS = 256
 LINEAR_DIMS = (32, 64, 128)  # PCA and MNF of the per-k CLR of the 5..1-mers, beside every VAE's own latent size
 CHUNK_ROWS = 256  # about one genome's fragments a chunk in file order
-ROUNDS = (4, 1)  # species-group folds of each round of genomes: round 1 folds 0-3, round 2 fold 4
+ROUNDS = (4, 2)  # species-group folds of each round of genomes: round 1 folds 0-3, round 2 folds 4-5
 FOLDS = sum(ROUNDS)
 TUNING = (0, 1)  # the folds that choose (round 1's); the others judge
 FOLD_SETS = {"tune": TUNING, "heldout": tuple(f for f in range(ROUNDS[0]) if f not in TUNING),
@@ -332,11 +331,11 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"tune: judge on the tuning folds {', '.join(map(str, TUNING))} (where every choice is made; "
                         "records each VAE variant tried); heldout: judge on the other folds of the first 55 genomes "
                         f"({', '.join(map(str, FOLD_SETS['heldout']))}; the table a configuration is judged by); "
-                        f"fresh: judge on fold {', '.join(map(str, FOLD_SETS['fresh']))}, the 45 genomes of 30 species "
+                        f"fresh: judge on folds {', '.join(map(str, FOLD_SETS['fresh']))}, the 51 genomes of 36 species "
                         "groups added after every choice (genome_sources round 2); heldout and fresh need a VAE "
                         "variant's tuning record")
     p.add_argument("--quick", action="store_true",
-                   help="10,000 fragments a band from the first 55 genomes (2,500 from round 2's) and short VAE runs, "
+                   help="10,000 fragments a band from the first 55 genomes (5,000 from round 2's) and short VAE runs, "
                         "for a 2-core machine")
     p.add_argument("--bands", nargs="*", choices=list(BANDS), default=list(BANDS))
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "real_genomes", help="fragments, stores and runs")
