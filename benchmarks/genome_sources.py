@@ -194,41 +194,45 @@ GENOMES: tuple[Genome, ...] = (
     Genome("deb:parsnp=1.7.4+dfsg-2", "usr/share/doc/parsnp/examples/mers_virus/ref/England1.fna",
            "227843ee9fd67c7b158865d1684f13ae181904ee4aec9fb37621d185f68f572c", "MERS coronavirus England 1",
            "MERS coronavirus"),
-    # round 2 (issue 31, 2026-12-06 late): 30 species groups that no choice has seen (real_genomes.py --folds fresh)
-    Genome(GENOMETESTER, "usr/share/doc/genometester/test-data/Mg.fa.gz",
-           "dec30c8945c86d55dd18d609290f5fbe2f36368d65ca2e7b192244b1825939b5", "M. genitalium G37",
-           "Mycoplasma genitalium", round=2),
-    Genome(GENOMETESTER, "usr/share/doc/genometester/test-data/Ccr.fa.gz",
-           "eafe8c73074f64e9d390947ec9b177918b5228d87e9fc5c1214409f03471d7ff",
-           "Ca. Carsonella ruddii (ASM44157v1, 17.6% GC)", "Candidatus Carsonella ruddii", round=2),
-    Genome("deb:gbrowse-data=2.56+dfsg-11", "var/lib/gbrowse/databases/yeast_scaffolds/chr2.fa",
-           "471663c733507e17c422b83d50be7b6097935cbc1a92f624601167fe9cea8fa6", "S. cerevisiae chromosome II",
-           "Saccharomyces cerevisiae", round=2),
-    Genome("deb:tnseq-transit=3.2.7-1", "usr/lib/python3/dist-packages/pytransit/genomes/mc2_155_tamu.fna",
-           "68e9b284bf993dfa015f605e22962c1ef3fc2b06ef2a53015205851688c6b9f5", "M. smegmatis mc2 155",
-           "Mycolicibacterium smegmatis", round=2),
-    Genome("deb:shovill-examples=1.1.0-9", "usr/share/doc/shovill-examples/test.fna.gz",
-           "3c0d0ebec7b2c6e9778567f4f4b6dacf33307c34a4cbd6983bf6eaa51d567baa", "D. radiodurans R1 plasmid MP1",
-           "Deinococcus radiodurans", round=2),
-    Genome("deb:ncbi-epcr=2.3.12-1-9", "usr/share/doc/ncbi-epcr/data/gingko.fasta.gz",
-           "b1c05db53b53730bc640ff22a7b22fba8c9fe667db32b87390f68dce0b2d397a", "G. biloba chloroplast MG922664",
-           "Ginkgo biloba (chloroplast)", round=2),
-    Genome(SEQAN_APPS, "usr/share/doc/seqan-apps/mason2/example/adeno_virus.fa.gz",
-           "490c42ecac2cec6c0b12dbf952bcf000279b8da6026e3853e71cc2c67765fc4f", "human adenovirus A AC_000005",
-           "Human mastadenovirus A", round=2),
-    *(Genome(SEQAN_APPS, f"usr/share/doc/seqan-apps/stellar/example/{a}.fasta.gz", h, f"dengue virus type {t} {a}",
-             "Dengue virus", round=2)
-      for a, t, h in (("NC_001477", 1, "7597109197841ce3fa346fc4bb83e2e61fffef83913f632a7fd03a321c8ffa14"),
-                      ("NC_001474", 2, "b039a6aec93ff901b5aa3b1dbb7c77fd89eef8f355cf695bcb5e0dd169a10167"))),
-    Genome("deb:hilive=2.0a-3+b2", "usr/share/doc/hilive/tutorial/hiv1.fa.gz",
-           "083b858fc121f1969d9763ee635428c3cf4effed4411269e9085d3fadf2aae58", "HIV-1 NC_001802",
-           "Human immunodeficiency virus 1", round=2),
-    Genome("deb:seer=1.1.4-7", "usr/share/doc/seer/examples/6259_5_16.fa",
-           "f6ce658bbde451f0a2378f1398a6ed9085825d7251421ec50f37f4698f313ced",
-           "S. pneumoniae 6259_5_16 (ERS019174, 88 contigs)", "Streptococcus pneumoniae", round=2),
-    Genome("deb:r-cran-genoplotr=0.8.11+dfsg-2", "usr/lib/R/site-library/genoPlotR/extdata/BG_plasmid.gbk",
-           "cd34ec8966f634d2048b3cbb611e6b28ce9f4b8a0876474e8f71e9f2b47534d4", "B. grahamii as4aup plasmid pBGR3",
-           "Bartonella grahamii", round=2),
+    # round 2 (issue 31, 2026-12-06 late): 36 species groups that no choice has seen (real_genomes.py --folds fresh)
+    *(Genome(source, member, h, n, s, round=2) for source, member, h, n, s in (
+        (GENOMETESTER, "usr/share/doc/genometester/test-data/Mg.fa.gz",
+         "dec30c8945c86d55dd18d609290f5fbe2f36368d65ca2e7b192244b1825939b5",
+         "M. genitalium G37", "Mycoplasma genitalium"),
+        (GENOMETESTER, "usr/share/doc/genometester/test-data/Ccr.fa.gz",
+         "eafe8c73074f64e9d390947ec9b177918b5228d87e9fc5c1214409f03471d7ff",
+         "Ca. Carsonella ruddii (ASM44157v1, 17.6% GC)", "Candidatus Carsonella ruddii"),
+        ("deb:gbrowse-data=2.56+dfsg-11", "var/lib/gbrowse/databases/yeast_scaffolds/chr2.fa",
+         "471663c733507e17c422b83d50be7b6097935cbc1a92f624601167fe9cea8fa6",
+         "S. cerevisiae chromosome II", "Saccharomyces cerevisiae"),
+        ("deb:tnseq-transit=3.2.7-1", "usr/lib/python3/dist-packages/pytransit/genomes/mc2_155_tamu.fna",
+         "68e9b284bf993dfa015f605e22962c1ef3fc2b06ef2a53015205851688c6b9f5",
+         "M. smegmatis mc2 155", "Mycolicibacterium smegmatis"),
+        ("deb:shovill-examples=1.1.0-9", "usr/share/doc/shovill-examples/test.fna.gz",
+         "3c0d0ebec7b2c6e9778567f4f4b6dacf33307c34a4cbd6983bf6eaa51d567baa",
+         "D. radiodurans R1 plasmid MP1", "Deinococcus radiodurans"),
+        ("deb:ncbi-epcr=2.3.12-1-9", "usr/share/doc/ncbi-epcr/data/gingko.fasta.gz",
+         "b1c05db53b53730bc640ff22a7b22fba8c9fe667db32b87390f68dce0b2d397a",
+         "G. biloba chloroplast MG922664", "Ginkgo biloba (chloroplast)"),
+        (SEQAN_APPS, "usr/share/doc/seqan-apps/mason2/example/adeno_virus.fa.gz",
+         "490c42ecac2cec6c0b12dbf952bcf000279b8da6026e3853e71cc2c67765fc4f",
+         "human adenovirus A AC_000005", "Human mastadenovirus A"),
+        (SEQAN_APPS, "usr/share/doc/seqan-apps/stellar/example/NC_001477.fasta.gz",
+         "7597109197841ce3fa346fc4bb83e2e61fffef83913f632a7fd03a321c8ffa14",
+         "dengue virus type 1 NC_001477", "Dengue virus"),
+        (SEQAN_APPS, "usr/share/doc/seqan-apps/stellar/example/NC_001474.fasta.gz",
+         "b039a6aec93ff901b5aa3b1dbb7c77fd89eef8f355cf695bcb5e0dd169a10167",
+         "dengue virus type 2 NC_001474", "Dengue virus"),
+        ("deb:hilive=2.0a-3+b2", "usr/share/doc/hilive/tutorial/hiv1.fa.gz",
+         "083b858fc121f1969d9763ee635428c3cf4effed4411269e9085d3fadf2aae58",
+         "HIV-1 NC_001802", "Human immunodeficiency virus 1"),
+        ("deb:seer=1.1.4-7", "usr/share/doc/seer/examples/6259_5_16.fa",
+         "f6ce658bbde451f0a2378f1398a6ed9085825d7251421ec50f37f4698f313ced",
+         "S. pneumoniae 6259_5_16 (ERS019174, 88 contigs)", "Streptococcus pneumoniae"),
+        ("deb:r-cran-genoplotr=0.8.11+dfsg-2", "usr/lib/R/site-library/genoPlotR/extdata/BG_plasmid.gbk",
+         "cd34ec8966f634d2048b3cbb611e6b28ce9f4b8a0876474e8f71e9f2b47534d4",
+         "B. grahamii as4aup plasmid pBGR3", "Bartonella grahamii"),
+    )),
     # chromosome slices of the AUGUSTUS comparative gene-finding tutorial (the human one left out)
     *(Genome("deb:augustus-doc=3.5.0+dfsg-2", AUGUSTUS_CGP + f"{f}.fa", h, n, s, round=2)
       for f, h, n, s in (
@@ -309,7 +313,8 @@ def _package(source: str, cache: Path) -> Path:
     kind, spec = source.split(":", 1)
     if kind == "deb":
         name, version = spec.split("=", 1)
-        pattern, cmd = f"{name}_{version.replace(':', '%3a')}_*.deb", ["apt-get", "download", spec]  # apt's file name
+        # apt names the file with the epoch's colon as %3a
+        pattern, cmd = f"{name}_{version.replace(':', '%3a')}_*.deb", ["apt-get", "download", spec]
     else:
         name, version = spec.split("==")
         binary = ["--only-binary=:all:"] if kind == "pypi" else ["--no-binary=:all:"]
