@@ -8,12 +8,17 @@ ones) and takes at most as many a genome as brings the band to its fragment coun
 Rows stay in file order, grouped by genome as real matrices are grouped by sample (--order
 shuffled mixes them before ingest); the fragments are drawn once by --data-seed.
 
-The protocol (issue 31): the species groups are dealt to FOLDS folds (no group in two folds;
-greedy by fragment count, so the folds hold about as many fragments; seeded by SPLIT_SEED, the
-same split for both bands). Folds TUNING choose every setting of a VAE (variant, epochs, beta,
-latent size, lr): `--folds tune`. The table a configuration is judged by comes from the other
-folds only: `--folds heldout`, which refuses a VAE variant that has no record of a `--folds tune`
-run with the same flags and setting, and names the fold set that chose it. On each fold on its
+The protocol (issue 31): the species groups are dealt to folds (no group in two folds; greedy by
+fragment count, so the folds hold about as many fragments; seeded by SPLIT_SEED, the same split
+for both bands), each round of genomes (genome_sources.Genome.round) on its own: round 1 (55
+genomes, 30 species groups) to folds 0-3, round 2 (51 genomes, 36 further groups, added after
+the configuration was chosen) to folds 4-5 (ROUNDS). Each round's fragments are drawn by their
+own seeded generator and cap, so adding a round changes no fragment, fold or figure of an
+earlier one. Folds TUNING (0, 1) choose every setting of a VAE (variant, epochs, beta, latent
+size, lr): `--folds tune`. The table a configuration is judged by comes from the other folds
+only: `--folds heldout` (folds 2, 3) and `--folds fresh` (folds 4, 5: species groups that no
+choice has ever seen), which refuse a VAE variant that has no record of a `--folds tune` run with
+the same flags and setting, and name the fold set that chose it. On each fold on its
 own, as a user would: its fragments' k-mers counted (canonical 7..1-mers, the all_kmers.npy
 layout, column 0 the length) and ingested (global and per-k CLR), each VAE trained on that
 fold's store alone (unsupervised) and every row embedded by its final encoder's z_mean; then
@@ -23,12 +28,13 @@ and each fold's mean over the seeds: folds differ far more than seeds, so compar
 
 Judged: raw CLR, PCA-256 of the global and of the per-k CLR, the 4-mer CLR alone (what VAMB
 sees), the per-k CLR of the 5..1-mers (692 columns, no model), PCA and maximum noise fraction
-(benchmarks/mnf.py) of that at 32, 64 and 128 dimensions and at every VAE's latent size, any
+(benchmarks/mnf.py) of that at 16, 32, 64 and 128 dimensions and at every VAE's latent size, any
 --embedding (VAMB: benchmarks/vamb.sh), and the VAE variants (VARIANTS, or --add-variant).
 
     python benchmarks/real_genomes.py --quick --folds heldout --variants   # baselines, held-out folds
     python benchmarks/real_genomes.py --quick --folds tune --variants reference
     python benchmarks/real_genomes.py --quick --folds heldout --no-baselines --variants reference
+    python benchmarks/real_genomes.py --quick --folds fresh --no-baselines --variants reference
     python benchmarks/real_genomes.py --folds ...   # the full bands (a GPU: see docs/experiments.md)
 
 A VAE run is `python -m train` with the variant's flags over the setting's epochs, batch and lr
@@ -65,10 +71,15 @@ BASE_CODE[np.frombuffer(b"ACGT", np.uint8)] = np.arange(4)
 BASE_CODE[np.frombuffer(b"acgt", np.uint8)] = np.arange(4)
 BANDS = {"1-4kb": (1000, 4000), "2-20kb": (2000, 20000)}
 PCA_DIMS = 256
-LINEAR_DIMS = (32, 64, 128)  # PCA and MNF of the per-k CLR of the 5..1-mers, beside every VAE's own latent size
+# PCA and MNF of the per-k CLR of the 5..1-mers, beside every VAE's own latent size (16: MNF-16 was the best 2-20 kb
+# baseline of the held-out folds, found beside a 16-d VAE)
+LINEAR_DIMS = (16, 32, 64, 128)
 CHUNK_ROWS = 256  # about one genome's fragments a chunk in file order
-FOLDS = 4  # species-group folds
-TUNING = (0, 1)  # the folds that choose; the others judge
+ROUNDS = (4, 2)  # species-group folds of each round of genomes: round 1 folds 0-3, round 2 folds 4-5
+FOLDS = sum(ROUNDS)
+TUNING = (0, 1)  # the folds that choose (round 1's); the others judge
+FOLD_SETS = {"tune": TUNING, "heldout": tuple(f for f in range(ROUNDS[0]) if f not in TUNING),
+             "fresh": tuple(range(ROUNDS[0], FOLDS))}  # fresh: the genomes added after every choice
 SPLIT_SEED = 31  # fixed: a choice made on tuning folds must never meet its held-out folds
 # issue 22's choice, shipped as configs/per-k-tiny.toml until it failed issue 31's held-out folds
 PER_K_TINY = ["--store-clr", "per-k", "--kmers", "5,4,3,2,1", "--kmer-weights", "0.3,1,1,1,1", "--hidden", "128,64",
@@ -115,7 +126,8 @@ VARIANTS = {"reference": ("global", []),
             "mog-16": ("global", ["--prior", "mog:16"]),
             "vamp-16": ("global", ["--prior", "vamp:16"]),
             "cyclical-beta": ("global", ["--beta-schedule", "cyclical"])}
-# fragments: per band; epochs, batch, lr: the VAE runs (the same for every variant)
+# fragments: per band from round 1 (a later round draws in proportion to its folds); epochs, batch, lr: the VAE
+# runs (the same for every variant)
 SETTINGS = {"quick": dict(fragments=10_000, epochs=15, batch=256, lr=1e-3),
             "full": dict(fragments=150_000, epochs=100, batch=1024, lr=1e-4)}
 
@@ -232,23 +244,41 @@ def write_fasta(tiles: list[np.ndarray], genome: np.ndarray, folder: Path) -> No
             tsv.write(f"f{i}_g{g}\t1.0\n")
 
 
-def draw_band(name: str, seqs: list[bytes], target: int, order: str, seed: int
+def draw_band(name: str, seqs: list[bytes], rounds: list[int], target: int, order: str, seed: int
               ) -> tuple[list[np.ndarray], np.ndarray]:
-    """The band's fragments and their genome labels (every genome, before the folds)."""
-    rng = np.random.default_rng([seed, list(BANDS).index(name)])
-    tiled = [tile(seq, rng, BANDS[name]) for seq in seqs]
-    limit = balanced_limit([len(t) for t in tiled], target)
+    """The band's fragments and their genome labels (every genome, before the folds), drawn
+    round by round (`rounds`: each sequence's round): round r by its own generator and cap, to
+    target x ROUNDS[r-1] / ROUNDS[0] fragments, so a later round changes nothing of an earlier
+    one (round 1 is drawn as before round 2 existed)."""
     tiles, genome = [], []
-    for g, t in enumerate(tiled):
-        got = pick(t, rng, limit)
-        tiles += got
-        genome += [g] * len(got)
-    genome = np.array(genome, dtype=np.int64)
-    if order == "shuffled":
-        perm = rng.permutation(len(tiles))
-        tiles, genome = [tiles[i] for i in perm], genome[perm]
-    print(f"{name}: {len(tiles):,} fragments, at most {limit} a genome", flush=True)
-    return tiles, genome
+    for r in sorted(set(rounds)):
+        rng = np.random.default_rng([seed, list(BANDS).index(name), *([r] if r > 1 else [])])
+        members = [g for g, rr in enumerate(rounds) if rr == r]
+        tiled = [tile(seqs[g], rng, BANDS[name]) for g in members]
+        limit = balanced_limit([len(t) for t in tiled], target * ROUNDS[r - 1] // ROUNDS[0])
+        r_tiles, r_genome = [], []
+        for g, t in zip(members, tiled):
+            got = pick(t, rng, limit)
+            r_tiles += got
+            r_genome += [g] * len(got)
+        if order == "shuffled":
+            perm = rng.permutation(len(r_tiles))
+            r_tiles, r_genome = [r_tiles[i] for i in perm], [r_genome[i] for i in perm]
+        print(f"{name} round {r}: {len(r_tiles):,} fragments, at most {limit} a genome", flush=True)
+        tiles += r_tiles
+        genome += r_genome
+    return tiles, np.array(genome, dtype=np.int64)
+
+
+def deal_rounds(weights: list[dict[str, float]], seed: int) -> dict[str, int]:
+    """Each species group's fold: round r's groups (`weights[r-1]`, their share of that round's
+    fragments) dealt by species_folds to round r's ROUNDS[r-1] folds, numbered after the earlier
+    rounds' folds."""
+    fold, first = {}, 0
+    for w, n in zip(weights, ROUNDS):
+        fold.update({g: first + f for g, f in species_folds(w, n, seed).items()})
+        first += n
+    return fold
 
 
 def build_fold(tiles: list[np.ndarray], genome: np.ndarray, work: Path) -> dict[str, Path]:
@@ -299,11 +329,16 @@ def tuning_record(config: dict, figures: dict[str, dict[str, str]], before: dict
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--folds", choices=("tune", "heldout"), required=True,
+    p.add_argument("--folds", choices=list(FOLD_SETS), required=True,
                    help=f"tune: judge on the tuning folds {', '.join(map(str, TUNING))} (where every choice is made; "
-                        "records each VAE variant tried); heldout: judge on the other folds (the table a "
-                        "configuration is judged by; a VAE variant needs its tuning record)")
-    p.add_argument("--quick", action="store_true", help="10,000 fragments a band and short VAE runs, for a 2-core machine")
+                        "records each VAE variant tried); heldout: judge on the other folds of the first 55 genomes "
+                        f"({', '.join(map(str, FOLD_SETS['heldout']))}; the table a configuration is judged by); "
+                        f"fresh: judge on folds {', '.join(map(str, FOLD_SETS['fresh']))}, the 51 genomes of 36 species "
+                        "groups added after every choice (genome_sources round 2); heldout and fresh need a VAE "
+                        "variant's tuning record")
+    p.add_argument("--quick", action="store_true",
+                   help="10,000 fragments a band from the first 55 genomes (5,000 from round 2's) and short VAE runs, "
+                        "for a 2-core machine")
     p.add_argument("--bands", nargs="*", choices=list(BANDS), default=list(BANDS))
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "real_genomes", help="fragments, stores and runs")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -341,12 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     setting = dict(SETTINGS[size])
     if args.epochs:
         setting["epochs"] = args.epochs
-    fold_set = TUNING if args.folds == "tune" else tuple(f for f in range(FOLDS) if f not in TUNING)
+    fold_set = FOLD_SETS[args.folds]
     chosen = {}
     for name in args.variants:  # a held-out table only for what the tuning folds chose among
         record = choice_record(args.work, size, args.order, args.data_seed, name)
         wanted = dict(store=variants[name][0], flags=variants[name][1], setting=setting)
-        if args.folds == "heldout":
+        if args.folds != "tune":
             try:
                 tuned = json.loads(record.read_text())
             except (OSError, ValueError):
@@ -358,15 +393,20 @@ def main(argv: list[str] | None = None) -> int:
             chosen[name] = tuned
     seqs = fetch_sequences(args.cache)
     species_names = sorted({g.species for g in GENOMES})
-    drawn = {band: draw_band(band, seqs, setting["fragments"], args.order, args.data_seed) for band in BANDS}
-    weights = dict.fromkeys(species_names, 0.0)  # each group's share of every band's fragments
-    for _, genome in drawn.values():
-        for g, n in zip(*np.unique(genome, return_counts=True)):
-            weights[GENOMES[g].species] += n / len(genome)
-    fold_of = species_folds(weights, FOLDS, SPLIT_SEED)
+    rounds = [g.round for g in GENOMES]
+    drawn = {band: draw_band(band, seqs, rounds, setting["fragments"], args.order, args.data_seed) for band in BANDS}
+    weights = [dict.fromkeys(sorted({g.species for g in GENOMES if g.round == r}), 0.0)
+               for r in range(1, len(ROUNDS) + 1)]
+    for _, genome in drawn.values():  # each group's share of its round's fragments, summed over the bands
+        for r, w in enumerate(weights, 1):
+            of_round = genome[[GENOMES[g].round == r for g in genome]]
+            for g, n in zip(*np.unique(of_round, return_counts=True)):
+                w[GENOMES[g].species] += n / len(of_round)
+    fold_of = deal_rounds(weights, SPLIT_SEED)
     groups_in = {f: [s for s in species_names if fold_of[s] == f] for f in range(FOLDS)}
+    role = {f: name for name, folds in FOLD_SETS.items() for f in folds}
     for f in range(FOLDS):
-        print(f"fold {f} ({'tuning' if f in TUNING else 'held-out'}): {len(groups_in[f])} species groups, "
+        print(f"fold {f} ({role[f]}): {len(groups_in[f])} species groups, "
               f"{sum(fold_of[GENOMES[g].species] == f for g in range(len(GENOMES)))} genomes: {', '.join(groups_in[f])}")
     five_to_one, _ = selected_groups([5, 4, 3, 2, 1])
     tables = {}
@@ -448,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                 before = {}
             record.write_text(json.dumps(tuning_record(config, figures, before), indent=1))
 
-    print(f"\n{'TUNING' if args.folds == 'tune' else 'HELD-OUT'} folds {', '.join(map(str, fold_set))} of {FOLDS} "
+    print(f"\n{dict(tune='TUNING', heldout='HELD-OUT', fresh='FRESH HELD-OUT')[args.folds]} folds "
+          f"{', '.join(map(str, fold_set))} of {FOLDS} "
           f"(species groups split by seed {SPLIT_SEED}; tuning folds {', '.join(map(str, TUNING))}): "
           f"{sum(fold_of[GENOMES[g].species] in fold_set for g in range(len(GENOMES)))} of {len(GENOMES)} genomes, "
           f"{sum(len(groups_in[f]) for f in fold_set)} of {len(species_names)} species groups "

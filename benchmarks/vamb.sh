@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # VAMB 5.0.4 on the real-genome benchmark's fragments (issue 22, point 2), composition only:
 # every fragment gets the same single-sample depth, so VAMB sees its k-mers alone. Trained on each
-# species-group fold of a band alone (the held-out folds unless FOLDS=tune), three seeds a fold,
+# species-group fold of a band alone (the held-out folds unless FOLDS=tune or fresh), three seeds a fold,
 # each judged by benchmarks/real_genomes.py on its own kNN folds, as a VAE variant is.
 #   bash benchmarks/vamb.sh                 # the quick bands' held-out folds
 #   MODE= bash benchmarks/vamb.sh           # the full bands (MODE is --quick or empty)
@@ -24,8 +24,8 @@ SEEDS=${SEEDS:-42 43 44}
 DATA_SEED=${DATA_SEED:-42}  # the fragments' draw (real_genomes.py --data-seed)
 THREADS=${THREADS:-2}  # vamb -p (VAMB's default 2)
 case "$THREADS" in ''|*[!0-9]*|0) echo "vamb.sh: THREADS must be a positive whole number, not '$THREADS'" >&2; exit 2 ;; esac
-FOLDS=${FOLDS:-heldout}  # the fold set (real_genomes.py --folds): tune or heldout
-case "$FOLDS" in tune|heldout) ;; *) echo "vamb.sh: FOLDS must be tune or heldout, not '$FOLDS'" >&2; exit 2 ;; esac
+FOLDS=${FOLDS:-heldout}  # the fold set (real_genomes.py --folds): tune, heldout or fresh
+case "$FOLDS" in tune|heldout|fresh) ;; *) echo "vamb.sh: FOLDS must be tune, heldout or fresh, not '$FOLDS'" >&2; exit 2 ;; esac
 WORK=${WORK:-runs/real_genomes}
 if [ ! -x "$VENV/bin/vamb" ]; then
   echo "vamb.sh: installing vamb 5.0.4 into $VENV ($TORCH)" >&2
@@ -39,7 +39,8 @@ fi
 $PY benchmarks/real_genomes.py $MODE --folds "$FOLDS" --fasta --no-baselines --variants --work "$WORK" \
   --data-seed "$DATA_SEED" >/dev/null
 size=$([ -n "$MODE" ] && echo quick || echo full)
-for w in "$WORK"/$size-*-file-data"$DATA_SEED"-split*/fold*; do
+folds=$($PY -c "from benchmarks.real_genomes import FOLD_SETS; print(*FOLD_SETS['$FOLDS'])")  # the set's fold numbers
+for f in $folds; do for w in "$WORK"/$size-*-file-data"$DATA_SEED"-split*/fold"$f"; do
   [ -f "$w/fragments.fna" ] || continue
   for s in $SEEDS; do
     [ -f "$w/vamb-$s/latent.npz" ] && continue
@@ -49,6 +50,6 @@ for w in "$WORK"/$size-*-file-data"$DATA_SEED"-split*/fold*; do
     "$VENV/bin/vamb" bin default --outdir "$w/vamb-$s" --fasta "$w/fragments.fna" \
       --abundance_tsv "$w/abundance.tsv" -m 1000 --seed "$s" -p "$THREADS" > "$w/vamb-$s.log" 2>&1
   done
-done
+done; done
 $PY benchmarks/real_genomes.py $MODE --folds "$FOLDS" --no-baselines --variants --work "$WORK" --data-seed "$DATA_SEED" --seeds $SEEDS \
   --embedding "VAMB 5.0.4 (32-d)={work}/vamb-{seed}/latent.npz"

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from benchmarks.genome_sources import GENOMES, decompress, parse_records
-from benchmarks.real_genomes import (BANDS, FOLDS, SETTINGS, SPLIT_SEED, TUNING, VARIANTS, balanced_limit, choice_record,
-                                     tuning_record,
-                                     four_mer_columns, main, parse_variants, pca, pick, species_folds, tile,
-                                     write_kmers)
+from benchmarks.real_genomes import (BANDS, FOLD_SETS, FOLDS, ROUNDS, SETTINGS, SPLIT_SEED, TUNING, VARIANTS,
+                                     balanced_limit, choice_record, deal_rounds, draw_band, four_mer_columns, main,
+                                     parse_variants, pca, pick, species_folds, tile, tuning_record, write_kmers)
 from kmervae_core.store.kmers import canonical_kmers, group
 
 
@@ -79,10 +78,29 @@ def test_fasta_and_genbank_records_are_read_as_header_and_bases():
     assert decompress(gzip.compress(fasta)) == decompress(lzma.compress(fasta)) == decompress(fasta) == fasta
 
 
-def test_the_benchmark_has_55_distinct_genomes_of_at_least_30_species_groups():
-    assert len(GENOMES) >= 55 and len({g.species for g in GENOMES}) >= 30
+def test_the_benchmark_has_106_distinct_genomes_of_66_species_groups():
+    assert len(GENOMES) == 106 and len({g.species for g in GENOMES}) == 66
     assert len({(g.member, g.records, g.inner) for g in GENOMES}) == len(GENOMES)  # no genome twice
     assert all(len(g.sha256) == 64 for g in GENOMES)
+
+
+def test_the_first_55_genomes_are_round_1_and_a_later_round_adds_only_new_species_groups():
+    rounds = [g.round for g in GENOMES]
+    assert rounds == sorted(rounds) and rounds.count(1) == 55 and set(rounds) == set(range(1, len(ROUNDS) + 1))
+    first = {g.species for g in GENOMES if g.round == 1}
+    assert len(first) == 30 and not first & {g.species for g in GENOMES if g.round > 1}
+
+
+def test_a_later_round_leaves_the_first_rounds_fragments_as_they_were_drawn_without_it():
+    seqs = [bytes(np.random.default_rng(i).choice(list(b"ACGT"), 40_000).astype(np.uint8)) for i in range(5)]
+    for order in ("file", "shuffled"):
+        alone, alone_genome = draw_band("1-4kb", seqs[:3], [1, 1, 1], 40, order, seed=7)
+        both, both_genome = draw_band("1-4kb", seqs, [1, 1, 1, 2, 2], 40, order, seed=7)
+        n = len(alone)
+        assert n >= 40 and np.array_equal(both_genome[:n], alone_genome)
+        assert all(np.array_equal(a, b) for a, b in zip(alone, both))
+        # round 2 draws its share, 40 x ROUNDS[1] / ROUNDS[0] (20: 2 folds to round 1's 4), from its own genomes
+        assert set(both_genome[n:]) == {3, 4} and len(both) - n == 40 * ROUNDS[1] // ROUNDS[0] == 20
 
 
 def test_pca_scores_are_the_svd_scores_up_to_sign():
@@ -102,10 +120,18 @@ def test_species_groups_are_dealt_heaviest_first_to_the_lightest_fold():
 
 
 def test_every_genome_of_a_species_group_lands_in_one_fold_and_each_fold_holds_groups():
-    species = sorted({g.species for g in GENOMES})
-    fold = species_folds({s: 1.0 for s in species}, FOLDS, SPLIT_SEED)
-    assert set(fold) == set(species) and set(fold.values()) == set(range(FOLDS))
-    assert set(TUNING) < set(range(FOLDS))  # some folds are left to judge
+    weights = [{g.species: 1.0 for g in GENOMES if g.round == r} for r in range(1, len(ROUNDS) + 1)]
+    fold = deal_rounds(weights, SPLIT_SEED)
+    assert set(fold) == {g.species for g in GENOMES} and set(fold.values()) == set(range(FOLDS))
+    assert set(TUNING) < set(range(ROUNDS[0]))  # some of round 1's folds are left to judge
+
+
+def test_each_round_is_dealt_to_its_own_folds_and_a_later_round_moves_no_earlier_group():
+    first, second = {"a": 5, "b": 4, "c": 3, "d": 3, "e": 1}, {"x": 2, "y": 1}
+    fold = deal_rounds([first, second], SPLIT_SEED)
+    assert {g: fold[g] for g in first} == species_folds(first, ROUNDS[0], SPLIT_SEED)
+    assert {fold[g] for g in second} <= set(range(ROUNDS[0], ROUNDS[0] + ROUNDS[1]))
+    assert FOLD_SETS["fresh"] == tuple(range(ROUNDS[0], FOLDS)) and not set(FOLD_SETS["fresh"]) & set(TUNING)
 
 
 def test_a_held_out_table_refuses_a_variant_never_run_on_the_tuning_folds(tmp_path, capsys):
