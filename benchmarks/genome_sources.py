@@ -14,8 +14,8 @@ the species group the held-out folds split by: strains of one species share it.
 
 `round` says when a genome was added: round 1 is the 55 genomes (30 species groups) that the
 tuning and held-out folds 0-3 were dealt from and every configuration was chosen beside; round 2
-(51 genomes, 36 further species groups, added after the choice of configs/per-k-multinomial.toml)
-only ever judges (benchmarks/real_genomes.py `--folds fresh`). A later round never adds a genome to
+(51 genomes, 36 further species groups, added after the choice of configs/per-k-multinomial.toml,
+since removed) only ever judges (benchmarks/real_genomes.py `--folds fresh`). A later round never adds a genome to
 a species group of an earlier one: that would change the earlier round's folds.
 """
 from __future__ import annotations
