@@ -214,7 +214,7 @@ def profile(trainer, batches, seconds: float) -> tuple[dict, int, int, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--store", help="a complete store; none: benchmarks/train.py's store of --rows rows")
+    p.add_argument("--store", help="a complete store; none: benchmarks/ingest.py's build_store of --rows rows")
     p.add_argument("--stores-dir", help="where that store is made, or found made (default: a temporary folder)")
     p.add_argument("--rows", type=int, default=61440)
     p.add_argument("--codec", default="lz4", help="the made store's codec (as python -m ingest --codec)")

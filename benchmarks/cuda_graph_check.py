@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import build_store  # noqa: E402
-from kmervae_core.config import TrainConfig  # noqa: E402
+from kmervae_core.config import LIKELIHOODS, MSE, TrainConfig  # noqa: E402
 from kmervae_core.distributed import DistContext  # noqa: E402
 from kmervae_core.training.step_graph import set_lr  # noqa: E402
 from kmervae_core.training.trainer import Trainer  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> int:
     p.add_argument("--prior", default="normal", help="the latent prior, as python -m train --prior (e.g. vamp:16)")
     p.add_argument("--latent-blocks", type=lambda v: [int(s) for s in v.split(",")], default=[],
                    help="per-scale latent sizes, as python -m train --latent-blocks (e.g. 128,64,64)")
-    p.add_argument("--likelihood", default="mse", help="the reconstruction term, as python -m train --likelihood")
+    p.add_argument("--likelihood", default=MSE, choices=LIKELIHOODS, help="the reconstruction term, as python -m train --likelihood")
     args = p.parse_args()
     device = torch.device(args.device)
     work = Path(tempfile.mkdtemp(prefix="kmervae-graph-check-"))

@@ -20,7 +20,7 @@ of one's own.
 
 Without --store it makes the sample store docs/benchmarks.md reports (61,440 rows, copies of a
 2,000-contig synthetic sample, 4,096-row chunks) with --codec and --store-dtype, in a temporary
-folder it removes afterwards; with --stores-dir DIR it uses benchmarks/train.py's store of --rows
+folder it removes afterwards; with --stores-dir DIR it uses benchmarks/ingest.py's build_store of --rows
 rows there (made if missing, kept).
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ def main() -> None:
                    help="what batches hold: float32 (what the trainer's step takes) or the store's dtype "
                         "(float16 for a float16 store: what a step converting on the GPU could take)")
     p.add_argument("--scaling", action="store_true", help="first print the decode ceiling at 1, 2, 4, 8, 16 threads")
-    p.add_argument("--stores-dir", help="without --store: benchmarks/train.py's store of --rows rows here (made if missing)")
+    p.add_argument("--stores-dir", help="without --store: benchmarks/ingest.py's build_store of --rows rows here (made if missing)")
     args = p.parse_args()
     if args.store is None and args.stores_dir:
         args.store = build_store(Path(args.stores_dir), args.rows, 4096, args.codec, args.store_dtype)

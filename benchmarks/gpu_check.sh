@@ -5,7 +5,7 @@
 # Issue 32 part 7, the default (PARTS="7 8 9"), each part's time limit beside it (540 s in all,
 # with the wheels' install about 10 s more):
 #   stores  benchmarks/train.py --stores-only: a float16 lz4 and a float32 zstd-1 store of $ROWS
-#           rows (1,000,000: 245 chunks of 4,096, 3-5 GiB each on disk), made once in a
+#           rows (1,000,000: 245 chunks of 4,096, an estimated 3-5 GiB each on disk), made once in a
 #           temporary folder for the parts below                                            120 s
 #   7. benchmarks/feed.py --scaling --rounds 0: the decode ceiling at 1, 2, 4, 8 and 16 threads
 #      and at $WORKERS (up to the usable CPUs), the first 64 chunks of each store (no target:

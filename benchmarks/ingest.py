@@ -54,6 +54,7 @@ def ingested_store(work: Path, rows: int, chunk_rows: int, codec: str = "zstd:1"
     npy = work / "input.npy"
     make_input(npy, rows, np.load(template))
     url = str(work / f"ingested-{codec.replace(':', '')}-{dtype}.zarr")
+    shutil.rmtree(url, ignore_errors=True)  # a build cut off earlier may have left it incomplete
     ingest(IngestPlan(source=open_npy(str(npy)), url=url, chunk_rows=chunk_rows, codec=codec, dtype=dtype),
            workers=os.cpu_count() or 2)
     npy.unlink()

@@ -100,7 +100,8 @@ class TrainConfig:
                          "RAM), none (stream every epoch); auto takes the first that fits --cache-fraction",
                          CACHE_TIERS)
     cache_fraction: float = setting(RUN, 0.8, "share of free GPU memory (device tier) or of this rank's share of "
-                                    "host memory within the job's limits (host tier) the cache may take")
+                                    "host memory within the job's limits (host tier) the cache may take; without a cache, the share of "
+                                    "free GPU memory a rolling GPU slab may take (else it is made in pinned host memory)")
     metrics_port: int = setting(RUN, 9400, "Prometheus /metrics port on global rank 0; 0 = off")
     metrics_addr: str = setting(RUN, "0.0.0.0", "address to bind /metrics to")
     pushgateway: str = setting(RUN, "", "Pushgateway URL to push a final summary to when the run ends")

@@ -189,7 +189,7 @@ def test_slabs_that_alone_may_not_fit_are_named_with_what_to_try():
 def test_a_rolling_slab_goes_on_the_gpu_only_where_it_fits_the_gpu_budget():
     assert rolling_storage(GPU, 3 * GiB, 0.8, device_free=20 * GiB) == (GPU, "")
     storage, why = rolling_storage(GPU, 3 * GiB, 0.8, device_free=3 * GiB)  # 3 GiB > 0.8 x 3 GiB
-    assert storage == CPU and why == ("the rolling slab (3.00 GiB) does not fit 0.8 x 3.00 GiB free on cuda:0: "
+    assert storage == CPU and why == ("the rolling slab: 3.00 GiB does not fit 0.8 x 3.00 GiB free on cuda:0: "
                                       "it is in pinned host memory, batches are copied over")
     assert rolling_storage(CPU, 0, 0.8) == (CPU, "")
 
@@ -255,6 +255,19 @@ def test_a_run_says_at_start_what_the_rank_takes_of_the_host(train_store):
     chunks = len(kept.train_stream.rank_chunks()) + len(kept.val_stream.rank_chunks())
     assert f"the feed {chunks * 40 * 2772 * 4 / GiB:.2f} GiB" in kept.memory_line()  # both kept slabs (workers 0)
     assert "every chunk of its share, kept" in kept.memory_line()
+
+
+def test_a_rolling_slab_that_does_not_fit_the_gpu_moves_to_the_host_says_so_and_feeds_the_same_batches(
+        train_store, monkeypatch):
+    store, _ = train_store
+    reference = epoch(make_feed(store, cache="none"), 1)
+    monkeypatch.setattr("kmervae_core.feed.rank_feed.rolling_storage", lambda *a: (CPU, "the rolling slab: why"))
+    moved = make_feed(store, cache="none")
+    assert moved.message.endswith("; the rolling slab: why"), moved.message
+    assert moved.val_stream._holder is moved.train_stream._holder  # the splits still share one rolling slab
+    for (rows, x), (ref_rows, ref_x) in zip(epoch(moved, 1), reference, strict=True):
+        np.testing.assert_array_equal(rows, ref_rows)
+        np.testing.assert_array_equal(x, ref_x)
 
 
 def test_the_row_weights_of_a_pass_are_uploaded_once_and_follow_its_batches(train_store, monkeypatch):

@@ -9,6 +9,7 @@ import torch
 import zarr
 
 from kmervae_core.evaluation.encode import load_encoder
+from kmervae_core.store.kmers import N_FEATURES
 from tests.conftest import run, train_here
 from tests.test_train import train_args
 
@@ -52,7 +53,7 @@ def per_k_run(stores, per_k_config, tmp_path_factory) -> Path:
 
 def test_its_encoder_refuses_to_encode_a_store_of_the_other_clr_in_one_line(per_k_run, stores, tmp_path):
     encoder = per_k_run / "vae_multi_encoder_final.pt"
-    assert load_encoder(str(encoder), torch.device("cpu"))(torch.zeros(3, 2772))[0].shape == (3, LATENT)
+    assert load_encoder(str(encoder), torch.device("cpu"))(torch.zeros(3, N_FEATURES))[0].shape == (3, LATENT)
     proc = run("train.encode", "--checkpoint", encoder, "--data", stores["global"], "--out", tmp_path / "z.zarr")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "holds the global CLR" in proc.stderr and "trained on the per-k CLR" in proc.stderr, proc.stderr

@@ -43,11 +43,11 @@ def choose_tier(requested: str, need: int, device: torch.device, fraction: float
             if requested == "device":
                 reasons.append("no CUDA device for the device tier")
         else:
-            free = torch.cuda.mem_get_info(device)[0] if device_free is None else device_free
-            if need <= fraction * free:
+            free, short = gpu_budget(need, device, fraction, device_free)
+            if not short:
                 return Residency("device", f"cache: device tier, {gib(need)} on {device} "
                                                  f"(budget {fraction:g} x {gib(free)} free)")
-            reasons.append(f"{gib(need)} does not fit {fraction:g} x {gib(free)} free on {device}")
+            reasons.append(short)
     host, source = host_memory() if host_free is None else host_free
     share = host / max(1, ranks_per_host) - stream_bytes
     where = (f"{fraction:g} x ({source}" + (f" / {ranks_per_host} ranks" if ranks_per_host > 1 else "")
@@ -63,6 +63,13 @@ def choose_tier(requested: str, need: int, device: torch.device, fraction: float
     return Residency("none", f"cache: none, every epoch streams from the store [{'; '.join(reasons)}]")
 
 
+def gpu_budget(need: int, device: torch.device, fraction: float, device_free: int | None = None) -> tuple[int, str]:
+    """(the GPU's free bytes, "" where `need` bytes fit `fraction` of them, else the line that
+    says they do not): the one GPU budget of the cache and the rolling slab."""
+    free = torch.cuda.mem_get_info(device)[0] if device_free is None else device_free
+    return free, "" if need <= fraction * free else f"{gib(need)} does not fit {fraction:g} x {gib(free)} free on {device}"
+
+
 def rolling_storage(device: torch.device, device_bytes: int, fraction: float,
                     device_free: int | None = None) -> tuple[torch.device, str]:
     """Where a rank's rolling slab goes where nothing is kept: on the GPU where its `device_bytes`
@@ -70,8 +77,7 @@ def rolling_storage(device: torch.device, device_bytes: int, fraction: float,
     copied over), with the line that says why ("" on the GPU)."""
     if device.type != "cuda" or not device_bytes:
         return device, ""
-    free = torch.cuda.mem_get_info(device)[0] if device_free is None else device_free
-    if device_bytes <= fraction * free:
+    short = gpu_budget(device_bytes, device, fraction, device_free)[1]
+    if not short:
         return device, ""
-    return torch.device("cpu"), (f"the rolling slab ({gib(device_bytes)}) does not fit {fraction:g} x {gib(free)} free "
-                                 f"on {device}: it is in pinned host memory, batches are copied over")
+    return torch.device("cpu"), f"the rolling slab: {short}: it is in pinned host memory, batches are copied over"
