@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.feed import reader_threads  # noqa: E402
-from benchmarks.ingest import build_store  # noqa: E402
+from benchmarks.ingest import CHUNK_ROWS, build_store  # noqa: E402
 from benchmarks.train import fed, make_trainer, sync  # noqa: E402
 
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
@@ -230,7 +230,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kmervae-overlap-"))
     trainer = None
     try:
-        store = args.store or build_store(Path(args.stores_dir or work), args.rows, 4096, args.codec, args.store_dtype)
+        store = args.store or build_store(Path(args.stores_dir or work), args.rows, CHUNK_ROWS, args.codec, args.store_dtype)
         trainer = make_trainer(store, work / "run", args.batch_size, args.workers, device, args.cuda_graphs)
         batches = fed(trainer)
         for _ in range(args.warmup):

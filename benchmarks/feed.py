@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ingest import build_store, ingested_store  # noqa: E402
+from benchmarks.ingest import CHUNK_ROWS, build_store, ingested_store  # noqa: E402
 from kmervae_core import KmerStream  # noqa: E402
 from kmervae_core.feed.reader import ChunkReader  # noqa: E402
 from kmervae_core.feed.stream import READ_AHEAD_PER_THREAD, READ_TIMEOUT_S  # noqa: E402
@@ -134,10 +134,10 @@ def main() -> None:
     p.add_argument("--stores-dir", help="without --store: benchmarks/ingest.py's build_store of --rows rows here (made if missing)")
     args = p.parse_args()
     if args.store is None and args.stores_dir:
-        args.store = build_store(Path(args.stores_dir), args.rows, 4096, args.codec, args.store_dtype)
+        args.store = build_store(Path(args.stores_dir), args.rows, CHUNK_ROWS, args.codec, args.store_dtype)
     if args.store is None:
         with tempfile.TemporaryDirectory(prefix="kmervae-feed-") as work:
-            args.store = ingested_store(Path(work), args.rows, 4096, args.codec, args.store_dtype)
+            args.store = ingested_store(Path(work), args.rows, CHUNK_ROWS, args.codec, args.store_dtype)
             report(args)
     else:
         report(args)

@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 
 ROOT = Path(__file__).resolve().parents[1]
+CHUNK_ROWS = 4096  # the benchmarks' stores: one size, so that a store built by one script is reused by the others
 sys.path.insert(0, str(ROOT))
 
 from kmervae_core.atomic import atomic_file  # noqa: E402

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.feed import reader_threads  # noqa: E402
-from benchmarks.ingest import build_store  # noqa: E402
+from benchmarks.ingest import CHUNK_ROWS, build_store  # noqa: E402
 from kmervae_core.config import TrainConfig  # noqa: E402
 from kmervae_core.distributed import DistContext  # noqa: E402
 from kmervae_core.store.contract import CLR  # noqa: E402
@@ -60,7 +60,10 @@ TARGETS = {"graph": 0.5, "graph+cache": 0.95, "graph f16-lz4": 0.8}
 RESIDENT_ROWS = 131072  # the ceiling's rows (32 chunks of 4,096)
 
 
-def verdict(ratio: float, target: float) -> str:
+def verdict(ratio: float, target: float, device: torch.device) -> str:
+    """The targets are the GPU's (issue 32): a CPU run, whose "graph" rows step eagerly, judges none."""
+    if device.type != "cuda":
+        return "n/a without CUDA"
     return "PASS" if ratio >= target else "MISS"
 
 
@@ -140,7 +143,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1024])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--rows", type=int, default=20000)
-    p.add_argument("--chunk-rows", type=int, default=4096)
+    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS)
     p.add_argument("--workers", type=reader_threads, default=1, help="reader threads, or auto (as python -m train)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per round (0: one epoch's batches)")
     p.add_argument("--warmup", type=int, default=6, help="steps before timing (a graph is captured after 3)")
@@ -187,13 +190,13 @@ def main() -> None:
                 rate = float(np.mean([r for r, _ in results["fed"]]))
                 wait = float(np.mean([w for _, w in results["fed"]]))
                 label = mode if trainer.runner.graph is not None or graphs == "off" else f"{mode} (eager: no graph)"
-                target = (f">={TARGETS[mode]:.2f} {verdict(rate / ceiling, TARGETS[mode])}" if mode in TARGETS
+                target = (f">={TARGETS[mode]:.2f} {verdict(rate / ceiling, TARGETS[mode], device)}" if mode in TARGETS
                           else "-")
                 print(f"{batch:>6} {label:<32} {ceiling:>15,.0f} {rate:>12,.0f} {rate / ceiling:>6.3f} {wait:>9.1%} "
                       f"{target}", flush=True)
                 for what, (seconds, rows) in zip(("first epoch, stepped as it fills the cache", "second epoch"), epochs):
                     ratio = rows / seconds / ceiling
-                    target = (f"target >= {TARGETS[mode]:.2f}x: {verdict(ratio, TARGETS[mode])}" if what == "second epoch"
+                    target = (f"target >= {TARGETS[mode]:.2f}x: {verdict(ratio, TARGETS[mode], device)}" if what == "second epoch"
                               and mode in TARGETS else "no target: recorded")
                     notes.append(f"{what}: {seconds:.2f} s wall for {rows:,} rows ({rows / seconds:,.0f} rows/s, "
                                  f"{ratio:.3f}x the ceiling; {target})")
