@@ -37,17 +37,22 @@ class Feed:
                     val_fraction=cfg.val_fraction, val_split=cfg.val_split, window_chunks=cfg.window_chunks,
                     lanes=cfg.lanes, partitions=cfg.partitions, workers=cfg.workers,
                     device=ctx.device, columns=columns)
+
+        def make_streams(**settings: object) -> dict[str, KmerStream]:
+            """Both splits' streams: without keep they share one rolling slab (their passes never
+            overlap); kept slabs are each their own."""
+            train = KmerStream(info, "train", **args, **settings)
+            return {"train": train, "val": KmerStream(info, "val", **args, **settings, reuse_slab_of=train)}
+
         try:
-            train = KmerStream(info, "train", **args)
-            streams = {"train": train, "val": KmerStream(info, "val", **args, reuse_slab_of=train)}  # one rolling slab
+            streams = make_streams()
         except ValueError as e:
             raise KmervaeError(str(e)) from None
         self.tier, self.message = self._residency(cfg, ctx, streams, columns)
         if self.tier != "none":
             storage = ctx.device if self.tier == "device" else torch.device("cpu")
             try:
-                streams = {split: KmerStream(info, split, **args, keep=True, storage=storage)
-                           for split in ("train", "val")}
+                streams = make_streams(keep=True, storage=storage)
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 self.tier, self.message = "none", (f"cache: none, allocating it ({self.tier} tier) failed: "
                                                    f"{str(e).splitlines()[0]}")
@@ -56,8 +61,7 @@ class Feed:
             storage, why = rolling_storage(ctx.device, max(s.memory().device for s in streams.values()),
                                            cfg.cache_fraction)
             if why:
-                train = KmerStream(info, "train", **args, storage=storage)
-                streams = {"train": train, "val": KmerStream(info, "val", **args, storage=storage, reuse_slab_of=train)}
+                streams = make_streams(storage=storage)
                 self.message = f"{self.message}; {why}"
         self.train_stream, self.val_stream = streams["train"], streams["val"]
         self.cache = self.train_stream if self.tier != "none" else None
