@@ -1,7 +1,8 @@
 """The in-rank feed against its decode ceiling, side by side in one run, on any store.
 
 - decode ceiling: the same reader threads decoding every whole chunk of the store with the
-  feed's own decode call (`KmerStream.read_chunk`, into reused buffers), and nothing else (no
+  feed's own decode call (`KmerStream.read_chunk`, into reused buffers allocated as the slab's
+  are, `slab.host_empty`), and nothing else (no
   plan, no slab bookkeeping, no gather): what the codecs allow on this machine with these threads;
 - feed: one rank's KmerStream (world size 1) from the second epoch on (steady state: threads
   started), consuming batches and doing nothing else, cache off.
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.ingest import CHUNK_ROWS, build_store, ingested_store  # noqa: E402
 from kmervae_core import KmerStream  # noqa: E402
 from kmervae_core.feed.reader import ChunkReader  # noqa: E402
+from kmervae_core.feed.slab import host_empty  # noqa: E402
 from kmervae_core.feed.stream import READ_AHEAD_PER_THREAD, READ_TIMEOUT_S  # noqa: E402
 from kmervae_core.limits import auto_workers, usable_cpus  # noqa: E402
 from kmervae_core.store.contract import chunk_span  # noqa: E402
@@ -67,7 +69,7 @@ def ceiling(stream: KmerStream, workers: int, chunks: int | None = None) -> floa
     n_chunks = info.n_chunks if chunks is None else min(chunks, info.n_chunks)
     shape = (info.chunk_rows, stream.width)
     buffers = BUFFERS.setdefault((shape, stream.store_dtype, ahead),
-                                 [torch.zeros(shape, dtype=stream.store_dtype) for _ in range(ahead + 1)])
+                                 [host_empty(shape, stream.store_dtype, pin=False).zero_() for _ in range(ahead + 1)])
     reader = ChunkReader(workers, READ_TIMEOUT_S)
     in_flight: deque = deque()
     start = time.perf_counter()

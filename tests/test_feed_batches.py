@@ -11,6 +11,7 @@ import gc
 import importlib.util
 import threading
 import tracemalloc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import zarr
 
 from kmervae_core import KmerStream
 from kmervae_core.feed import slab as slab_module
-from kmervae_core.feed.reader import READER_THREAD_PREFIX
+from kmervae_core.feed.reader import READER_THREAD_PREFIX, Job
 from kmervae_core.feed.slab import plan_pass
 
 FIXTURE = Path(__file__).parent / "fixtures" / "batches-503f1c9"
@@ -305,3 +306,49 @@ def test_a_pass_broken_off_has_the_compute_stream_wait_for_copies_still_in_fligh
     (copy,) = [entry for entry in engine.log if entry[0] == "copy"]
     slab.forget_copies()
     assert ("wait", copy[1]) in engine.log and slab.copied == {}
+
+
+def test_a_batch_buffer_is_reused_only_once_nothing_refers_to_its_batch():
+    batches = slab_module.BatchBuffers(keep=2)
+    first = batches.take(4, 3, torch.float32)
+    address = first.data_ptr()
+    view, array = first[1:], first.numpy()
+    del first
+    assert batches.take(4, 3, torch.float32).data_ptr() != address  # a view and a numpy array still hold it
+    del view
+    assert batches.take(4, 3, torch.float32).data_ptr() != address  # the numpy array still does
+    del array
+    again = batches.take(2, 3, torch.float16)  # any batch that fits
+    assert again.data_ptr() == address and again.shape == (2, 3) and again.dtype == torch.float16
+
+
+def test_batch_buffers_beyond_those_kept_are_freed_with_their_batches():
+    batches = slab_module.BatchBuffers(keep=1)
+    held = [batches.take(4, 3, torch.float32) for _ in range(3)]  # the consumer holds three at once
+    first = held[0].data_ptr()
+    del held
+    assert len(batches._buffers) == 1  # the memory kept is one buffer, not three
+    assert batches.take(4, 3, torch.float32).data_ptr() == first
+
+
+def test_a_job_waited_for_keeps_no_reference_to_its_result():
+    """A gather the loop ran itself stays queued until a reader thread skips it: by then the
+    consumer may have dropped the batch, whose buffer must come free."""
+    job = Job(lambda: torch.zeros(3))
+    batch = job.wait(None)
+    gone = weakref.ref(batch)
+    del batch
+    assert gone() is None and job.started  # the job lives on (as in a queue); its batch does not
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_consumer_taking_one_batch_at_a_time_is_served_from_workers_plus_two_buffers(stores, monkeypatch, dtype):
+    """No fresh memory a batch: batches gathered ahead (one per reader thread), the one being
+    taken and the one the consumer holds come from workers + 2 buffers, reused once dropped."""
+    made, real = [], slab_module.mapped
+    monkeypatch.setattr(slab_module, "mapped", lambda n: made.append(n) or real(n))
+    with KmerStream(stores["f16"], batch_size=30, partitions=1, workers=2, dtype=dtype) as s:
+        for epoch in range(3):
+            s.set_epoch(epoch)
+            assert sum(1 for _ in s) == len(s) > 4
+    assert 0 < made.count(30 * 2772 * dtype.itemsize) <= 2 + 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import mmap
 import os
 import shutil
 import subprocess
@@ -166,7 +167,8 @@ def test_the_slab_is_what_a_batch_needs_from_first_to_last_use_plus_the_read_ahe
     """What a job is sized by: the most chunks any batch of the epoch needs resident, each held
     from its first batch to its last (a chunk two regions share, at a lane or partition boundary,
     is held between the one's use and the other's: more than a chunk per region), plus 2 read
-    ahead per reader thread; memory() counts that and the batches gathered ahead, one a thread."""
+    ahead per reader thread; memory() counts that and the batches kept for reuse: one gathered
+    ahead per thread and two the consumer holds (mapped: whole pages)."""
     s = stream(store, partitions=2, lanes=2, workers=2)
     uses: dict[int, list[int]] = {}
     for j, rows in enumerate(s.batch_rows(0)):
@@ -175,7 +177,8 @@ def test_the_slab_is_what_a_batch_needs_from_first_to_last_use_plus_the_read_ahe
     live = max(sum(min(js) <= j <= max(js) for js in uses.values()) for j in range(len(s.batch_rows(0))))
     assert 2 * 2 < live < len(uses)  # more than one per region (2 partitions x 2 lanes), fewer than all
     assert s.slab_chunks() == (live + 4, live)
-    assert s.memory().host == (live + 4) * CHUNK * 2772 * 4 + 2 * BATCH * 2772 * 4
+    pages = lambda n: -(-n // mmap.PAGESIZE) * mmap.PAGESIZE  # noqa: E731
+    assert s.memory().host == pages((live + 4) * CHUNK * 2772 * 4) + (2 + 2) * pages(BATCH * 2772 * 4)
     read_epoch(s, 2)
     assert s._holder.slab.slots == live + 4  # the slab the pass allocated
 
@@ -329,6 +332,17 @@ def test_values_are_the_store_rows_named(store):
         for x, rows in itertools.islice(s, 5):
             assert x.dtype == torch.float32 and x.shape == (BATCH, 2772)
             np.testing.assert_array_equal(x.numpy(), clr[rows.numpy()])
+
+
+def test_batches_the_consumer_keeps_are_never_written_into(store):
+    """Batch buffers are reused once nothing refers to a batch: one kept whole, as a view or as a
+    numpy array until the epoch's end still holds the store rows it names."""
+    clr = zarr.open_group(store, mode="r")["clr"][:]
+    with stream(store, workers=2) as s:
+        kept = [(x if k % 3 == 0 else x[:5] if k % 3 == 1 else x.numpy(), rows.numpy()) for k, (x, rows) in enumerate(s)]
+    assert len(kept) == len(s) > 3 * (2 + 2)  # more batches than the stream keeps buffers for
+    for x, rows in kept:
+        np.testing.assert_array_equal(np.asarray(x), clr[rows[:len(x)]])
 
 
 def test_batches_can_be_streamed_as_bfloat16(store):

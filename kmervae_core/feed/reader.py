@@ -63,7 +63,10 @@ class Job:
             raise ReadTimeout(f"not finished after {timeout:g} s")
         if self.error is not None:
             raise self.error
-        return self.result
+        # handed over: a job run by its waiter stays queued until a thread skips it, and must not keep
+        # its result (a gathered batch, whose buffer is reused once the consumer drops it) alive till then
+        result, self.result = self.result, None
+        return result
 
 
 class ChunkReader:

@@ -36,7 +36,7 @@ PAGE = mmap.PAGESIZE
 
 
 def pinned_bytes(nbytes: int) -> int:
-    """Host bytes a pinned buffer of `nbytes` takes (host_empty maps whole pages)."""
+    """Host bytes a buffer of `nbytes` from host_empty takes (it maps whole pages)."""
     return max(1, -(-nbytes // PAGE)) * PAGE
 
 
@@ -55,13 +55,23 @@ def unregister_host(ptr: int) -> None:
     torch.cuda.cudart().cudaHostUnregister(ptr)
 
 
+def mapped(nbytes: int) -> np.ndarray:
+    """pinned_bytes(nbytes) of anonymous memory, as bytes, in huge pages where the kernel allows."""
+    mapping = mmap.mmap(-1, pinned_bytes(nbytes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux
+        mapping.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(mapping, dtype=np.uint8)
+
+
 def host_empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tensor:
-    """A host tensor; pinned: exactly pinned_bytes(its bytes), registered with CUDA, and
-    unregistered when the last tensor on it goes."""
-    if not pin:
-        return torch.empty(shape, dtype=dtype)
+    """A host tensor in an anonymous mapping of exactly pinned_bytes(its bytes), in huge pages
+    where the kernel allows them (MADV_HUGEPAGE: a batch gathers rows from all over a slab, and
+    with 2 MiB pages it misses the TLB far less; docs/benchmarks.md); pinned: registered with
+    CUDA, and unregistered when the last tensor on it goes."""
     nbytes = math.prod(shape) * dtype.itemsize
-    buffer = np.frombuffer(mmap.mmap(-1, pinned_bytes(nbytes)), dtype=np.uint8)
+    buffer = mapped(nbytes)
+    if not pin:
+        return torch.from_numpy(buffer[:nbytes]).view(dtype).view(shape)
     ptr = buffer.ctypes.data
     register_host(ptr, buffer.nbytes)
     weakref.finalize(buffer, unregister_host, ptr)  # the tensor below keeps `buffer` alive
@@ -189,10 +199,11 @@ def slots_needed(batches: list[np.ndarray], chunk_rows: int) -> int:
 
 class Slab:
     """`slots` chunk slots on `storage`; `engine` (a GPU slab's CopyEngine): reader threads
-    decode into staging buffers of their own and copy from there."""
+    decode into staging buffers of their own and copy from there. Batches gathered on the host
+    for the host come in `batches` reused buffers (BatchBuffers)."""
 
     def __init__(self, slots: int, chunk_rows: int, width: int, dtype: torch.dtype, storage: torch.device,
-                 pin: bool, engine: CopyEngine | None = None) -> None:
+                 pin: bool, engine: CopyEngine | None = None, batches: int = 2) -> None:
         self.chunk_rows, self.width, self.dtype, self.storage, self.engine = chunk_rows, width, dtype, storage, engine
         shape = (slots * chunk_rows, width)
         self.data = (torch.empty(shape, dtype=dtype, device=storage) if storage.type == "cuda"
@@ -204,6 +215,7 @@ class Slab:
         self._batch_stage: list[torch.Tensor] = []  # host slab feeding a GPU: two pinned batch buffers
         self._batch_copied: list[torch.cuda.Event | None] = [None, None]
         self._next_stage = 0
+        self.batches = BatchBuffers(batches)
 
     @property
     def slots(self) -> int:
@@ -259,7 +271,7 @@ class Slab:
         if self.storage.type == "cuda":
             return self.data.index_select(0, index).to(dtype)
         if device.type != "cuda":
-            return gather_rows(self.data, index, dtype)
+            return gather_rows(self.data, index, dtype, self.batches)
         # host slab feeding a GPU: gather into one of two pinned buffers, copy asynchronously
         if not self._batch_stage:
             self._batch_stage = [host_empty((len(index), self.width), self.dtype, pin=True) for _ in range(2)]
@@ -277,17 +289,46 @@ class Slab:
         return x.to(dtype)
 
 
+class BatchBuffers:
+    """Host batches in buffers reused once the batch handed out in one is gone. A fresh batch
+    (11 MiB at 1,024 x 2,772 float32) is a fresh mapping, faulted in and zeroed page by page
+    by the kernel: on the CPU that cost the size of the gather itself (docs/benchmarks.md). A
+    buffer is free again only when nothing refers to its batch any more (the tensor, its views,
+    a numpy array on it, a tensor made with from_numpy): each batch is a tensor on a numpy view
+    made for it alone, watched through a weak reference, so a batch the consumer keeps is never
+    written into. At most `keep` buffers are kept; a consumer holding more gets fresh ones."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._buffers: list[list[Any]] = []  # [bytes (numpy uint8), weak reference to the view handed out]
+
+    def take(self, rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised [rows, width] `dtype` batch, in a free kept buffer where one is large enough."""
+        nbytes = rows * width * dtype.itemsize
+        with self._lock:
+            entry = next((e for e in self._buffers if e[1]() is None and len(e[0]) >= nbytes), None)
+            if entry is None:
+                entry = [mapped(nbytes), None]
+                if len(self._buffers) < self.keep:
+                    self._buffers.append(entry)
+            view = entry[0][:nbytes]
+            entry[1] = weakref.ref(view)
+        return torch.from_numpy(view).view(dtype).view(rows, width)
+
+
 _GATHERED = threading.local()  # a thread's buffer for rows gathered before conversion
 
 
-def gather_rows(data: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """data[index] as `dtype`, on the host: a conversion gathers into a buffer the thread reuses,
-    so that only the batch itself is a fresh allocation."""
+def gather_rows(data: torch.Tensor, index: torch.Tensor, dtype: torch.dtype, batches: BatchBuffers) -> torch.Tensor:
+    """data[index] as `dtype`, on the host, into a batch from `batches`; a conversion gathers
+    into a buffer the thread reuses, then converts into the batch."""
+    out = batches.take(len(index), data.shape[1], dtype)
     if dtype == data.dtype:
-        return torch.index_select(data, 0, index)
+        return torch.index_select(data, 0, index, out=out)
     buffer = getattr(_GATHERED, "buffer", None)
     if buffer is None or buffer.dtype != data.dtype or buffer.shape[1] != data.shape[1] or len(buffer) < len(index):
         buffer = _GATHERED.buffer = torch.empty((len(index), data.shape[1]), dtype=data.dtype)
     gathered = buffer[:len(index)]
     torch.index_select(data, 0, index, out=gathered)
-    return gathered.to(dtype)
+    return out.copy_(gathered)

@@ -55,6 +55,7 @@ TRANSPORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # ends the peers blocked in a collective
 READ_TIMEOUT_S = PROCESS_GROUP_TIMEOUT.total_seconds() / 4
 READ_AHEAD_PER_THREAD = 2  # chunks decoded ahead per reader thread, within the memory budget
+BATCHES_HELD = 2  # host batches a consumer holds at once besides those gathered ahead: kept for reuse
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # one source: the trainer's settings
 
 
@@ -202,9 +203,10 @@ class KmerStream(torch.utils.data.IterableDataset):
         """Host and device bytes the stream's buffers take: the slab (every chunk of the share with
         keep, else the most chunks an epoch needs resident at once, epoch 0's, plus the
         read-ahead); on a GPU slab a pinned staging buffer per reader thread; a host slab feeding a
-        GPU pinned (pages rounded), with two pinned batch buffers; batches gathered ahead (and a
-        buffer per thread where they are converted); and a full-width chunk buffer per reader
-        thread where `columns` selects some."""
+        GPU pinned, with two pinned batch buffers; on the host the batch buffers kept for reuse
+        (those gathered ahead, one per reader thread, and two the consumer holds) and a buffer per
+        thread where batches are converted; and a full-width chunk buffer per reader thread where
+        `columns` selects some. Mapped buffers count whole pages."""
         cr, item, threads = self.info.chunk_rows, self.store_dtype.itemsize, max(1, self.workers)
         slots = self.slab_chunks()[0]
         chunk, batch = cr * self.width * item, self.rank_rows.local_batch * self.width
@@ -214,7 +216,8 @@ class KmerStream(torch.utils.data.IterableDataset):
         if self.device.type == "cuda":
             return Footprint(host=pinned_bytes(slots * chunk) + 2 * pinned_bytes(batch * item) + full_rows)
         converting = max(1, self.workers) * batch * item if self.dtype != self.store_dtype else 0  # gather_rows' buffers
-        return Footprint(host=slots * chunk + self.workers * batch * self.dtype.itemsize + converting + full_rows)
+        batches = (self.workers + BATCHES_HELD) * pinned_bytes(batch * self.dtype.itemsize)  # Slab.batches
+        return Footprint(host=pinned_bytes(slots * chunk) + batches + converting + full_rows)
 
     # ---- reading ----
 
@@ -250,7 +253,7 @@ class KmerStream(torch.utils.data.IterableDataset):
         if engine is None and self.storage.type == "cuda":
             engine = CopyEngine(self.storage)
         return Slab(max(1, slots), self.info.chunk_rows, self.width, self.store_dtype, self.storage,
-                    pin=self.device.type == "cuda", engine=engine)
+                    pin=self.device.type == "cuda", engine=engine, batches=self.workers + BATCHES_HELD)
 
     def read_chunk(self, chunk: int, target: torch.Tensor) -> None:
         """Decode a whole chunk into `target` (a reader thread's job: rows x the stream's columns,
@@ -393,7 +396,7 @@ class KmerStream(torch.utils.data.IterableDataset):
                     job.wait(None)
                 except BaseException:  # noqa: BLE001 - reported by the loop
                     return None
-            return gather_rows(slab.data, index[plan.batch_index(j)], self.dtype)
+            return gather_rows(slab.data, index[plan.batch_index(j)], self.dtype, slab.batches)
         return gather
 
     def close(self) -> list[str]:
