@@ -7,10 +7,11 @@
 - feed: one rank's KmerStream (world size 1) from the second epoch on (steady state: threads
   started), consuming batches and doing nothing else, cache off.
 
-Rounds alternate ceiling and feed; figures are means over rounds. Beside the rows/s each round
-prints the process's CPU seconds for the ceiling's pass and the feed's epoch: on a shared machine,
-where wall-clock ratios swing with the neighbours' load, their ratio still says how much work the
-feed adds to the decoding (plan, gathers, conversion). `--scaling` first prints the ceiling at 1,
+Rounds alternate ceiling and feed; figures are medians over rounds (a round's ratio swings by
++-0.1 on a 2-core VM even when idle), with the rounds' range. Beside the rows/s each round prints
+the process's CPU microseconds a row for the ceiling's pass (every chunk) and the feed's epoch
+(the training rows): their ratio says how much work the feed adds to the decoding (plan,
+gathers, conversion), which on cores the decoding keeps busy bounds the wall-clock ratio. `--scaling` first prints the ceiling at 1,
 2, 4, 8 and 16 threads and at --workers (do the codecs decode in parallel here?), each up to the
 usable CPUs, on the first 64 chunks; `--rounds 0` stops there. The last line is `feed rows/s N`, to hold against a store
 of one's own.
@@ -100,21 +101,22 @@ def feed(stream: KmerStream, epoch: int) -> float:
 
 
 def measure(store: str, batch_size: int, workers: int, rounds: int, device: str = "cpu",
-            dtype: torch.dtype = torch.float32, log=print) -> tuple[float, float]:
-    """(decode ceiling, feed) in rows/s, means over alternating rounds."""
+            dtype: torch.dtype = torch.float32, log=print) -> tuple[list[float], list[float]]:
+    """(decode ceiling, feed) in rows/s, a figure per round, the rounds alternating."""
     ceilings, feeds = [], []
     with KmerStream(store, batch_size=batch_size, workers=workers, device=device, dtype=dtype) as stream:
         feed(stream, 0)  # warm: threads started, page cache and allocator warm
+        rows_ceiling, rows_feed = stream.info.rows, len(stream) * stream.rank_rows.local_batch
         for r in range(rounds):
             cpu = time.process_time()
             ceilings.append(ceiling(stream, workers))
-            cpu_ceiling, cpu = time.process_time() - cpu, time.process_time()
+            cpu_ceiling, cpu = (time.process_time() - cpu) / rows_ceiling * 1e6, time.process_time()
             feeds.append(feed(stream, r + 1))
-            cpu_feed = time.process_time() - cpu
+            cpu_feed = (time.process_time() - cpu) / rows_feed * 1e6
             log(f"  round {r + 1}: decode ceiling {ceilings[-1]:,.0f} rows/s, feed {feeds[-1]:,.0f} rows/s "
-                f"({feeds[-1] / ceilings[-1]:.2f}x); CPU s ceiling {cpu_ceiling:.3f}, feed {cpu_feed:.3f} "
+                f"({feeds[-1] / ceilings[-1]:.2f}x); CPU us a row: ceiling {cpu_ceiling:.2f}, feed {cpu_feed:.2f} "
                 f"({cpu_ceiling / cpu_feed:.2f}x)")
-    return float(np.mean(ceilings)), float(np.mean(feeds))
+    return ceilings, feeds
 
 
 def main() -> None:
@@ -126,7 +128,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1024, help="global batch (one rank)")
     p.add_argument("--workers", type=reader_threads, default=usable_cpus(),
                    help="reader threads, or auto (as python -m train; default: the usable CPUs)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of ceiling and feed (0: none)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of ceiling and feed (0: none)")
     p.add_argument("--device", default="cpu", help="where batches go: cpu (gathered from a host slab) or cuda "
                    "(decoded chunks copied to a GPU slab, batches gathered there)")
     p.add_argument("--dtype", choices=("float32", "store"), default="float32",
@@ -165,10 +167,11 @@ def report(args: argparse.Namespace) -> None:
                       f"{label} not measured ({usable} usable CPUs)", flush=True)
     if not args.rounds:
         return
-    c, f = measure(args.store, args.batch_size, args.workers, args.rounds, args.device, dtype)
-    print(f"decode ceiling rows/s {c:,.0f}")
-    print(f"feed / ceiling {f / c:.2f}x")
-    print(f"feed rows/s {f:,.0f}")
+    ceilings, feeds = measure(args.store, args.batch_size, args.workers, args.rounds, args.device, dtype)
+    ratios = [f / c for c, f in zip(ceilings, feeds)]
+    print(f"decode ceiling rows/s {np.median(ceilings):,.0f}")
+    print(f"feed / ceiling {np.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}x)")
+    print(f"feed rows/s {np.median(feeds):,.0f}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def main() -> None:
             figures = []
             for where in (args.store, url):
                 print(f"{where}, {workers} reader threads:")
-                figures.append(measure(where, args.batch_size, workers, args.rounds))
+                figures.append([statistics.median(f) for f in measure(where, args.batch_size, workers, args.rounds)])
             rows.append((workers, *figures))
     finally:
         server.stop()
