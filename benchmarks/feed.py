@@ -119,6 +119,13 @@ def measure(store: str, batch_size: int, workers: int, rounds: int, device: str 
     return ceilings, feeds
 
 
+def summarize(ceilings: list[float], feeds: list[float]) -> tuple[float, float, float, float, float]:
+    """(ceiling, feed, feed / ceiling, the lowest and highest round's ratio): medians over rounds,
+    the ratio the median of the rounds' ratios; one rule for every report of these figures."""
+    ratios = [f / c for c, f in zip(ceilings, feeds)]
+    return float(np.median(ceilings)), float(np.median(feeds)), float(np.median(ratios)), min(ratios), max(ratios)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", help="a complete store (a path or an fsspec URL); none: the sample store")
@@ -167,11 +174,10 @@ def report(args: argparse.Namespace) -> None:
                       f"{label} not measured ({usable} usable CPUs)", flush=True)
     if not args.rounds:
         return
-    ceilings, feeds = measure(args.store, args.batch_size, args.workers, args.rounds, args.device, dtype)
-    ratios = [f / c for c, f in zip(ceilings, feeds)]
-    print(f"decode ceiling rows/s {np.median(ceilings):,.0f}")
-    print(f"feed / ceiling {np.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}x)")
-    print(f"feed rows/s {np.median(feeds):,.0f}")
+    c, f, ratio, low, high = summarize(*measure(args.store, args.batch_size, args.workers, args.rounds, args.device, dtype))
+    print(f"decode ceiling rows/s {c:,.0f}")
+    print(f"feed / ceiling {ratio:.2f}x (rounds {low:.2f}-{high:.2f}x)")
+    print(f"feed rows/s {f:,.0f}")
 
 
 if __name__ == "__main__":

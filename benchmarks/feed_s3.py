@@ -14,14 +14,13 @@ import argparse
 import logging
 import os
 import platform
-import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.feed import measure  # noqa: E402
+from benchmarks.feed import measure, summarize  # noqa: E402
 
 
 def serve(store: str) -> tuple[object, str]:
@@ -56,14 +55,14 @@ def main() -> None:
             figures = []
             for where in (args.store, url):
                 print(f"{where}, {workers} reader threads:")
-                figures.append([statistics.median(f) for f in measure(where, args.batch_size, workers, args.rounds)])
+                figures.append(summarize(*measure(where, args.batch_size, workers, args.rounds))[:3])
             rows.append((workers, *figures))
     finally:
         server.stop()
     print("| reader threads | local disk: ceiling / feed rows/s | S3 (moto, loopback): ceiling / feed rows/s |")
     print("|---|---|---|")
-    for workers, (lc, lf), (sc, sf) in rows:
-        print(f"| {workers} | {lc:,.0f} / {lf:,.0f} ({lf / lc:.2f}x) | {sc:,.0f} / {sf:,.0f} ({sf / sc:.2f}x) |")
+    for workers, (lc, lf, lr), (sc, sf, sr) in rows:
+        print(f"| {workers} | {lc:,.0f} / {lf:,.0f} ({lr:.2f}x) | {sc:,.0f} / {sf:,.0f} ({sr:.2f}x) |")
 
 
 if __name__ == "__main__":

@@ -4,21 +4,25 @@ What the in-rank feed does for every batch on the CPU (`slab.gather_rows`): the 
 from all over the slab, gathered into a batch and converted to its dtype. Side by side, one
 process, the same random batches:
 
-- slab: `torch.empty` (4 KiB pages) against `slab.host_empty` (advised into huge pages; the
-  line says how much of it the kernel gave in huge pages: none where transparent huge pages are
-  `never`);
-- batch: a fresh `torch.empty` per batch (what the feed did before issue 32's third round)
-  against `slab.BatchBuffers` (one buffer reused once the batch is dropped).
+- slab: a mapping advised out of huge pages (`MADV_NOHUGEPAGE`: 4 KiB pages whatever the
+  system's setting) against `slab.host_empty` (advised into huge pages; the line says how much of
+  it the kernel gave in huge pages: none where transparent huge pages are `never`);
+- batch: a fresh mapping per batch, faulted in and zeroed page by page as it is written (what a
+  batch allocated in a reader thread and freed in the loop's came to whenever glibc handed out
+  fresh memory, before issue 32's third round) against `slab.BatchBuffers` (one buffer reused
+  once the batch is dropped).
 
     python benchmarks/gather.py [--chunks 13] [--batches 52] [--rounds 7]
 
-Figures are medians over rounds of the mean ms a batch, one thread.
+Figures are medians over rounds of the mean ms a batch, and the minor page faults a batch, one thread.
 """
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -43,11 +47,22 @@ def anon_huge_kib() -> int:
     return 0
 
 
-class FreshBatches:
-    """What gather_rows took its batches from before BatchBuffers: a fresh tensor each."""
+def small_pages(nbytes: int) -> np.ndarray:
+    """Anonymous memory in 4 KiB pages, whatever transparent huge pages are set to."""
+    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        mapping.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(mapping, dtype=np.uint8)
+
+
+class FreshBatches(BatchBuffers):
+    """Batches each in a fresh mapping of 4 KiB pages, kept by nobody."""
+
+    def __init__(self) -> None:
+        super().__init__(keep=0)
 
     def take(self, rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty((rows, width), dtype=dtype)
+        return torch.from_numpy(small_pages(rows * width * dtype.itemsize)).view(dtype).view(rows, width)
 
 
 def main() -> None:
@@ -60,7 +75,8 @@ def main() -> None:
     shape = (args.chunks * CHUNK_ROWS, N_FEATURES)
     values = torch.randn(shape).to(torch.float16)
     before = anon_huge_kib()
-    slabs = {"4 KiB pages": values, "huge pages": host_empty(shape, torch.float16, pin=False).copy_(values)}
+    slabs = {"4 KiB pages": torch.from_numpy(small_pages(values.nbytes)).view(torch.float16).view(shape).copy_(values),
+             "huge pages": host_empty(shape, torch.float16, pin=False).copy_(values)}
     huge = anon_huge_kib() - before
     print(f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}; slab {shape[0]:,} x {shape[1]:,} float16 "
           f"({values.nbytes / 2**20:,.0f} MiB); huge pages under the huge-page slab: {huge / 1024:,.0f} MiB; "
@@ -70,16 +86,20 @@ def main() -> None:
     cases = [(slab, dtype, name, buffers) for slab in slabs for dtype in (torch.float16, torch.float32)
              for name, buffers in (("fresh", FreshBatches()), ("reused", BatchBuffers(keep=1)))]
     times: dict[tuple, list[float]] = {case[:3]: [] for case in cases}
+    faults: dict[tuple, list[float]] = {case[:3]: [] for case in cases}
     for _ in range(args.rounds):
         for slab, dtype, name, buffers in cases:
-            start = time.perf_counter()
+            start, minflt = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             for index in batches:
                 gather_rows(slabs[slab], index, dtype, buffers)
             times[(slab, dtype, name)].append((time.perf_counter() - start) / len(batches) * 1e3)
-    print("| slab | batch dtype | batch buffers | ms a batch |")
-    print("|---|---|---|---|")
-    for (slab, dtype, name), ms in times.items():
-        print(f"| {slab} | {str(dtype).removeprefix('torch.')} | {name} | {statistics.median(ms):.2f} |")
+            faults[(slab, dtype, name)].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt) / len(batches))
+    print("| slab | batch dtype | batch buffers | ms a batch | page faults a batch |")
+    print("|---|---|---|---|---|")
+    for case, ms in times.items():
+        slab, dtype, name = case
+        print(f"| {slab} | {str(dtype).removeprefix('torch.')} | {name} | {statistics.median(ms):.2f} | "
+              f"{statistics.median(faults[case]):,.0f} |")
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ class Job:
             return self.cancelled
 
     def wait(self, timeout: float | None) -> Any:
-        """Its result, once done (run here if no thread has taken it: the 0-thread reader);
-        re-raises its error; ReadTimeout after `timeout` seconds."""
+        """Its result, once done (run here if no thread has taken it: the 0-thread reader),
+        handed over: one waiter gets it, a later wait None; re-raises its error; ReadTimeout
+        after `timeout` seconds."""
         self.run()
         if not self._done.wait(timeout):
             raise ReadTimeout(f"not finished after {timeout:g} s")

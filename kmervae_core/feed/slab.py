@@ -55,21 +55,26 @@ def unregister_host(ptr: int) -> None:
     torch.cuda.cudart().cudaHostUnregister(ptr)
 
 
-def mapped(nbytes: int) -> np.ndarray:
-    """pinned_bytes(nbytes) of anonymous memory, as bytes, in huge pages where the kernel allows."""
-    mapping = mmap.mmap(-1, pinned_bytes(nbytes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+def mapped(nbytes: int, shared: bool = False) -> np.ndarray:
+    """pinned_bytes(nbytes) of anonymous memory, as bytes, in huge pages where the kernel allows.
+    Private unless `shared`: a forked DataLoader worker inherits the stream's host slab and batch
+    buffers and must write into copies of its own. Pinned buffers stay shared, as they were: a
+    fork copies private pinned pages at once (Linux 5.9+), and no worker uses them."""
+    flags = mmap.MAP_ANONYMOUS | (mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE)
+    mapping = mmap.mmap(-1, pinned_bytes(nbytes), flags=flags)
     if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux
-        mapping.madvise(mmap.MADV_HUGEPAGE)
+        with contextlib.suppress(OSError):  # a kernel without transparent huge pages refuses the advice
+            mapping.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(mapping, dtype=np.uint8)
 
 
 def host_empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tensor:
     """A host tensor in an anonymous mapping of exactly pinned_bytes(its bytes), in huge pages
-    where the kernel allows them (MADV_HUGEPAGE: a batch gathers rows from all over a slab, and
-    with 2 MiB pages it misses the TLB far less; docs/benchmarks.md); pinned: registered with
-    CUDA, and unregistered when the last tensor on it goes."""
+    where the kernel allows them (MADV_HUGEPAGE: a batch gathers rows from all over a slab, about
+    15% faster from 2 MiB pages, likely for fewer TLB misses; docs/benchmarks.md); pinned:
+    registered with CUDA, and unregistered when the last tensor on it goes."""
     nbytes = math.prod(shape) * dtype.itemsize
-    buffer = mapped(nbytes)
+    buffer = mapped(nbytes, shared=pin)
     if not pin:
         return torch.from_numpy(buffer[:nbytes]).view(dtype).view(shape)
     ptr = buffer.ctypes.data
@@ -203,7 +208,7 @@ class Slab:
     for the host come in `batches` reused buffers (BatchBuffers)."""
 
     def __init__(self, slots: int, chunk_rows: int, width: int, dtype: torch.dtype, storage: torch.device,
-                 pin: bool, engine: CopyEngine | None = None, batches: int = 2) -> None:
+                 pin: bool, batches: int, engine: CopyEngine | None = None) -> None:
         self.chunk_rows, self.width, self.dtype, self.storage, self.engine = chunk_rows, width, dtype, storage, engine
         shape = (slots * chunk_rows, width)
         self.data = (torch.empty(shape, dtype=dtype, device=storage) if storage.type == "cuda"

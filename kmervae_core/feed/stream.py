@@ -55,7 +55,7 @@ TRANSPORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # ends the peers blocked in a collective
 READ_TIMEOUT_S = PROCESS_GROUP_TIMEOUT.total_seconds() / 4
 READ_AHEAD_PER_THREAD = 2  # chunks decoded ahead per reader thread, within the memory budget
-BATCHES_HELD = 2  # host batches a consumer holds at once besides those gathered ahead: kept for reuse
+BATCHES_HELD = 2  # host batches in use besides those gathered ahead: the one being taken, the one the consumer holds
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # one source: the trainer's settings
 
 
@@ -204,8 +204,9 @@ class KmerStream(torch.utils.data.IterableDataset):
         keep, else the most chunks an epoch needs resident at once, epoch 0's, plus the
         read-ahead); on a GPU slab a pinned staging buffer per reader thread; a host slab feeding a
         GPU pinned, with two pinned batch buffers; on the host the batch buffers kept for reuse
-        (those gathered ahead, one per reader thread, and two the consumer holds) and a buffer per
-        thread where batches are converted; and a full-width chunk buffer per reader thread where
+        (one gathered ahead per reader thread, the one being taken, the one the consumer holds)
+        and a buffer per thread where batches are converted (the loop's too: it gathers a batch
+        no reader thread has started); and a full-width chunk buffer per reader thread where
         `columns` selects some. Mapped buffers count whole pages."""
         cr, item, threads = self.info.chunk_rows, self.store_dtype.itemsize, max(1, self.workers)
         slots = self.slab_chunks()[0]
@@ -215,11 +216,16 @@ class KmerStream(torch.utils.data.IterableDataset):
             return Footprint(host=threads * pinned_bytes(chunk) + full_rows, device=slots * chunk)
         if self.device.type == "cuda":
             return Footprint(host=pinned_bytes(slots * chunk) + 2 * pinned_bytes(batch * item) + full_rows)
-        converting = max(1, self.workers) * batch * item if self.dtype != self.store_dtype else 0  # gather_rows' buffers
-        batches = (self.workers + BATCHES_HELD) * pinned_bytes(batch * self.dtype.itemsize)  # Slab.batches
+        converting = (self.workers + 1) * batch * item if self.dtype != self.store_dtype else 0  # gather_rows' buffers
+        batches = self.batch_buffers * pinned_bytes(batch * self.dtype.itemsize)  # Slab.batches
         return Footprint(host=pinned_bytes(slots * chunk) + batches + converting + full_rows)
 
     # ---- reading ----
+
+    @property
+    def batch_buffers(self) -> int:
+        """Host batch buffers the slab keeps for reuse: as many as are in use at once."""
+        return self.workers + BATCHES_HELD
 
     @property
     def read_ahead(self) -> int:
@@ -253,7 +259,7 @@ class KmerStream(torch.utils.data.IterableDataset):
         if engine is None and self.storage.type == "cuda":
             engine = CopyEngine(self.storage)
         return Slab(max(1, slots), self.info.chunk_rows, self.width, self.store_dtype, self.storage,
-                    pin=self.device.type == "cuda", engine=engine, batches=self.workers + BATCHES_HELD)
+                    pin=self.device.type == "cuda", batches=self.batch_buffers, engine=engine)
 
     def read_chunk(self, chunk: int, target: torch.Tensor) -> None:
         """Decode a whole chunk into `target` (a reader thread's job: rows x the stream's columns,
