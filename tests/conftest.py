@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -36,6 +37,11 @@ def reference_clr(rows: np.ndarray, scope: str, pseudocount: float | None = None
         logs = np.log(used[:, a:b] + p)
         out[:, a:b] = logs - logs.mean(axis=1, keepdims=True)
     return out
+
+
+def pages(nbytes: int) -> int:
+    """Bytes a mapped buffer of `nbytes` takes: whole pages (an independent reckoning of slab.pinned_bytes)."""
+    return -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
 
 
 def write_npy(path: Path, array: np.ndarray, fortran: bool = False) -> Path:

@@ -3,7 +3,6 @@ epochs feed exactly the batches (row ids and values), and give the losses, that 
 from __future__ import annotations
 
 import json
-import mmap
 import re
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from kmervae_core.config import TrainConfig
 from kmervae_core.distributed import DistContext
 from kmervae_core.feed.rank_feed import Feed
 from kmervae_core.store.kmers import selected_groups
-from tests.conftest import run, train_here
+from tests.conftest import pages, run, train_here
 
 GiB = 2**30
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
@@ -134,7 +133,6 @@ def test_a_float16_store_is_cached_in_float16_and_fed_as_float32(train_store, tm
     cached = make_feed(str(half), cache="host")
     # 2 bytes a value: the kept chunks and the one batch of float16 the gather converts from; 4 for the
     # two float32 batches kept for reuse (no reader threads here); mapped buffers in whole pages
-    pages = lambda n: -(-n // mmap.PAGESIZE) * mmap.PAGESIZE  # noqa: E731
     kept, batch = len(cached.cache.rank_chunks()) * 40 * 2772 * 2, 48 * 2772
     assert cached.cache.memory().host == pages(kept) + batch * 2 + 2 * pages(batch * 4)
     epoch(cached, 0)

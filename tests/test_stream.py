@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import mmap
 import os
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from kmervae_core.feed.epoch_plan import EpochPlan, default_partitions, make_spl
 from kmervae_core.feed.stream import READ_TIMEOUT_S
 from kmervae_core.errors import StoreError
 from kmervae_core.limits import auto_workers
-from tests.conftest import ROOT, child_env, random_kmers, run, write_npy
+from tests.conftest import ROOT, child_env, pages, random_kmers, run, write_npy
 from tests.test_limits import V2_MOUNT, fake_tree
 
 ROWS, CHUNK, BATCH, PARTS = 1009, 37, 30, 6  # 1009 is prime: nothing divides it
@@ -177,7 +176,6 @@ def test_the_slab_is_what_a_batch_needs_from_first_to_last_use_plus_the_read_ahe
     live = max(sum(min(js) <= j <= max(js) for js in uses.values()) for j in range(len(s.batch_rows(0))))
     assert 2 * 2 < live < len(uses)  # more than one per region (2 partitions x 2 lanes), fewer than all
     assert s.slab_chunks() == (live + 4, live)
-    pages = lambda n: -(-n // mmap.PAGESIZE) * mmap.PAGESIZE  # noqa: E731
     assert s.memory().host == pages((live + 4) * CHUNK * 2772 * 4) + (2 + 2) * pages(BATCH * 2772 * 4)
     read_epoch(s, 2)
     assert s._holder.slab.slots == live + 4  # the slab the pass allocated
