@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import CHUNK_ROWS  # noqa: E402
-from kmervae_core.feed.slab import BatchBuffers, gather_rows, host_empty  # noqa: E402
+from kmervae_core.feed.slab import BatchBuffers, gather_rows, host_empty, on_bytes  # noqa: E402
 from kmervae_core.store.kmers import N_FEATURES  # noqa: E402
 
 
@@ -62,7 +62,7 @@ class FreshBatches(BatchBuffers):
         super().__init__(keep=0)
 
     def take(self, rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(small_pages(rows * width * dtype.itemsize)).view(dtype).view(rows, width)
+        return on_bytes(small_pages(rows * width * dtype.itemsize), dtype, (rows, width))
 
 
 def main() -> None:
@@ -75,7 +75,7 @@ def main() -> None:
     shape = (args.chunks * CHUNK_ROWS, N_FEATURES)
     values = torch.randn(shape).to(torch.float16)
     before = anon_huge_kib()
-    slabs = {"4 KiB pages": torch.from_numpy(small_pages(values.nbytes)).view(torch.float16).view(shape).copy_(values),
+    slabs = {"4 KiB pages": on_bytes(small_pages(values.nbytes), torch.float16, shape).copy_(values),
              "huge pages": host_empty(shape, torch.float16, pin=False).copy_(values)}
     huge = anon_huge_kib() - before
     print(f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}; slab {shape[0]:,} x {shape[1]:,} float16 "

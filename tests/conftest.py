@@ -40,7 +40,7 @@ def reference_clr(rows: np.ndarray, scope: str, pseudocount: float | None = None
 
 
 def pages(nbytes: int) -> int:
-    """Bytes a mapped buffer of `nbytes` takes: whole pages (an independent reckoning of slab.pinned_bytes)."""
+    """Bytes a mapped buffer of `nbytes` takes: whole pages (an independent reckoning of slab.mapped_bytes)."""
     return -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
 
 

@@ -167,7 +167,7 @@ def test_the_slab_is_what_a_batch_needs_from_first_to_last_use_plus_the_read_ahe
     from its first batch to its last (a chunk two regions share, at a lane or partition boundary,
     is held between the one's use and the other's: more than a chunk per region), plus 2 read
     ahead per reader thread; memory() counts that and the batches kept for reuse: one gathered
-    ahead per thread and two the consumer holds (mapped: whole pages)."""
+    ahead per thread, the one being taken and the one the consumer holds (mapped: whole pages)."""
     s = stream(store, partitions=2, lanes=2, workers=2)
     uses: dict[int, list[int]] = {}
     for j, rows in enumerate(s.batch_rows(0)):

@@ -35,8 +35,8 @@ import torch
 PAGE = mmap.PAGESIZE
 
 
-def pinned_bytes(nbytes: int) -> int:
-    """Host bytes a buffer of `nbytes` from host_empty takes (it maps whole pages)."""
+def mapped_bytes(nbytes: int) -> int:
+    """Host bytes a buffer of `nbytes` from `mapped` takes (whole pages)."""
     return max(1, -(-nbytes // PAGE)) * PAGE
 
 
@@ -56,31 +56,36 @@ def unregister_host(ptr: int) -> None:
 
 
 def mapped(nbytes: int, shared: bool = False) -> np.ndarray:
-    """pinned_bytes(nbytes) of anonymous memory, as bytes, in huge pages where the kernel allows.
+    """mapped_bytes(nbytes) of anonymous memory, as bytes, in huge pages where the kernel allows.
     Private unless `shared`: a forked DataLoader worker inherits the stream's host slab and batch
     buffers and must write into copies of its own. Pinned buffers stay shared, as they were: a
     fork copies private pinned pages at once (Linux 5.9+), and no worker uses them."""
     flags = mmap.MAP_ANONYMOUS | (mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE)
-    mapping = mmap.mmap(-1, pinned_bytes(nbytes), flags=flags)
+    mapping = mmap.mmap(-1, mapped_bytes(nbytes), flags=flags)
     if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux
         with contextlib.suppress(OSError):  # a kernel without transparent huge pages refuses the advice
             mapping.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(mapping, dtype=np.uint8)
 
 
+def on_bytes(view: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """A `shape` tensor of `dtype` on `view`, exactly its bytes; the tensor holds `view` itself (no
+    view of it), which is what BatchBuffers watches."""
+    return torch.from_numpy(view).view(dtype).view(shape)
+
+
 def host_empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tensor:
-    """A host tensor in an anonymous mapping of exactly pinned_bytes(its bytes), in huge pages
+    """A host tensor in an anonymous mapping of exactly mapped_bytes(its bytes), in huge pages
     where the kernel allows them (MADV_HUGEPAGE: a batch gathers rows from all over a slab, about
     15% faster from 2 MiB pages, likely for fewer TLB misses; docs/benchmarks.md); pinned:
     registered with CUDA, and unregistered when the last tensor on it goes."""
     nbytes = math.prod(shape) * dtype.itemsize
     buffer = mapped(nbytes, shared=pin)
-    if not pin:
-        return torch.from_numpy(buffer[:nbytes]).view(dtype).view(shape)
-    ptr = buffer.ctypes.data
-    register_host(ptr, buffer.nbytes)
-    weakref.finalize(buffer, unregister_host, ptr)  # the tensor below keeps `buffer` alive
-    return torch.from_numpy(buffer[:nbytes]).view(dtype).view(shape)
+    if pin:
+        ptr = buffer.ctypes.data
+        register_host(ptr, buffer.nbytes)
+        weakref.finalize(buffer, unregister_host, ptr)  # the tensor below keeps `buffer` alive
+    return on_bytes(buffer[:nbytes], dtype, shape)
 
 
 @dataclass(frozen=True)
@@ -319,7 +324,7 @@ class BatchBuffers:
                     self._buffers.append(entry)
             view = entry[0][:nbytes]
             entry[1] = weakref.ref(view)
-        return torch.from_numpy(view).view(dtype).view(rows, width)
+        return on_bytes(view, dtype, (rows, width))
 
 
 _GATHERED = threading.local()  # a thread's buffer for rows gathered before conversion

@@ -46,7 +46,7 @@ from ..store.contract import StoreInfo, chunk_name, chunk_span, damaged_chunk, o
 from ..store.kmers import N_FEATURES
 from .epoch_plan import EpochPlan, default_partitions, make_split, rank_rows
 from .reader import ChunkReader, Job, ReadTimeout
-from .slab import CopyEngine, Footprint, PassPlan, Slab, gather_rows, pinned_bytes, plan_pass, slots_needed
+from .slab import CopyEngine, Footprint, PassPlan, Slab, mapped_bytes, plan_pass, slots_needed
 
 SPLITS = ("train", "val")
 TRANSPORT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -213,12 +213,12 @@ class KmerStream(torch.utils.data.IterableDataset):
         chunk, batch = cr * self.width * item, self.rank_rows.local_batch * self.width
         full_rows = 0 if self.columns is None else threads * cr * N_FEATURES * item
         if self._staged():
-            return Footprint(host=threads * pinned_bytes(chunk) + full_rows, device=slots * chunk)
+            return Footprint(host=threads * mapped_bytes(chunk) + full_rows, device=slots * chunk)
         if self.device.type == "cuda":
-            return Footprint(host=pinned_bytes(slots * chunk) + 2 * pinned_bytes(batch * item) + full_rows)
+            return Footprint(host=mapped_bytes(slots * chunk) + 2 * mapped_bytes(batch * item) + full_rows)
         converting = (self.workers + 1) * batch * item if self.dtype != self.store_dtype else 0  # gather_rows' buffers
-        batches = self.batch_buffers * pinned_bytes(batch * self.dtype.itemsize)  # Slab.batches
-        return Footprint(host=pinned_bytes(slots * chunk) + batches + converting + full_rows)
+        batches = self.batch_buffers * mapped_bytes(batch * self.dtype.itemsize)  # Slab.batches
+        return Footprint(host=mapped_bytes(slots * chunk) + batches + converting + full_rows)
 
     # ---- reading ----
 
@@ -402,7 +402,7 @@ class KmerStream(torch.utils.data.IterableDataset):
                     job.wait(None)
                 except BaseException:  # noqa: BLE001 - reported by the loop
                     return None
-            return gather_rows(slab.data, index[plan.batch_index(j)], self.dtype, slab.batches)
+            return slab.gather(index[plan.batch_index(j)], self.device, self.dtype)
         return gather
 
     def close(self) -> list[str]:
